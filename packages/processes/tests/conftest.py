@@ -1,0 +1,1 @@
+from filterax.testing.conftest_common import *  # noqa: F403

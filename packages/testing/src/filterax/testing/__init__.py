@@ -1,0 +1,12 @@
+"""Shared, unpublished test helpers for the filterax workspace.
+
+Every package's ``tests/conftest.py`` does ``from filterax.testing.conftest_common import *``
+to get the same JAX configuration (float64, rank promotion raises) and the ``getkey`` fixture.
+"""
+
+from ._helpers import (
+    random_ensemble as random_ensemble,
+    random_spd as random_spd,
+    tol as tol,
+    tree_allclose as tree_allclose,
+)
