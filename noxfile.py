@@ -67,10 +67,14 @@ def docs(session: nox.Session) -> None:
     """Build the documentation site with --strict (warnings are errors)."""
     _sync(session, "--all-packages", "--group", "docs")
     session.env["NO_MKDOCS_2_WARNING"] = "1"
-    session.run("mkdocs", "build", "--strict", "--site-dir", os.path.join(session.create_tmp(), "site"))
+    session.run(
+        "mkdocs", "build", "--strict", "--site-dir", os.path.join(session.create_tmp(), "site")
+    )
 
 
 @nox.session(python=PYTHON)
 def build(session: nox.Session) -> None:
     """Build sdists and wheels of every distribution in the workspace."""
-    session.run("uv", "build", "--all-packages", "-o", session.create_tmp() + "/dist", external=True)
+    session.run(
+        "uv", "build", "--all-packages", "-o", session.create_tmp() + "/dist", external=True
+    )

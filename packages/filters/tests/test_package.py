@@ -8,7 +8,9 @@ import filterax.filters
 def test_version_matches_pyproject():
     pyproject = pathlib.Path(__file__).parents[1] / "pyproject.toml"
     declared = tomllib.loads(pyproject.read_text())["project"]["version"]
-    assert filterax.filters.__version__ == declared == importlib.metadata.version("filterax-filters")
+    assert (
+        filterax.filters.__version__ == declared == importlib.metadata.version("filterax-filters")
+    )
 
 
 def test_namespace_is_pep420():

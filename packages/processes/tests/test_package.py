@@ -8,7 +8,11 @@ import filterax.processes
 def test_version_matches_pyproject():
     pyproject = pathlib.Path(__file__).parents[1] / "pyproject.toml"
     declared = tomllib.loads(pyproject.read_text())["project"]["version"]
-    assert filterax.processes.__version__ == declared == importlib.metadata.version("filterax-processes")
+    assert (
+        filterax.processes.__version__
+        == declared
+        == importlib.metadata.version("filterax-processes")
+    )
 
 
 def test_namespace_is_pep420():

@@ -24,12 +24,18 @@ def _demo(args: argparse.Namespace) -> int:
         return f"{statistics.mean(xs):.3f} ± {sd:.3f}"
 
     print(f"  burn-in cycles       : {res.burn_in_cycles}")
-    print(f"  rmse.a (mean ± sd)   : {pm(res.rmse_a)}   (published {res.published_rmse_a}, DAPPER 1.8.1)")
+    print(
+        f"  rmse.a (mean ± sd)   : {pm(res.rmse_a)}"
+        f"   (published {res.published_rmse_a}, DAPPER 1.8.1)"
+    )
     print(f"  rmse.f               : {pm(res.rmse_f)}")
     print(f"  spread.a             : {pm(res.spread_a)}")
     print(f"  per-seed rmse.a      : {', '.join(f'{x:.3f}' for x in res.rmse_a)}")
     print(f"  compile time         : {res.compile_seconds:.2f} s")
-    print(f"  time per cycle       : {1e3 * res.seconds_per_cycle:.3f} ms (all seeds in one vmapped scan)")
+    print(
+        f"  time per cycle       : {1e3 * res.seconds_per_cycle:.3f} ms"
+        " (all seeds in one vmapped scan)"
+    )
     return 0
 
 

@@ -60,7 +60,11 @@ def _make_run(model, n_ensemble: int, n_cycles: int):
             gain = fxp.kalman_gain(forecast, forecast_obs, obs_noise)
             analysis = forecast + (perturbed - forecast_obs) @ gain.T
             analysis = fxp.inflate_multiplicative(analysis, inflation)
-            stats = (fxp.ensemble_mean(forecast), fxp.ensemble_mean(analysis), fxp.rms_spread(analysis))
+            stats = (
+                fxp.ensemble_mean(forecast),
+                fxp.ensemble_mean(analysis),
+                fxp.rms_spread(analysis),
+            )
             return analysis, stats
 
         steps = jnp.arange(n_cycles)
@@ -94,7 +98,9 @@ def run_lorenz96_demo(
     rmse_a, rmse_f, spread_a = jax.block_until_ready(compiled(keys, inflation))
     elapsed = time.perf_counter() - t0
 
-    rmse_a, rmse_f, spread_a = (np.asarray(a)[:, burn:].mean(axis=1) for a in (rmse_a, rmse_f, spread_a))
+    rmse_a, rmse_f, spread_a = (
+        np.asarray(a)[:, burn:].mean(axis=1) for a in (rmse_a, rmse_f, spread_a)
+    )
     return DemoResult(
         n_ensemble=n_ensemble,
         inflation=float(inflation),

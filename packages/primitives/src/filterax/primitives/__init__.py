@@ -11,7 +11,105 @@ from ._protocols import (
 )
 
 # --- statistics, operators, noise, gain, likelihood, KL, perturbations ---
+from ._statistics import (
+    cross_covariance as cross_covariance,
+    ensemble_anomalies as ensemble_anomalies,
+    ensemble_covariance as ensemble_covariance,
+    ensemble_mean as ensemble_mean,
+)
+from ._lowrank import LowRankUpdate as LowRankUpdate, Woodbury as Woodbury
+from ._noise import (
+    NoiseLike as NoiseLike,
+    as_noise_operator as as_noise_operator,
+    dense_noise as dense_noise,
+    diagonal_noise as diagonal_noise,
+    isotropic_noise as isotropic_noise,
+    low_rank_noise as low_rank_noise,
+    noise_sqrt as noise_sqrt,
+    noise_structure as noise_structure,
+)
+from ._missing import (
+    fill_missing as fill_missing,
+    mask_anomalies as mask_anomalies,
+    mask_noise as mask_noise,
+    observation_mask as observation_mask,
+)
+from ._gain import innovation_covariance as innovation_covariance, kalman_gain as kalman_gain
+from ._likelihood import (
+    InnovationStatistics as InnovationStatistics,
+    innovation_statistics as innovation_statistics,
+    log_likelihood as log_likelihood,
+)
+from ._kl import ensemble_gaussian_kl as ensemble_gaussian_kl, gaussian_kl as gaussian_kl
+from ._perturbations import perturbed_observations as perturbed_observations
 
 # --- localisation, inflation, shrinkage, patches ---
+from ._distances import (
+    euclidean as euclidean,
+    haversine as haversine,
+    pairwise_distances as pairwise_distances,
+    periodic as periodic,
+)
+from ._tapers import (
+    DAPPER_GC_FACTOR as DAPPER_GC_FACTOR,
+    dapper_radius_to_gc_halfwidth as dapper_radius_to_gc_halfwidth,
+    gaspari_cohn as gaspari_cohn,
+    gaussian_taper as gaussian_taper,
+    hard_cutoff as hard_cutoff,
+    soar_taper as soar_taper,
+)
+from ._localization import (
+    AbstractLocalizer as AbstractLocalizer,
+    GaspariCohnLocalizer as GaspariCohnLocalizer,
+    GaussianLocalizer as GaussianLocalizer,
+    HardCutoffLocalizer as HardCutoffLocalizer,
+    SOARLocalizer as SOARLocalizer,
+    adaptive_localization as adaptive_localization,
+    localization_matrix as localization_matrix,
+    localize as localize,
+)
+from ._inflation import (
+    RTPP as RTPP,
+    RTPS as RTPS,
+    AbstractInflator as AbstractInflator,
+    AdaptiveInflator as AdaptiveInflator,
+    AdditiveInflator as AdditiveInflator,
+    MultiplicativeInflator as MultiplicativeInflator,
+    inflate_adaptive as inflate_adaptive,
+    inflate_additive as inflate_additive,
+    inflate_multiplicative as inflate_multiplicative,
+    inflate_rtpp as inflate_rtpp,
+    inflate_rtps as inflate_rtps,
+)
+from ._shrinkage import ledoit_wolf_shrinkage as ledoit_wolf_shrinkage
+from ._patches import (
+    Patches as Patches,
+    assign_obs_to_patches as assign_obs_to_patches,
+    blend_patches as blend_patches,
+    blending_weights as blending_weights,
+    create_patches as create_patches,
+)
 
 # --- diagnostics and observation operators ---
+from ._innovation_diagnostics import (
+    desroziers_analysis_error as desroziers_analysis_error,
+    desroziers_background_error as desroziers_background_error,
+    desroziers_obs_error as desroziers_obs_error,
+    dfs as dfs,
+    innovation_chi2 as innovation_chi2,
+)
+from ._obs_operators import (
+    IdentityObs as IdentityObs,
+    IndexObs as IndexObs,
+    LinearObs as LinearObs,
+    every_nth as every_nth,
+)
+from ._scores import (
+    crps_ensemble as crps_ensemble,
+    effective_sample_size as effective_sample_size,
+    rank_histogram as rank_histogram,
+    rank_histogram_chi2 as rank_histogram_chi2,
+    rms_spread as rms_spread,
+    rmse as rmse,
+    spread_skill_ratio as spread_skill_ratio,
+)
