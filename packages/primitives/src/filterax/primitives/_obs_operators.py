@@ -281,7 +281,7 @@ def every_nth(n_state: int, step: int, offset: int = 0) -> IndexObs:
 
     **Returns:**
 
-    An [`IndexObs`][] with static indices.
+    An [`IndexObs`][filterax.primitives.IndexObs] with static indices.
 
     **Example:**
 
