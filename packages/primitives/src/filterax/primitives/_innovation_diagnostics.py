@@ -325,7 +325,8 @@ def desroziers_analysis_error(
     $$\widehat{HAH^\top} = \langle d^a_f\, (d^o_a)^\top \rangle_t .$$
 
     For an optimal analysis $E[d^a_f (d^o_a)^\top] = HBH^\top S^{-1} R = H P^a H^\top$.
-    Missing entries (NaN), optimality and bias caveats as in [`desroziers_obs_error`][filterax.primitives.desroziers_obs_error].
+    Missing entries (NaN), optimality and bias caveats as in
+    [`desroziers_obs_error`][filterax.primitives.desroziers_obs_error].
 
     **Arguments:**
 

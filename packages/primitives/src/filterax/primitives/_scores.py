@@ -81,7 +81,8 @@ def rms_spread(ensemble: Float[ArrayLike, "*batch N_e N_x"]) -> Float[Array, "*b
 
     i.e. the square root of the mean Bessel-corrected variance, so that for a calibrated
     filter `rms_spread ~ rmse` (up to the finite-ensemble factor discussed in
-    [`spread_skill_ratio`][filterax.primitives.spread_skill_ratio]). The gradient is finite (zero) for a collapsed ensemble.
+    [`spread_skill_ratio`][filterax.primitives.spread_skill_ratio]). The gradient is finite (zero)
+    for a collapsed ensemble.
 
     **Arguments:**
 
@@ -213,7 +214,8 @@ def rank_histogram(
 
     How to read it: flat for a reliable ensemble (truth exchangeable with the members);
     U-shaped when the ensemble is under-dispersive (truth too often outside it); dome-shaped
-    when over-dispersive; sloped when biased. Test flatness with [`rank_histogram_chi2`][filterax.primitives.rank_histogram_chi2].
+    when over-dispersive; sloped when biased. Test flatness with
+    [`rank_histogram_chi2`][filterax.primitives.rank_histogram_chi2].
 
     **Arguments:**
 
@@ -279,11 +281,13 @@ def rank_histogram_chi2(counts: Real[ArrayLike, " B"]) -> Float[Array, ""]:
     correlated, which inflates $\chi^2$, so treat the test as indicative (Jolliffe & Primo
     2008; Wilks 2011). A sample-size-free measure is Candille & Talagrand's
     $\delta = \chi^2 / (B - 1)$, close to 1 for a reliable ensemble. The statistic says *that*
-    the histogram is not flat; its shape (see [`rank_histogram`][filterax.primitives.rank_histogram]) says *why*.
+    the histogram is not flat; its shape (see
+    [`rank_histogram`][filterax.primitives.rank_histogram]) says *why*.
 
     **Arguments:**
 
-    - `counts`: `(B,)` histogram counts, e.g. from [`rank_histogram`][filterax.primitives.rank_histogram] (`B = N_e + 1 >= 2`).
+    - `counts`: `(B,)` histogram counts, e.g. from
+    [`rank_histogram`][filterax.primitives.rank_histogram] (`B = N_e + 1 >= 2`).
 
     **Returns:**
 
@@ -324,8 +328,8 @@ def spread_skill_ratio(
 
     $$\mathrm{SSR} = \frac{\langle \sigma_t \rangle_t}{\langle \mathrm{RMSE}_t \rangle_t}$$
 
-    with $\sigma_t$ from [`rms_spread`][filterax.primitives.rms_spread] and $\mathrm{RMSE}_t$ from [`rmse`][filterax.primitives.rmse] of the ensemble
-    mean, i.e. DAPPER's `spread.a / rmse.a`. Below 1: the ensemble is over-confident
+    with $\sigma_t$ from [`rms_spread`][filterax.primitives.rms_spread] and $\mathrm{RMSE}_t$
+    from [`rmse`][filterax.primitives.rmse] of the ensemble mean, i.e. DAPPER's `spread.a / rmse.a`. Below 1: the ensemble is over-confident
     (under-dispersive; more inflation is needed); above 1: over-dispersive.
 
     Even a perfectly reliable ensemble of $N_e$ members has
