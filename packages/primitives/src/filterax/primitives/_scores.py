@@ -330,7 +330,8 @@ def spread_skill_ratio(
 
     with $\sigma_t$ from [`rms_spread`][filterax.primitives.rms_spread] and $\mathrm{RMSE}_t$
     from [`rmse`][filterax.primitives.rmse] of the ensemble mean, i.e. DAPPER's `spread.a / rmse.a`.
-    Below 1: the ensemble is over-confident (under-dispersive; more inflation is needed); above 1: over-dispersive.
+    Below 1: the ensemble is over-confident (under-dispersive; more inflation is needed);
+    above 1: over-dispersive.
 
     Even a perfectly reliable ensemble of $N_e$ members has
     $E[\mathrm{RMSE}^2] = (1 + 1/N_e)\,E[\sigma^2]$, because the ensemble mean itself is
