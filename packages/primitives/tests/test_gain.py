@@ -7,6 +7,7 @@ import lineax as lx
 import numpy as np
 import pytest
 
+import filterax.primitives as fxp
 from filterax.primitives import (
     LowRankUpdate,
     diagonal_noise,
@@ -158,3 +159,19 @@ def test_bad_inputs_raise_clear_errors():
     # Regression: masking must not hide a missing diagonal (it sets d_i = 1 at gaps).
     with pytest.raises(ValueError, match="positive diagonal"):
         kalman_gain(X, Y, LowRankUpdate(jnp.ones((2, 1))), obs=jnp.array([0.0, jnp.nan]))
+
+
+@pytest.mark.parametrize(
+    "noise",
+    [0.0, np.array([1.0, 0.0, 1.0]), np.ones((3, 3))],
+    ids=["zero-isotropic", "one-zero-variance", "singular-dense"],
+)
+def test_singular_obs_noise_raises_instead_of_silent_nan(noise):
+    # Regression: a zero variance or a singular dense R made the Woodbury path return NaN.
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((10, 4))
+    Y = X[:, :3] + 0.1 * rng.standard_normal((10, 3))
+    with pytest.raises(ValueError, match="positive definite"):
+        fxp.kalman_gain(X, Y, noise)
+    with pytest.raises(ValueError, match="positive definite"):
+        fxp.log_likelihood(Y, np.zeros(3), noise)

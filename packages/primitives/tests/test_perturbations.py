@@ -6,6 +6,7 @@ import jaxtyping
 import numpy as np
 import pytest
 
+import filterax.primitives as fxp
 from filterax.primitives import diagonal_noise, low_rank_noise, perturbed_observations
 from filterax.testing import random_spd
 
@@ -112,3 +113,9 @@ def test_bad_inputs_raise_clear_errors(getkey):
         perturbed_observations(getkey(), jnp.zeros((3, 1)), 1.0, 4)
     with pytest.raises(ValueError, match="length 3"):
         perturbed_observations(getkey(), jnp.zeros(3), jnp.ones(2), 4)
+
+
+def test_singular_dense_noise_raises_instead_of_silent_nan():
+    # Regression: the Cholesky root of a singular dense R gave NaN perturbations.
+    with pytest.raises(ValueError, match="positive-definite"):
+        fxp.perturbed_observations(jax.random.key(0), jnp.zeros(3), np.ones((3, 3)), 2)

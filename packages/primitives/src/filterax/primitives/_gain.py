@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 import lineax as lx
 from jax import lax
 from jaxtyping import Array, ArrayLike, Float
@@ -25,6 +27,31 @@ def _require_positive_diagonal(noise: LowRankUpdate) -> Array:
     return noise.diagonal
 
 
+def _require_positive_definite(noise: lx.AbstractLinearOperator) -> None:
+    """Raise if a concrete ``R`` is singular (the Woodbury path divides by ``sqrt(R)``).
+
+    Traced values cannot be inspected at trace time and pass through.
+    """
+    structure = noise_structure(noise)
+    try:
+        if structure == "diagonal":
+            values = np.asarray(_noise_diagonal(noise))
+        elif structure == "low_rank":
+            assert isinstance(noise, LowRankUpdate)
+            values = np.asarray(_require_positive_diagonal(noise))
+        else:
+            values = np.linalg.eigvalsh(np.asarray(noise.as_matrix()))
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return
+    if np.any(values <= 0):
+        raise ValueError(
+            "the observation-noise covariance R must be positive definite for the gain and the "
+            f"likelihood; its smallest {'eigenvalue' if structure == 'dense' else 'variance'} is "
+            f"{values.min():.3g}. Give every observation a positive variance (a tiny one such as "
+            "1e-8 for a near-perfect observation), or mark observations you want ignored as NaN."
+        )
+
+
 def _observed_setup(
     Y: ArrayLike, obs_noise: NoiseLike, obs: ArrayLike | None, *, nonsingular: bool = True
 ) -> tuple[Array, lx.AbstractLinearOperator, Array | None]:
@@ -34,9 +61,9 @@ def _observed_setup(
     n_y = Y.shape[1]
     anomalies = ensemble_anomalies(Y, normalized=True)
     noise = as_noise_operator(obs_noise, n_y, dtype=anomalies.dtype)
-    if nonsingular and isinstance(noise, LowRankUpdate):
+    if nonsingular:
         # Checked before masking, which would give the missing rows a unit diagonal.
-        _require_positive_diagonal(noise)
+        _require_positive_definite(noise)
     mask = None
     if obs is not None:
         check_vector(obs, "obs (the observation vector)", n_y)

@@ -339,5 +339,16 @@ def noise_sqrt(op: lx.AbstractLinearOperator) -> lx.AbstractLinearOperator:
 
         in_structure = jax.ShapeDtypeStruct((n + k,), op.factor.dtype)
         return lx.FunctionLinearOperator(root, in_structure)
-    chol = jnp.linalg.cholesky(op.as_matrix())
+    matrix = op.as_matrix()
+    try:
+        eigenvalues = np.linalg.eigvalsh(np.asarray(matrix))
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        eigenvalues = None  # traced: cannot be checked at trace time
+    if eigenvalues is not None and eigenvalues.min() <= 0:
+        raise ValueError(
+            "noise_sqrt needs a positive-definite dense covariance (it takes a Cholesky factor); "
+            f"the smallest eigenvalue is {eigenvalues.min():.3g}. For a singular covariance pass "
+            "low_rank_noise(factor, diagonal) or add a small positive jitter to the diagonal."
+        )
+    chol = jnp.linalg.cholesky(matrix)
     return lx.MatrixLinearOperator(chol, lx.lower_triangular_tag)
