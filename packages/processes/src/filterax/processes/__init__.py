@@ -5,4 +5,3 @@ from ._version import __version__ as __version__
 # --- processes, schedulers, state (EKI, ETKI, GNKI, TEKI, SparseInversion, EKS, UKI) ---
 
 # --- drivers, executors, priors/constraints, mini-batching ---
-
