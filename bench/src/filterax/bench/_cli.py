@@ -1,11 +1,250 @@
-"""Command line: ``filterax-bench demo``."""
+"""Command line: ``filterax-bench list | run | tune | report | demo``."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import sys
+import time
+from pathlib import Path
 
 from ._version import __version__
+
+DEFAULT_OUT = "bench-results"
+
+
+def _split(values: list[str] | None) -> list[str] | None:
+    """``--methods A B,C`` -> ``["A", "B", "C"]``."""
+    if values is None:
+        return None
+    out = [v.strip() for value in values for v in value.split(",") if v.strip()]
+    return out or None
+
+
+def _setup_jax(args: argparse.Namespace) -> None:
+    import jax
+
+    # DAPPER runs in float64; the published numbers are reproduced in float64.
+    jax.config.update("jax_enable_x64", not getattr(args, "float32", False))
+
+
+def _import_plugins(args: argparse.Namespace) -> None:
+    """``--import my_methods.py`` / ``--import my_package.bench``: user registrations."""
+    import importlib
+    import runpy
+
+    for target in getattr(args, "imports", None) or []:
+        if target.endswith(".py") or os.sep in target:
+            if not Path(target).exists():
+                raise SystemExit(f"filterax-bench: --import {target}: no such file.")
+            runpy.run_path(target, run_name="__filterax_bench_plugin__")
+        else:
+            importlib.import_module(target)
+
+
+def _load_tuned(args: argparse.Namespace) -> None:
+    from ._registry import load_tuned
+
+    _import_plugins(args)
+
+    for path in getattr(args, "tuned", None) or []:
+        if not Path(path).exists():
+            raise SystemExit(f"filterax-bench: tuned-settings file {path} does not exist.")
+        load_tuned(path)
+
+
+def _render(results: dict, out: Path, *, files: bool = True) -> None:
+    from rich.console import Console
+
+    from ._leaderboard import print_leaderboard, render_all
+
+    console = Console()
+    print_leaderboard(results, console)
+    if files:
+        paths = render_all(results, out)
+        console.print(
+            f"[dim]wrote {out / 'results.json'}, {paths['markdown']}, {paths['html']} "
+            f"and {sum(k.startswith('plots/') for k in paths)} plots[/dim]"
+        )
+
+
+# --- list ------------------------------------------------------------------------------
+
+
+def _list(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from . import _registry as reg
+
+    _import_plugins(args)
+    console = Console()
+    suite_cells = reg.get_suite(args.suite).resolved() if args.suite else None
+
+    table = Table(title="benchmarks", title_justify="left")
+    for col in ("name", "cycles", "burn-in", "seeds", "description"):
+        table.add_column(col)
+    for name in reg.list_benchmarks():
+        if suite_cells is not None and name not in suite_cells:
+            continue
+        b = reg.get_benchmark(name)
+        burn = str(b.burn_in_cycles) if b.burn_in_cycles is not None else "model"
+        seeds = ",".join(map(str, b.seeds))
+        table.add_row(name, str(b.n_cycles), burn, seeds, b.description)
+    console.print(table)
+
+    table = Table(title="methods", title_justify="left")
+    for col in ("name", "family", "N_e", "benchmarks (settings)", "description"):
+        table.add_column(col)
+    wanted = None if suite_cells is None else {m for ms in suite_cells.values() for m in ms}
+    for name in reg.list_methods():
+        if wanted is not None and name not in wanted:
+            continue
+        m = reg.get_method(name)
+        where = ", ".join(f"{b} ({m.source(b)})" for b in m.benchmarks)
+        table.add_row(name, m.family, str(m.n_ensemble or "-"), where, m.description)
+    console.print(table)
+
+    table = Table(title="suites", title_justify="left")
+    for col in ("name", "cells", "description"):
+        table.add_column(col)
+    for name in reg.list_suites():
+        s = reg.get_suite(name)
+        n = sum(len(ms) for ms in s.resolved().values())
+        table.add_row(name, str(n), s.description)
+    console.print(table)
+    if suite_cells is not None:
+        for bench, methods in suite_cells.items():
+            console.print(f"  {args.suite}: [bold]{bench}[/bold]: {', '.join(methods)}")
+    return 0
+
+
+# --- run / report ------------------------------------------------------------------------
+
+
+def _run(args: argparse.Namespace) -> int:
+    _setup_jax(args)
+    _load_tuned(args)
+    from ._runner import run
+
+    methods, benchmarks = _split(args.methods), _split(args.benchmarks)
+    suite = args.suite
+    if suite is None and methods is None and benchmarks is None:
+        suite = "quick"
+    out = Path(args.out)
+    t0 = time.perf_counter()
+    try:
+        results = run(
+            methods,
+            benchmarks,
+            args.seeds,
+            out,
+            suite=suite,
+            n_cycles=args.cycles,
+            force=args.force,
+            progress=not args.no_progress,
+        )
+    except (KeyError, ValueError) as err:
+        print(f"filterax-bench run: {err.args[0] if err.args else err}", file=sys.stderr)
+        return 2
+    wall = time.perf_counter() - t0
+    _render(results, out, files=not args.no_render)
+    print(f"wall time {wall:.1f} s")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from ._runner import load_results
+
+    out = Path(args.out)
+    if not (out / "results.json").exists():
+        print(f"filterax-bench report: no {out / 'results.json'}; run first.", file=sys.stderr)
+        return 2
+    _render(load_results(out), out)
+    return 0
+
+
+# --- tune ----------------------------------------------------------------------------------
+
+
+def _parse_grid(specs: list[str] | None) -> dict[str, tuple[float, ...]] | None:
+    """``inflation=1.0:1.1:0.01`` (start:stop:step, inclusive) or ``loc=2,4,6``."""
+    if not specs:
+        return None
+    import numpy as np
+
+    grid = {}
+    for spec in specs:
+        name, sep, values = spec.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"--grid {spec!r}: write NAME=START:STOP:STEP or NAME=V1,V2,...")
+        if ":" in values:
+            start, stop, step = (float(v) for v in values.split(":"))
+            n = int(round((stop - start) / step)) + 1
+            grid[name] = tuple(round(float(v), 10) for v in np.linspace(start, stop, n))
+        else:
+            grid[name] = tuple(float(v) for v in values.split(","))
+    return grid
+
+
+def _tune(args: argparse.Namespace) -> int:
+    _setup_jax(args)
+    _load_tuned(args)
+    from rich.console import Console
+
+    from . import _registry as reg
+    from ._tune import DEFAULT_TUNING_SEEDS, tune
+
+    console = Console()
+    methods, benchmarks = _split(args.methods), _split(args.benchmarks)
+    try:
+        cells = reg.resolve_cells(args.suite, methods, benchmarks)
+    except (KeyError, ValueError) as err:
+        print(f"filterax-bench tune: {err.args[0] if err.args else err}", file=sys.stderr)
+        return 2
+    grid = _parse_grid(args.grid)
+    into = Path(args.into) if args.into else Path(args.out) / "tuned.json"
+    seeds = args.tuning_seeds or list(DEFAULT_TUNING_SEEDS)
+    for bench, method in cells:
+        if grid is None and not method.tune_grid:
+            console.print(f"[dim]{bench.name}/{method.name}: nothing to tune, skipped[/dim]")
+            continue
+        with console.status(f"tuning {bench.name}/{method.name}"):
+            res = tune(
+                method,
+                bench,
+                grid,
+                seeds,
+                n_cycles=args.cycles,
+                margin=args.margin,
+                into=str(into),
+            )
+        chosen = ", ".join(f"{k}={v}" for k, v in res.best.items())
+        console.print(
+            f"{bench.name}/{method.name}: [bold]{chosen}[/bold] rmse.a {res.setting.rmse_a:.4f} "
+            f"({res.diverged.sum()} of {res.diverged.size} grid points diverged; "
+            f"{res.seconds:.1f} s)"
+        )
+        _print_tune_table(console, res)
+    console.print(f"[dim]tuned settings merged into {into}; use them with --tuned {into}[/dim]")
+    return 0
+
+
+def _print_tune_table(console, res) -> None:
+    import numpy as np
+
+    if len(res.grid) != 1:
+        return
+    ((name, values),) = res.grid.items()
+    cells = []
+    for v, r, d in zip(values, np.ravel(res.rmse_a), np.ravel(res.diverged), strict=True):
+        mark = "*" if {name: v} == res.best else ("x" if d else " ")
+        cells.append(f"{v:g}:{r:.3f}{mark}")
+    console.print("  " + "  ".join(cells), highlight=False)
+
+
+# --- demo ----------------------------------------------------------------------------------
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -39,16 +278,102 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``filterax-bench`` console script."""
-    parser = argparse.ArgumentParser(prog="filterax-bench", description=__doc__)
+# --- parser ----------------------------------------------------------------------------------
+
+
+def _add_selection(p: argparse.ArgumentParser, *, suite_default_note: str) -> None:
+    p.add_argument(
+        "--suite",
+        default=None,
+        help=f"quick | standard | full | a registered suite ({suite_default_note})",
+    )
+    p.add_argument(
+        "--methods", nargs="+", help="method names or glob patterns (space/comma separated)"
+    )
+    p.add_argument("--benchmarks", nargs="+", help="benchmark names or glob patterns")
+    p.add_argument("--cycles", type=int, default=None, help="run length for every cell")
+    p.add_argument(
+        "--tuned",
+        nargs="+",
+        default=None,
+        help="tuned-settings JSON file(s) to apply on top of the packaged settings",
+    )
+    p.add_argument("--float32", action="store_true", help="run in float32 (default float64)")
+    _add_import(p)
+
+
+def _add_import(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--import",
+        dest="imports",
+        nargs="+",
+        default=None,
+        metavar="MODULE_OR_FILE",
+        help="Python module(s) or .py file(s) that register your own methods/benchmarks",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="filterax-bench",
+        description="Score filterax's DA methods on the standard benchmarks; print and write "
+        "the leaderboard.",
+    )
     parser.add_argument("--version", action="version", version=f"filterax-bench {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="Lorenz-96 twin experiment with a stochastic EnKF")
-    demo.add_argument("--n-ensemble", type=int, default=40)
-    demo.add_argument("--inflation", type=float, default=1.06)
-    demo.add_argument("--cycles", type=int, default=1400)
-    demo.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    demo.set_defaults(func=_demo)
-    args = parser.parse_args(argv)
+
+    p = sub.add_parser("list", help="list benchmarks, methods and suites")
+    p.add_argument("--suite", default=None, help="only what this suite runs")
+    _add_import(p)
+    p.set_defaults(func=_list)
+
+    p = sub.add_parser(
+        "run",
+        help="run a suite (default: quick), write results.json and the leaderboard",
+        description="Without --suite/--methods/--benchmarks: the quick suite. With both "
+        "--methods and --benchmarks and no --suite: every method on every benchmark. With one "
+        "of them: the full suite filtered by it.",
+    )
+    _add_selection(p, suite_default_note="default quick")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="scoring seeds")
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
+    p.add_argument("--force", action="store_true", help="re-run cells already in results.json")
+    p.add_argument("--no-render", action="store_true", help="skip Markdown/HTML/plots")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run)
+
+    p = sub.add_parser(
+        "tune",
+        help="sweep hyper-parameters (grid x tuning seeds, one compiled call) and store the pick",
+    )
+    _add_selection(p, suite_default_note="cells to tune; default: --methods x --benchmarks")
+    p.add_argument(
+        "--grid",
+        nargs="+",
+        default=None,
+        help="NAME=START:STOP:STEP or NAME=V1,V2,... (default: each method's tune_grid)",
+    )
+    p.add_argument("--tuning-seeds", type=int, nargs="+", default=None)
+    p.add_argument("--margin", type=float, default=0.02, help="relative rmse tolerance (0.02)")
+    p.add_argument("--into", default=None, help="tuned-settings JSON (default <out>/tuned.json)")
+    p.add_argument("--out", default=DEFAULT_OUT)
+    p.set_defaults(func=_tune)
+
+    p = sub.add_parser("report", help="re-render the leaderboard from <out>/results.json")
+    p.add_argument("--out", default=DEFAULT_OUT)
+    p.set_defaults(func=_report)
+
+    p = sub.add_parser("demo", help="Lorenz-96 twin experiment with a stochastic EnKF")
+    p.add_argument("--n-ensemble", type=int, default=40)
+    p.add_argument("--inflation", type=float, default=1.06)
+    p.add_argument("--cycles", type=int, default=1400)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``filterax-bench`` console script."""
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     return args.func(args)

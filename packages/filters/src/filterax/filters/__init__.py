@@ -3,7 +3,28 @@
 from ._version import __version__ as __version__
 
 # --- deterministic square-root family (ETKF, EnSRF, DEnKF, ESTKF, ETKF_Livings) ---
+from ._common import AnalysisInputs as AnalysisInputs, prepare_analysis as prepare_analysis
+from ._denkf import DEnKF as DEnKF
+from ._ensrf import EnSRF as EnSRF, EnSRF_Serial as EnSRF_Serial
+from ._estkf import ESTKF as ESTKF
+from ._etkf import ETKF as ETKF
+from ._etkf_livings import ETKF_Livings as ETKF_Livings
+from ._transforms import TransformInfo as TransformInfo
 
 # --- stochastic, finite-size and localised filters (StochasticEnKF, EnKF_N, LETKF) ---
+from ._enkf import StochasticEnKF as StochasticEnKF, StochasticEnKFInfo as StochasticEnKFInfo
+from ._enkf_n import EnKF_N as EnKF_N, EnKFNInfo as EnKFNInfo
+from ._letkf import LETKF as LETKF, LETKFInfo as LETKFInfo
 
 # --- parametric filters and the assimilation loop (KF family, assimilate) ---
+from ._assimilate import AssimilationResult as AssimilationResult, assimilate as assimilate
+from ._kalman import (
+    AbstractKalmanFilter as AbstractKalmanFilter,
+    ExtendedKF as ExtendedKF,
+    GaussianState as GaussianState,
+    KalmanFilter as KalmanFilter,
+    KalmanResult as KalmanResult,
+    SquareRootKF as SquareRootKF,
+    SqrtGaussianState as SqrtGaussianState,
+)
+from ._rotation import random_rotation as random_rotation, rotate_ensemble as rotate_ensemble

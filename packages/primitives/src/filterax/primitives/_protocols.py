@@ -93,7 +93,11 @@ class AbstractScheduler(eqx.Module):
     """Chooses the algorithm time step of an ensemble Kalman process.
 
     ``sched_state = scheduler.init()``; ``dt, sched_state = scheduler.step(sched_state,
-    misfits)``, where ``misfits`` are the per-member data misfits of the current iteration.
+    misfits, **info)``, where ``misfits`` are the per-member data misfits of the current
+    iteration (NaN for failed members) and ``info`` is keyword context a scheduler may need.
+    The filterax processes pass ``time`` (algorithm time so far), ``n_obs`` (data dimension,
+    a Python int), ``d_norm`` (the Frobenius norm of the EKS matrix ``D``) and ``iteration``;
+    a scheduler takes the keywords it needs and ignores the rest.
     """
 
     @abc.abstractmethod
@@ -101,5 +105,7 @@ class AbstractScheduler(eqx.Module):
         """Return the scheduler's initial state."""
 
     @abc.abstractmethod
-    def step(self, state: PyTree, misfits: Float[Array, " N_e"]) -> tuple[Scalar, PyTree]:
+    def step(
+        self, state: PyTree, misfits: Float[Array, " N_e"], **info: Any
+    ) -> tuple[Scalar, PyTree]:
         """Return ``(dt, new_state)`` for the next update."""

@@ -1,0 +1,646 @@
+"""Score (benchmark, method) cells: one compiled, seed-vmapped call per cell, JSON results.
+
+Per seed ``s`` the keys are ``k = jax.random.key(s)``; the truth is simulated with
+``fold_in(k, 0)`` (so every method on a benchmark sees the same truth for the same seed, as in
+DAPPER), the initial ensemble is drawn with ``fold_in(k, 1)`` and the filter runs with
+``fold_in(k, 2)``. Simulation, assimilation and scoring are one jitted function of the key,
+`jax.vmap`-ed over the seeds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import functools
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, Int
+
+from ._registry import (
+    Benchmark,
+    MethodConfig,
+    finite_or_none,
+    get_suite,
+    resolve_cells,
+    write_json_atomic,
+)
+
+__all__ = [
+    "RESULTS_SCHEMA",
+    "Trajectory",
+    "cell_function",
+    "load_results",
+    "run",
+    "score_cell",
+    "seed_keys",
+]
+
+RESULTS_SCHEMA = 1
+DIVERGENCE_FRACTION = 0.5  # rmse.a > 0.5 x climatology (REFERENCES.md) counts as diverged
+MAX_SERIES_POINTS = 500
+PIT_BINS = 21  # rank-histogram bins for Gaussian (parametric) filters
+
+
+class Trajectory(eqx.Module):
+    """What a method's run hands to the scorer (one seed; row ``k`` = observation time ``k``).
+
+    - `analysis_mean`, `forecast_mean`: ``(T, N_x)``.
+    - `ensembles`: ``(T, N_e, N_x)`` analysis ensembles (for CRPS and the rank histogram), or
+      ``None`` when `variances` describe a Gaussian.
+    - `variances`: ``(T, N_x)`` analysis variances of a Gaussian filter, or ``None``.
+    - `analysis_spread`: ``(T,)`` DAPPER's ``rmv.a``; computed from `ensembles`/`variances`
+      when ``None``.
+    - `log_likelihood`: ``(T,)`` per-cycle ``log p(y_k | y_{1:k-1})`` (NaN if unavailable).
+    - `nonfinite`: scalar bool, the run produced NaN/inf.
+    """
+
+    analysis_mean: Float[Array, "T N_x"]
+    forecast_mean: Float[Array, "T N_x"]
+    ensembles: Float[Array, "T N_e N_x"] | None = None
+    variances: Float[Array, "T N_x"] | None = None
+    analysis_spread: Float[Array, " T"] | None = None
+    log_likelihood: Float[Array, " T"] | None = None
+    nonfinite: Any = None
+
+
+class CellOutput(eqx.Module):
+    """Per-seed series computed inside the compiled cell call."""
+
+    rmse_a: Float[Array, " T"]
+    rmse_f: Float[Array, " T"]
+    spread_a: Float[Array, " T"]
+    log_likelihood: Float[Array, " T"]
+    crps: Float[Array, " T"] | None
+    rank_histogram: Int[Array, " B"] | None
+    climatology: Float[Array, ""]
+    nonfinite: Any
+
+
+def seed_keys(seed: int) -> tuple[Any, Any, Any]:
+    """The (truth, initial ensemble, filter) keys of scoring seed `seed`."""
+    key = jax.random.key(seed)
+    return jax.random.fold_in(key, 0), jax.random.fold_in(key, 1), jax.random.fold_in(key, 2)
+
+
+def _ensemble_dynamics(model: Any) -> Any:
+    if model.process_noise is None:
+        return model.dynamics
+    from filterax.zoo import StochasticDynamics
+
+    return StochasticDynamics(model.dynamics, noise=model.process_noise)
+
+
+def _run_ensemble(
+    method: MethodConfig, benchmark: Benchmark, params: Mapping[str, Any], keys, twin, full: bool
+) -> Trajectory:
+    from filterax.filters import assimilate
+
+    model = benchmark.ssm
+    _, k_ens, k_da = keys
+    ensemble0 = model.initial_ensemble(k_ens, method.n_ensemble)
+    result = assimilate(
+        method.build_filter(params, benchmark),
+        _ensemble_dynamics(model),
+        model.obs_op,
+        model.obs_noise,
+        ensemble0,
+        twin.observations,
+        twin.times,
+        key=k_da,
+        inflator=method.build_inflator(params, benchmark),
+        rotate=method.rotate,
+        t0=model.t0,
+        save="ensembles" if full else "stats",
+        throw=False,
+        context=benchmark.context() if method.context else None,
+    )
+    return Trajectory(
+        analysis_mean=result.analysis_mean,
+        forecast_mean=result.forecast_mean,
+        ensembles=result.ensembles,
+        analysis_spread=result.analysis_spread,
+        log_likelihood=result.log_likelihood,
+        nonfinite=result.status == result.NONFINITE,
+    )
+
+
+def _run_parametric(
+    method: MethodConfig, benchmark: Benchmark, params: Mapping[str, Any], keys, twin, full: bool
+) -> Trajectory:
+    del keys, full
+    model = benchmark.ssm
+    filt = method.build_filter(params, benchmark)
+    result = filt.filter(
+        model.x0_mean,
+        model.x0_cov,
+        twin.observations,
+        twin.times,
+        model.dynamics,
+        model.obs_op,
+        model.obs_noise,
+        model.process_noise,
+        model.t0,
+        save_cov="diagonal",
+    )
+    variances = result.cov
+    return Trajectory(
+        analysis_mean=result.mean,
+        forecast_mean=result.forecast_mean,
+        variances=variances,
+        log_likelihood=result.log_likelihood,
+        nonfinite=~jnp.all(jnp.isfinite(result.mean)),
+    )
+
+
+def _gaussian_crps(mean: Array, std: Array, truth: Array) -> Array:
+    # Gneiting & Raftery (2007) eq. 5: CRPS of N(mu, s^2) at y.
+    z = (truth - mean) / std
+    cdf = jax.scipy.stats.norm.cdf(z)
+    pdf = jax.scipy.stats.norm.pdf(z)
+    return std * (z * (2 * cdf - 1) + 2 * pdf - 1 / jnp.sqrt(jnp.pi))
+
+
+def _score(traj: Trajectory, truth: Array, burn: int, full: bool, climatology: Array) -> CellOutput:
+    from filterax.primitives import crps_ensemble, rank_histogram, rms_spread, rmse
+
+    truth = truth.astype(traj.analysis_mean.dtype)
+
+    def error(estimate):
+        # A non-finite row (a failed cycle) must score NaN, not a silently finite number.
+        finite = jnp.all(jnp.isfinite(estimate), axis=-1)
+        return jnp.where(finite, rmse(jnp.where(finite[:, None], estimate, truth), truth), jnp.nan)
+
+    rmse_a = error(traj.analysis_mean)
+    rmse_f = error(traj.forecast_mean)
+    spread = traj.analysis_spread
+    if spread is None:
+        if traj.ensembles is not None:
+            spread = rms_spread(traj.ensembles)
+        elif traj.variances is not None:
+            spread = jnp.sqrt(jnp.mean(traj.variances, axis=-1))
+        else:
+            spread = jnp.full_like(rmse_a, jnp.nan)
+    loglik = traj.log_likelihood
+    if loglik is None:
+        loglik = jnp.full_like(rmse_a, jnp.nan)
+    nonfinite = traj.nonfinite
+    if nonfinite is None:
+        nonfinite = ~jnp.all(jnp.isfinite(traj.analysis_mean))
+    crps = hist = None
+    if full and traj.ensembles is not None:
+        # The fair CRPS (Ferro 2014): unbiased for the distribution the members are drawn
+        # from, so ensembles of different sizes (and Gaussian filters) compare.
+        fair_crps = jax.vmap(functools.partial(crps_ensemble, fair=True))
+        crps = jnp.mean(fair_crps(traj.ensembles, truth), axis=-1)
+        hist = rank_histogram(traj.ensembles[burn:], truth[burn:])
+    elif full and traj.variances is not None:
+        std = jnp.sqrt(jnp.maximum(traj.variances, 0.0))
+        crps = jnp.mean(_gaussian_crps(traj.analysis_mean, std, truth), axis=-1)
+        # Probability-integral transform: the limit of the rank histogram of an infinite
+        # ensemble drawn from the Gaussian, in PIT_BINS equal bins.
+        pit = jax.scipy.stats.norm.cdf((truth - traj.analysis_mean) / std)[burn:]
+        bins = jnp.clip(jnp.floor(pit * PIT_BINS).astype(jnp.int32), 0, PIT_BINS - 1)
+        hist = jnp.sum(bins.reshape(-1)[:, None] == jnp.arange(PIT_BINS)[None, :], axis=0)
+    return CellOutput(
+        rmse_a=rmse_a,
+        rmse_f=rmse_f,
+        spread_a=spread,
+        log_likelihood=loglik,
+        crps=crps,
+        rank_histogram=hist,
+        climatology=climatology,
+        nonfinite=nonfinite,
+    )
+
+
+def cell_function(
+    method: MethodConfig,
+    benchmark: Benchmark,
+    n_cycles: int,
+    *,
+    full: bool = True,
+    static_params: Mapping[str, Any] | None = None,
+) -> Callable[[Any, Mapping[str, Any]], CellOutput]:
+    """``f(seed_key, dynamic_params) -> CellOutput`` for one seed: simulate, assimilate, score.
+
+    `dynamic_params` are the hyper-parameters passed as arrays (vmappable, e.g. a tuning
+    grid); they are merged over the method's parameters on `benchmark` and `static_params`.
+    ``full=False`` skips the ensemble-based scores (CRPS, rank histogram) and keeps only
+    statistics in the scan, as tuning needs.
+    """
+    base = {**method.params(benchmark), **(static_params or {})}
+    burn = benchmark.burn_in(n_cycles)
+    model = benchmark.ssm
+
+    def fn(key, dynamic_params):
+        params = {**base, **dynamic_params}
+        keys = (jax.random.fold_in(key, 0), jax.random.fold_in(key, 1), jax.random.fold_in(key, 2))
+        twin = model.simulate(keys[0], n_cycles)
+        if method.runner is not None:
+            traj = method.runner(keys, benchmark, twin, params)
+        elif method.kind == "parametric":
+            traj = _run_parametric(method, benchmark, params, keys, twin, full)
+        else:
+            traj = _run_ensemble(method, benchmark, params, keys, twin, full)
+        climatology = model.climatology_rmse(twin.truth)
+        return _score(traj, twin.truth, burn, full, climatology)
+
+    return fn
+
+
+# --- host-side statistics ---------------------------------------------------------------
+
+
+def _stats(per_seed: Sequence[float | None]) -> dict[str, Any]:
+    vals = [v for v in per_seed if v is not None]
+    mean = float(np.mean(vals)) if vals else None
+    std = float(np.std(vals, ddof=1)) if len(vals) > 1 else (0.0 if vals else None)
+    return {"mean": mean, "std": std, "per_seed": list(per_seed)}
+
+
+def _time_means(series: np.ndarray, burn: int) -> list[float | None]:
+    return [finite_or_none(np.mean(row[burn:])) for row in np.asarray(series, dtype=np.float64)]
+
+
+def _downsample(values: np.ndarray, times: np.ndarray) -> tuple[list, list]:
+    n = len(values)
+    stride = max(1, math.ceil(n / MAX_SERIES_POINTS))
+    n_blocks = math.ceil(n / stride)
+    vals, ts = [], []
+    for i in range(n_blocks):
+        block = values[i * stride : (i + 1) * stride]
+        finite = block[np.isfinite(block)]
+        vals.append(float(finite.mean()) if finite.size else None)
+        ts.append(float(np.mean(times[i * stride : (i + 1) * stride])))
+    return vals, ts
+
+
+def _rank_chi2(counts: np.ndarray) -> float | None:
+    counts = np.asarray(counts, dtype=np.float64)
+    total = counts.sum()
+    if total <= 0:
+        return None
+    expected = total / counts.size
+    return float(np.sum((counts - expected) ** 2) / expected)
+
+
+def summarise(
+    out: CellOutput, *, seeds: Sequence[int], burn: int, times: np.ndarray
+) -> dict[str, Any]:
+    """The JSON score fields of a cell from the stacked per-seed `CellOutput` (host side)."""
+    rmse_a = np.asarray(out.rmse_a, dtype=np.float64)
+    per_seed_rmse = _time_means(rmse_a, burn)
+    clim = np.asarray(out.climatology, dtype=np.float64)
+    nonfinite = np.asarray(out.nonfinite, dtype=bool)
+    diverged_seeds = [
+        int(s)
+        for s, r, c, nf in zip(seeds, per_seed_rmse, clim, nonfinite, strict=True)
+        if nf or r is None or r > DIVERGENCE_FRACTION * c
+    ]
+    fields: dict[str, Any] = {
+        "rmse_a": _stats(per_seed_rmse),
+        "rmse_f": _stats(_time_means(out.rmse_f, burn)),
+        "spread_a": _stats(_time_means(out.spread_a, burn)),
+        "crps": _stats(
+            _time_means(out.crps, burn) if out.crps is not None else [None] * len(seeds)
+        ),
+        "rank_chi2": _stats(
+            [_rank_chi2(h) for h in np.asarray(out.rank_histogram)]
+            if out.rank_histogram is not None
+            else [None] * len(seeds)
+        ),
+        "log_likelihood": _stats(_time_means(out.log_likelihood, burn)),
+        "diverged": bool(diverged_seeds),
+        "diverged_seeds": diverged_seeds,
+        "climatology": _stats([finite_or_none(c) for c in clim]),
+    }
+    finite = np.isfinite(rmse_a)
+    counts = finite.sum(axis=0)
+    sums = np.where(finite, rmse_a, 0.0).sum(axis=0)
+    mean_series = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+    series_vals, series_times = _downsample(mean_series, np.asarray(times, dtype=np.float64))
+    hist = (
+        [int(c) for c in np.asarray(out.rank_histogram).sum(axis=0)]
+        if out.rank_histogram is not None
+        else []
+    )
+    fields["series"] = {"rmse_a": series_vals, "times": series_times, "rank_histogram": hist}
+    return fields
+
+
+# --- environment ------------------------------------------------------------------------
+
+
+def device_description() -> str:
+    devices = jax.devices()
+    dev = devices[0]
+    kind = getattr(dev, "device_kind", dev.platform)
+    if dev.platform == "cpu":
+        name = _cpu_model() or platform.processor() or "cpu"
+        return f"cpu: {name}, {os.cpu_count()} cores"
+    return f"{dev.platform}: {kind} x{len(devices)}"
+
+
+def _cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+_VERSION_DISTS = (
+    "filterax-primitives",
+    "filterax-zoo",
+    "filterax-filters",
+    "filterax-smoothers",
+    "filterax-processes",
+    "filterax-learn",
+    "filterax-bench",
+    "jax",
+    "jaxlib",
+    "equinox",
+    "lineax",
+    "numpy",
+)
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for dist in _VERSION_DISTS:
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+@functools.cache
+def git_revision() -> str | None:
+    """``git rev-parse HEAD`` of the checkout this package runs from (``None`` if not one)."""
+    try:
+        proc = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    rev = proc.stdout.strip()
+    return rev if proc.returncode == 0 and rev else None
+
+
+# --- running cells ------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class CellPlan:
+    benchmark: Benchmark
+    method: MethodConfig
+    seeds: tuple[int, ...]
+    n_cycles: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.benchmark.name}/{self.method.name}"
+
+    def identity(self) -> dict[str, Any]:
+        """What a finished cell must match to be skipped on resume."""
+        return {
+            "method": self.method.name,
+            "benchmark": self.benchmark.name,
+            "family": self.method.family,
+            "config": _jsonable(self.method.config(self.benchmark) | {"dtype": _dtype_name()}),
+            "seeds": list(self.seeds),
+            "n_cycles": self.n_cycles,
+            "burn_in_cycles": self.benchmark.burn_in(self.n_cycles),
+        }
+
+
+def _dtype_name() -> str:
+    return str(jnp.dtype(jnp.result_type(float)))
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj))
+
+
+def _memory_per_seed(plan: CellPlan) -> int:
+    model = plan.benchmark.ssm
+    n_e = plan.method.n_ensemble or 1
+    return plan.n_cycles * n_e * model.n_state * jnp.dtype(jnp.result_type(float)).itemsize * 3
+
+
+def score_cell(plan: CellPlan, *, memory_budget: int = 2 * 2**30) -> dict[str, Any]:
+    """Run one cell (all its seeds) and return its results-JSON entry."""
+    burn = plan.benchmark.burn_in(plan.n_cycles)
+    fn = cell_function(plan.method, plan.benchmark, plan.n_cycles)
+    batched = jax.jit(jax.vmap(fn, in_axes=(0, None)))
+    seeds = list(plan.seeds)
+    # Full ensembles are stacked for CRPS and rank histograms; seeds run in chunks when all of
+    # them at once would not fit (each chunk is the same compiled call).
+    chunk = max(1, min(len(seeds), memory_budget // max(1, _memory_per_seed(plan))))
+    chunks = [seeds[i : i + chunk] for i in range(0, len(seeds), chunk)]
+
+    def keys_of(ss):
+        padded = ss + [ss[-1]] * (chunk - len(ss))
+        return jnp.stack([jax.random.key(s) for s in padded])
+
+    t0 = time.perf_counter()
+    compiled = batched.lower(keys_of(chunks[0]), {}).compile()
+    compile_seconds = time.perf_counter() - t0
+    outputs = []
+    elapsed = 0.0
+    for ss in chunks:
+        keys = keys_of(ss)
+        t0 = time.perf_counter()
+        out = jax.block_until_ready(compiled(keys, {}))
+        elapsed += time.perf_counter() - t0
+        n_real = len(ss)
+        outputs.append(jax.tree_util.tree_map(lambda x: np.asarray(x)[:n_real], out))  # noqa: B023
+    out = jax.tree_util.tree_map(lambda *xs: np.concatenate(xs, axis=0), *outputs)
+    times = np.asarray(plan.benchmark.ssm.observation_times(plan.n_cycles))
+    cell = plan.identity()
+    cell.update(summarise(out, seeds=seeds, burn=burn, times=times))
+    label = plan.method.reference_label(plan.benchmark.name)
+    cell["reference"] = {
+        "rmse_a": plan.benchmark.reference(label),
+        "label": label,
+        "citation": plan.benchmark.citation,
+    }
+    cell["seconds_per_cycle"] = elapsed / (plan.n_cycles * len(seeds))
+    cell["compile_seconds"] = compile_seconds
+    cell["device"] = device_description()
+    cell["versions"] = package_versions()
+    cell["git_revision"] = git_revision()
+    cell["timestamp"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    return cell
+
+
+def load_results(out: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read ``<out>/results.json`` (or the file itself); an empty result set if absent."""
+    path = Path(out)
+    if path.is_dir() or path.suffix != ".json":
+        path = path / "results.json"
+    if not path.exists():
+        return {"schema": RESULTS_SCHEMA, "cells": {}}
+    data = json.loads(path.read_text())
+    if data.get("schema") != RESULTS_SCHEMA:
+        raise ValueError(f"{path}: unknown results schema {data.get('schema')!r}.")
+    return data
+
+
+def _is_finished(cell: Mapping[str, Any] | None, identity: Mapping[str, Any]) -> bool:
+    return cell is not None and all(cell.get(k) == v for k, v in identity.items())
+
+
+def plan_cells(
+    methods: Sequence[Any] | None = None,
+    benchmarks: Sequence[Any] | None = None,
+    seeds: Sequence[int] | None = None,
+    *,
+    suite: str | None = None,
+    n_cycles: int | None = None,
+) -> list[CellPlan]:
+    """Resolve a selection into `CellPlan`s with their seeds and run lengths."""
+    cells = resolve_cells(suite, methods, benchmarks)
+    suite_obj = get_suite(suite) if suite is not None else None
+    plans = []
+    for bench, method in cells:
+        n = n_cycles
+        if n is None and suite_obj is not None:
+            n = suite_obj.n_cycles.get(bench.name)
+        if n is None:
+            n = bench.n_cycles
+        s = seeds
+        if s is None and suite_obj is not None:
+            s = suite_obj.seeds
+        if s is None:
+            s = bench.seeds
+        plans.append(CellPlan(bench, method, tuple(int(x) for x in s), int(n)))
+    return plans
+
+
+def run(
+    methods: Sequence[str | MethodConfig] | None = None,
+    benchmarks: Sequence[str | Benchmark] | None = None,
+    seeds: Sequence[int] | None = None,
+    out: str | os.PathLike[str] = "bench-results",
+    *,
+    suite: str | None = None,
+    n_cycles: int | None = None,
+    force: bool = False,
+    progress: bool = True,
+    memory_budget: int = 2 * 2**30,
+) -> dict[str, Any]:
+    """Score methods x benchmarks x seeds and write ``<out>/results.json``.
+
+    Each cell is one compiled call vmapped over the seeds (simulate the truth, draw the
+    initial ensemble, assimilate, score). The JSON is rewritten atomically after every cell;
+    a cell already in it with the same method, benchmark, config, seeds, run length and
+    burn-in is skipped (``force=True`` re-runs it), so an interrupted run resumes where it
+    stopped and a changed configuration re-runs.
+
+    **Arguments:**
+
+    - `methods`, `benchmarks`: names, glob patterns or objects (see `resolve_cells`).
+    - `seeds`: scoring seeds (default: the suite's, else each benchmark's).
+    - `out`: output directory.
+    - `suite`: ``"quick"``, ``"standard"``, ``"full"`` or a registered suite name; with neither
+      a suite nor both `methods` and `benchmarks`, ``"quick"`` is used.
+    - `n_cycles`: run length for every cell (default: the suite's, else the benchmark's).
+    - `force`: re-run finished cells.
+    - `progress`: show a rich progress bar.
+    - `memory_budget`: bytes of stacked ensembles per compiled call (seeds run in chunks
+      above it).
+
+    **Returns:** the results dict (as written).
+    """
+    if suite is None and methods is None and benchmarks is None:
+        suite = "quick"
+    plans = plan_cells(methods, benchmarks, seeds, suite=suite, n_cycles=n_cycles)
+    out = Path(out)
+    results = load_results(out)
+    path = out / "results.json"
+    todo = [
+        p for p in plans if force or not _is_finished(results["cells"].get(p.key), p.identity())
+    ]
+    with _progress(progress, len(plans), len(plans) - len(todo)) as advance:
+        for plan in todo:
+            advance(plan.key, started=True)
+            results["cells"][plan.key] = _execute_cell(plan, memory_budget)
+            write_json_atomic(path, results)
+            advance(plan.key, started=False)
+    if not path.exists():
+        write_json_atomic(path, results)
+    return results
+
+
+def _execute_cell(plan: CellPlan, memory_budget: int) -> dict[str, Any]:
+    return score_cell(plan, memory_budget=memory_budget)
+
+
+class _progress:
+    """A rich progress bar over cells (a no-op when disabled)."""
+
+    def __init__(self, enabled: bool, total: int, done: int):
+        self.enabled, self.total, self.done = enabled, total, done
+        self._progress = None
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                SpinnerColumn,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
+            self._progress = Progress(
+                SpinnerColumn(),
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                transient=False,
+            )
+            self._progress.__enter__()
+            skipped = f" ({self.done} already done)" if self.done else ""
+            self._task = self._progress.add_task(
+                f"cells{skipped}", total=self.total, completed=self.done
+            )
+        return self._advance
+
+    def _advance(self, key: str, *, started: bool) -> None:
+        if self._progress is None:
+            return
+        if started:
+            self._progress.update(self._task, description=f"{key}")
+        else:
+            self._progress.advance(self._task)
+
+    def __exit__(self, *exc):
+        if self._progress is not None:
+            self._progress.update(self._task, description="cells")
+            self._progress.__exit__(*exc)
+        return False
