@@ -92,12 +92,18 @@ def _assert_matches_reference(name, problem, out, atol=TOL64):
 # --- exact Kalman analysis of the sample covariance ----------------------------------------
 
 
+# EnSRF_Serial takes diagonal R only (its refusal of correlated R is tested below).
+FILTER_NOISE = [
+    (name, noise)
+    for name in FILTERS
+    for noise in ("diagonal", "dense", "low_rank")
+    if name != "EnSRF_Serial" or noise == "diagonal"
+]
+
+
 @pytest.mark.parametrize("n_obs", OBS_SIZES)
-@pytest.mark.parametrize("noise", ["diagonal", "dense", "low_rank"])
-@pytest.mark.parametrize("name", list(FILTERS))
+@pytest.mark.parametrize(("name", "noise"), FILTER_NOISE)
 def test_matches_sample_kalman_analysis(name, noise, n_obs):
-    if name == "EnSRF_Serial" and noise != "diagonal":
-        pytest.skip("EnSRF_Serial needs diagonal R (its refusal is tested below)")
     problem = helpers.make_linear_problem(10 + n_obs, N_E, N_X, n_obs, noise=noise)
     _assert_matches_reference(name, problem, _run(name, problem))
 
@@ -190,11 +196,8 @@ def test_same_key_gives_identical_results(name):
 # --- missing observations ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("noise", ["diagonal", "dense", "low_rank"])
-@pytest.mark.parametrize("name", list(FILTERS))
+@pytest.mark.parametrize(("name", "noise"), FILTER_NOISE)
 def test_nan_observations_equal_observed_subset(name, noise):
-    if name == "EnSRF_Serial" and noise != "diagonal":
-        pytest.skip("EnSRF_Serial needs diagonal R")
     problem = helpers.make_linear_problem(70, N_E, N_X, 8, noise=noise, missing=(0, 3, 4))
     keep = ~np.isnan(problem.obs)
     subset = problem.subset(keep)

@@ -7,12 +7,17 @@ For ``y = G theta + e``, ``e ~ N(0, Gamma)``, prior ``theta ~ N(m0, C0)``:
 - least-squares (MLE) solution ``m_ls = (G^T Gamma^{-1} G)^{-1} G^T Gamma^{-1} y``.
 
 Everything here is numpy float64: an independent reference for the JAX processes.
+
+Import from a test module with ``load_helpers()`` below (copied into each module): pytest runs
+with ``--import-mode=importlib``, so ``tests/`` is not on ``sys.path``; the module is registered
+under a package-specific name so it cannot clash with another package's helpers.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -115,3 +120,18 @@ def run(process, state, forward, n_steps: int):
     for _ in range(n_steps):
         state = process.update(state, forward(process.particles(state)))
     return state
+
+
+def scan_run(process, state, forward, n_steps: int, *, keep: bool = False):
+    """``n_steps`` updates inside one jitted ``lax.scan``; optionally stack the ensembles."""
+
+    def body(carry, _):
+        new = process.update(carry, forward(process.particles(carry)))
+        return new, (new.ensemble if keep else None)
+
+    @jax.jit
+    def go(s):
+        return jax.lax.scan(body, s, None, length=n_steps)
+
+    final, stacked = go(state)
+    return (final, stacked) if keep else final

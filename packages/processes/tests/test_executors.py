@@ -216,10 +216,7 @@ def test_throw_false_returns_the_history_up_to_the_failure(models, getkey):
 
 
 def test_dask_example_calibrates_on_a_local_cluster(capsys):
-    pytest.importorskip(
-        "distributed",
-        reason="the Dask example needs the optional extra: pip install 'filterax-processes[dask]'",
-    )
+    # `distributed` is in the test dependency group (the optional extra `[dask]` for users).
     path = TESTS.parent / "examples" / "dask_calibration.py"
     spec = importlib.util.spec_from_file_location("filterax_processes_dask_example", path)
     example = importlib.util.module_from_spec(spec)

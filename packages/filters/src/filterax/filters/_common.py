@@ -187,8 +187,8 @@ def _check_forecast(forecast: Any, where: str) -> Array:
     if len(shape) != 2:
         raise ValueError(
             f"{where}: `forecast` must be a 2-D ensemble of shape (N_e, N_x) with members "
-            f"along axis 0; got shape {shape}. For a single state use a (1, N_x) array only "
-            "with at least 2 members; stack members with jnp.stack(members)."
+            f"along axis 0; got shape {shape}. Stack members with jnp.stack(members); for a "
+            "single state with a covariance use KalmanFilter."
         )
     if shape[0] < 2:
         raise ValueError(
