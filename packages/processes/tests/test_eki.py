@@ -94,7 +94,9 @@ def test_stochastic_eki_mean_is_the_kalman_mean_in_expectation():
     problem = helpers.linear_problem(3)
     x0 = problem.prior_samples(np.random.default_rng(2), 20000)
     eki = EKI(scheduler=FixedScheduler(1.0))
-    state = eki.init(jnp.asarray(x0), problem.y, helpers.noise_variances(problem), key=jax.random.key(0))
+    state = eki.init(
+        jnp.asarray(x0), problem.y, helpers.noise_variances(problem), key=jax.random.key(0)
+    )
     state = eki.update(state, problem.forward(state.ensemble))
     mean, cov = helpers.sample_mean_cov(x0)
     ref_mean, ref_cov = helpers.kalman_posterior(mean, cov, problem.G, problem.gamma, problem.y)
@@ -113,7 +115,9 @@ def test_finite_time_stochastic_eki_samples_the_posterior():
     n_members = 4000
     x0 = problem.prior_samples(np.random.default_rng(3), n_members)
     eki = EKI()
-    state = eki.init(jnp.asarray(x0), problem.y, helpers.noise_variances(problem), key=jax.random.key(1))
+    state = eki.init(
+        jnp.asarray(x0), problem.y, helpers.noise_variances(problem), key=jax.random.key(1)
+    )
     state = helpers.scan_run(eki, state, problem.forward, 15)
     assert float(state.time) == 1.0 and bool(state.converged)
     mean, cov = helpers.sample_mean_cov(state.ensemble)
@@ -192,10 +196,14 @@ def test_taper_of_ones_and_sec_with_zero_exponent_are_no_localisation():
     x0 = jnp.asarray(problem.prior_samples(np.random.default_rng(9), 12))
     gamma = jnp.asarray(problem.gamma)
     ref = EKI(scheduler=FixedScheduler(1.0))
-    expected = ref.update(ref.init(x0, problem.y, gamma, key=jax.random.key(2)), problem.forward(x0))
+    expected = ref.update(
+        ref.init(x0, problem.y, gamma, key=jax.random.key(2)), problem.forward(x0)
+    )
     for localizer in (TaperLocalizer(jnp.ones((3, 5))), SEC(alpha=0.0)):
         eki = EKI(scheduler=FixedScheduler(1.0), localizer=localizer)
-        state = eki.update(eki.init(x0, problem.y, gamma, key=jax.random.key(2)), problem.forward(x0))
+        state = eki.update(
+            eki.init(x0, problem.y, gamma, key=jax.random.key(2)), problem.forward(x0)
+        )
         np.testing.assert_allclose(state.ensemble, expected.ensemble, atol=1e-10)
 
 

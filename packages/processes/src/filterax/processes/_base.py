@@ -601,7 +601,7 @@ def resolve_obs(
             noise = checked_noise(obs_noise, state.obs.shape[0], dtype, "obs_noise")
             return state.obs, noise
         return state.obs, state.obs_noise
-    fxp_check_vector(obs, "obs (the observation vector)")
+    check_vector(obs, "obs (the observation vector)")
     y = jnp.asarray(obs).astype(dtype)
     if obs_noise is None:
         if state.obs_noise.in_size() != y.shape[0]:
@@ -628,7 +628,7 @@ def check_ensemble(x: Any, name: str) -> None:
     float_dtype(x)
 
 
-def fxp_check_vector(x: Any, name: str, size: int | None = None) -> None:
+def check_vector(x: Any, name: str, size: int | None = None) -> None:
     shape = jnp.shape(x)
     if len(shape) != 1 or (size is not None and shape[0] != size):
         expected = "a 1-D array" if size is None else f"a 1-D array of length {size}"
@@ -805,7 +805,7 @@ class AbstractProcessBase(fxp.AbstractProcess):
         dtype = state.ensemble.dtype
         g = check_forward_evals(forward_evals, state.ensemble.shape[0], dtype)
         y, noise = resolve_obs(state, obs, obs_noise, dtype)
-        fxp_check_vector(y, "obs", g.shape[1])
+        check_vector(y, "obs", g.shape[1])
         return prepare_update(g, y, noise).misfits
 
 
@@ -896,7 +896,7 @@ class AbstractEnsembleProcess(AbstractProcessBase):
         check_ensemble(ensemble_or_prior, f"{owner}.init(ensemble_or_prior=...)")
         x = jnp.asarray(ensemble_or_prior)
         dtype = float_dtype(x)
-        fxp_check_vector(obs, f"{owner}.init(obs=...)")
+        check_vector(obs, f"{owner}.init(obs=...)")
         y = jnp.asarray(obs).astype(dtype)
         noise = checked_noise(obs_noise, y.shape[0], dtype, f"{owner}.init(obs_noise=...)")
         self._validate(x.shape[0], x.shape[1], y.shape[0])
@@ -940,7 +940,7 @@ class AbstractEnsembleProcess(AbstractProcessBase):
         dtype = x.dtype
         g = check_forward_evals(forward_evals, n_e, dtype)
         y, noise = resolve_obs(state, obs, obs_noise, dtype)
-        fxp_check_vector(y, "obs", g.shape[1])
+        check_vector(y, "obs", g.shape[1])
         self._validate(n_e, n_p, g.shape[1])
         data = prepare_update(g, y, noise)
         dt, sched_state, converged = schedule(self.scheduler, state, data, g.shape[1], dtype)

@@ -34,7 +34,9 @@ class EKI(AbstractEnsembleProcess):
     $$\theta_j \leftarrow \theta_j + C^{\theta g}\big(C^{gg} + \Gamma/\Delta t\big)^{-1}
     \big(y + \eta_j - G(\theta_j)\big), \qquad \eta_j \sim \mathcal N(0, \Gamma/\Delta t),$$
 
-    with the Bessel-corrected sample covariances of the (successful) members. For a linear
+    with the Bessel-corrected sample covariances of the (successful) members (EKP's
+    ``eki_update`` normalises by ``1/J``; the ``(J-1)/J`` factor is immaterial for large ``J``
+    and makes the deterministic form exactly the Kalman update of the sample). For a linear
     forward model each update is an exact Kalman update of the likelihood tempered by
     $\Delta t$, so with steps summing to 1 (`DataMisfitController`, the default) a large
     ensemble samples the posterior (the "finite-time" EKI); iterated further it minimises the

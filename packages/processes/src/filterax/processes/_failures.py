@@ -10,7 +10,6 @@ update is skipped). Up to half the members may fail; the driver raises beyond th
 
 from __future__ import annotations
 
-import math
 from typing import Literal, TypeAlias
 
 import jax
@@ -171,8 +170,3 @@ def handle_failures(
     if handler == "ignore":
         return jnp.where(failed[:, None], previous, updated)
     return resample_failed(key, updated, failed)
-
-
-def min_successful(n_ensemble: int) -> int:
-    """The fewest successful members the processes accept: half the ensemble (rounded up)."""
-    return math.ceil(n_ensemble / 2)

@@ -19,9 +19,9 @@ from ._base import (
     as_float,
     check_forward_evals,
     check_prior,
+    check_vector,
     checked_noise,
     float_dtype,
-    fxp_check_vector,
     initial_key,
     mm,
     new_state,
@@ -153,10 +153,6 @@ class UKIState(eqx.Module):
     sigma_omega: Float[Array, "N_p N_p"]
 
 
-def _optional(x: Any) -> Any:
-    return None if x is None else int(x)
-
-
 class UKI(AbstractProcessBase):
     r"""Unscented Kalman inversion (Huang, Schneider & Stuart 2022).
 
@@ -202,7 +198,7 @@ class UKI(AbstractProcessBase):
         given another one, the regularisation target ``r``, and the imposed prior).
     - `alpha_reg`: ``alpha_r`` in ``(0, 1]`` (default 1: no regularisation toward ``m_0``).
     - `update_freq`: refresh ``Sigma_omega`` from ``C_n`` every so many iterations (default 0,
-        never; forced to 1 with `impose_prior`).
+        never; `impose_prior` forces 1, as EKP).
     - `impose_prior`: augmented-system prior (default False, as EKP).
     - `scheduler`: default ``FixedScheduler(1.0)`` (EKP defaults to ``DataMisfitController``,
         which stops at ``T = 1`` before UKI's fixed point is reached).
@@ -231,7 +227,7 @@ class UKI(AbstractProcessBase):
     prior_mean: Float[Array, " N_p"] = eqx.field(converter=jnp.asarray)
     prior_cov: fxp.NoiseLike
     alpha_reg: Float[ArrayLike, ""] = eqx.field(default=1.0, converter=as_float)
-    update_freq: int | None = eqx.field(default=None, static=True, converter=_optional)
+    update_freq: int = eqx.field(default=0, static=True, converter=int)
     impose_prior: bool = eqx.field(default=False, static=True)
     scheduler: fxp.AbstractScheduler = eqx.field(default_factory=FixedScheduler)
     failure_handler: str = eqx.field(default="sample_succ_gauss", static=True)
@@ -242,7 +238,7 @@ class UKI(AbstractProcessBase):
     def __check_init__(self) -> None:
         check_failure_handler(self.failure_handler, "UKI")
         check_prior(self.prior_mean, self.prior_cov, "UKI")
-        if self.update_freq is not None and self.update_freq < 0:
+        if self.update_freq < 0:
             raise ValueError(f"UKI(update_freq=...) must be >= 0; got {self.update_freq}.")
         try:
             a = float(self.alpha_reg)
@@ -258,7 +254,7 @@ class UKI(AbstractProcessBase):
     def _settings(self) -> tuple[Any, int]:
         if self.impose_prior:
             return 1.0, 1
-        return self.alpha_reg, 0 if self.update_freq is None else self.update_freq
+        return self.alpha_reg, self.update_freq
 
     def _points(self, mean: Array, cov: Array) -> Array:
         points, _, _ = sigma_points(mean, cov, self.alpha, self.beta, self.kappa, modified=True)
@@ -284,10 +280,10 @@ class UKI(AbstractProcessBase):
         """
         n = self.n_params
         if ensemble_or_prior is None:
-            mean = self.prior_mean
-            dtype = jnp.result_type(mean)
+            dtype = jnp.result_type(self.prior_mean)
             if not jnp.issubdtype(dtype, jnp.floating):
                 dtype = jnp.result_type(float)
+            mean = self.prior_mean.astype(dtype)
             cov = prior_operator(self.prior_cov, n, dtype, "UKI").as_matrix()
         else:
             if not isinstance(ensemble_or_prior, tuple) or len(ensemble_or_prior) != 2:
@@ -304,7 +300,7 @@ class UKI(AbstractProcessBase):
         dtype = float_dtype(mean)
         mean = mean.astype(dtype)
         cov = jnp.asarray(cov).astype(dtype)
-        fxp_check_vector(obs, "UKI.init(obs=...)")
+        check_vector(obs, "UKI.init(obs=...)")
         y = jnp.asarray(obs).astype(dtype)
         noise = checked_noise(obs_noise, y.shape[0], dtype, "UKI.init(obs_noise=...)")
         alpha_reg, _ = self._settings()
@@ -348,7 +344,7 @@ class UKI(AbstractProcessBase):
         dtype = x.dtype
         g = check_forward_evals(forward_evals, n_sigma, dtype)
         y, noise = resolve_obs(state, obs, obs_noise, dtype)
-        fxp_check_vector(y, "obs", g.shape[1])
+        check_vector(y, "obs", g.shape[1])
         data = prepare_update(g, y, noise)
         dt, sched_state, converged = schedule(self.scheduler, state, data, g.shape[1], dtype)
         mean, cov = self._analysis(x, data, dt)
