@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import lineax as lx
+import numpy as np
 from jax import lax
 from jaxtyping import Array, ArrayLike, Float
 
