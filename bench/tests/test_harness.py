@@ -551,3 +551,18 @@ def test_preset_climatology_matches_published():
     model = presets.lorenz63_sakov2012()
     twin = model.simulate(jax.random.key(0), 3000)
     assert model.climatology_rmse(twin.truth) == pytest.approx(7.6, rel=0.1)
+
+
+def test_cli_import_registers_user_methods(registry_snapshot, tmp_path, capsys):
+    plugin = tmp_path / "my_methods.py"
+    plugin.write_text(
+        "import filterax.bench as fb\n"
+        "import filterax.filters as fxf\n"
+        "fb.register_method(fb.MethodConfig(name='plugin-ETKF-5', family='ETKF',\n"
+        "    filter=fxf.ETKF(), n_ensemble=5, inflation=1.1,\n"
+        "    settings={'lorenz96_sakov2008': {}}))\n"
+    )
+    assert main(["list", "--import", str(plugin)]) == 0
+    assert "plugin-ETKF-5" in capsys.readouterr().out
+    assert "plugin-ETKF-5" in fb.list_methods()
+    assert "lorenz96_sakov2008" in fb.get_method("plugin-ETKF-5").benchmarks

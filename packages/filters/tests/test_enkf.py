@@ -11,6 +11,7 @@ import importlib.util
 import pathlib
 import sys
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -54,9 +55,15 @@ def dapper_pertobs(E, Eo, R, D_plus):
     return E + (KG @ (D_plus - Eo).T).T
 
 
+@eqx.filter_jit
+def _analysis(filt, key, X, y, obs_op, noise):
+    return filt.analysis(key, X, y, obs_op, noise)
+
+
 def _run(problem, key, *, filt=None, obs=None, noise=None):
     filt = ff.StochasticEnKF() if filt is None else filt
-    return filt.analysis(
+    return _analysis(
+        filt,
         key,
         jnp.asarray(problem.forecast),
         jnp.asarray(problem.obs if obs is None else obs),

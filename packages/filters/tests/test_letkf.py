@@ -166,16 +166,24 @@ def _problem(seed, n_e, n_x, n_y, dim=2, missing=()):
     return X, H, r, y, state_coords, obs_coords
 
 
-def _analysis(filt, X, H, r, y, state_coords, obs_coords, **extra):
+@eqx.filter_jit
+def _jitted_analysis(filt, X, y, obs_op, noise, state_coords, obs_coords, extra):
+    # Compiled once per configuration: much cheaper than eager op-by-op dispatch.
     return filt.analysis(
-        None,
+        None, X, y, obs_op, noise, state_coords=state_coords, obs_coords=obs_coords, **extra
+    )
+
+
+def _analysis(filt, X, H, r, y, state_coords, obs_coords, **extra):
+    return _jitted_analysis(
+        filt,
         jnp.asarray(X),
         jnp.asarray(y),
         fxp.LinearObs(jnp.asarray(H)),
         fxp.diagonal_noise(jnp.asarray(r)),
-        state_coords=jnp.asarray(state_coords),
-        obs_coords=jnp.asarray(obs_coords),
-        **extra,
+        jnp.asarray(state_coords),
+        jnp.asarray(obs_coords),
+        extra,
     )
 
 
@@ -331,7 +339,7 @@ def test_periodic_distance_wraps_around():
 
 @pytest.mark.parametrize("periodic", [False, True])
 def test_window_equals_topk_equals_all(periodic):
-    # 1-D irregular, unsorted observation sites; L = 9 covers every support (checked), so the
+    # 1-D irregular, unsorted observation sites; L = 15 covers every support (checked), so the
     # three selections must agree.
     rng = np.random.default_rng(4)
     n_e, n_x, n_y = 8, 40, 60
@@ -346,12 +354,12 @@ def test_window_equals_topk_equals_all(periodic):
     distance = PERIODIC40 if periodic else fxp.euclidean
     radius = 1.1
     outs = {}
-    for selection, max_local in [("all", None), ("topk", 9), ("window", 9)]:
+    for selection, max_local in [("all", None), ("topk", 15), ("window", 15)]:
         filt = ff.LETKF(
             radius=radius, distance=distance, max_local_obs=max_local, selection=selection
         )
         outs[selection] = _analysis(filt, X, H, r, y, grid, sites)
-    assert int(np.max(outs["all"].info.n_local_obs)) <= 9
+    assert int(np.max(outs["all"].info.n_local_obs)) < 15
     for selection in ("topk", "window"):
         np.testing.assert_allclose(
             outs[selection].particles, outs["all"].particles, atol=TOL64, rtol=0
@@ -360,6 +368,33 @@ def test_window_equals_topk_equals_all(periodic):
             outs[selection].info.n_local_obs, outs["all"].info.n_local_obs
         )
         assert int(outs[selection].info.n_truncated) == 0
+
+
+@pytest.mark.parametrize("periodic", [False, True])
+def test_window_with_few_observed_sites(periodic):
+    # 40 sites, only 7 observed (< 2L = 18): the sorted window wraps onto itself and must
+    # neither duplicate an observation nor pick a missing one.
+    rng = np.random.default_rng(14)
+    n_x = 40
+    grid = np.arange(n_x, dtype=float)
+    X = rng.standard_normal((6, n_x))
+    y = rng.standard_normal(n_x)
+    y[rng.permutation(n_x)[:33]] = np.nan
+    distance = PERIODIC40 if periodic else fxp.euclidean
+    outs = [
+        _analysis(
+            ff.LETKF(radius=9.0, distance=distance, max_local_obs=m, selection=sel),
+            X,
+            np.eye(n_x),
+            np.ones(n_x),
+            y,
+            grid,
+            grid,
+        )
+        for sel, m in [("all", None), ("window", 9)]
+    ]
+    np.testing.assert_allclose(outs[1].particles, outs[0].particles, atol=TOL64, rtol=0)
+    np.testing.assert_array_equal(outs[1].info.n_local_obs, outs[0].info.n_local_obs)
 
 
 def test_truncation_is_reported():
@@ -435,8 +470,9 @@ def test_haversine_topk_equals_all():
     radius = 1500.0  # km: GC support 3000 km
     base = dict(radius=radius, distance=fxp.haversine)
     full = _analysis(ff.LETKF(**base), X, H, r, y, state_ll, obs_ll)
-    L = int(np.max(full.info.n_local_obs))
-    assert 1 <= L < n_y
+    # One more candidate than the largest support count, so no point is flagged as truncated.
+    L = int(np.max(full.info.n_local_obs)) + 1
+    assert 2 <= L < n_y
     topk = _analysis(ff.LETKF(**base, max_local_obs=L, chunk_size=8), X, H, r, y, state_ll, obs_ll)
     np.testing.assert_allclose(topk.particles, full.particles, atol=TOL64, rtol=0)
     assert int(topk.info.n_truncated) == 0

@@ -163,6 +163,7 @@ def _register_builtin() -> None:
             citation=cite,
             coordinates=grid_coordinates,
             distance=periodic_distance(40),
+            divergence_fraction=1.0,
             description="40-d stable linear model with process noise, all observed, R = I",
         )
     )
@@ -175,6 +176,7 @@ def _register_builtin() -> None:
             citation=cite,
             coordinates=grid_coordinates,
             distance=periodic_distance(40),
+            divergence_fraction=1.0,
             description="40-d stable linear model with process noise, every other observed",
         )
     )

@@ -206,20 +206,26 @@ def _tune(args: argparse.Namespace) -> int:
     grid = _parse_grid(args.grid)
     into = Path(args.into) if args.into else Path(args.out) / "tuned.json"
     seeds = args.tuning_seeds or list(DEFAULT_TUNING_SEEDS)
+    failed = 0
     for bench, method in cells:
         if grid is None and not method.tune_grid:
             console.print(f"[dim]{bench.name}/{method.name}: nothing to tune, skipped[/dim]")
             continue
-        with console.status(f"tuning {bench.name}/{method.name}"):
-            res = tune(
-                method,
-                bench,
-                grid,
-                seeds,
-                n_cycles=args.cycles,
-                margin=args.margin,
-                into=str(into),
-            )
+        try:
+            with console.status(f"tuning {bench.name}/{method.name}"):
+                res = tune(
+                    method,
+                    bench,
+                    grid,
+                    seeds,
+                    n_cycles=args.cycles,
+                    margin=args.margin,
+                    into=str(into),
+                )
+        except ValueError as err:
+            console.print(f"[red]{bench.name}/{method.name}: {err}[/red] (nothing stored)")
+            failed += 1
+            continue
         chosen = ", ".join(f"{k}={v}" for k, v in res.best.items())
         console.print(
             f"{bench.name}/{method.name}: [bold]{chosen}[/bold] rmse.a {res.setting.rmse_a:.4f} "
@@ -228,20 +234,32 @@ def _tune(args: argparse.Namespace) -> int:
         )
         _print_tune_table(console, res)
     console.print(f"[dim]tuned settings merged into {into}; use them with --tuned {into}[/dim]")
-    return 0
+    return 1 if failed else 0
 
 
 def _print_tune_table(console, res) -> None:
+    """rmse.a over the grid: ``*`` the pick, ``x`` diverged (1-D: one line; 2-D: a matrix)."""
     import numpy as np
 
-    if len(res.grid) != 1:
-        return
-    ((name, values),) = res.grid.items()
-    cells = []
-    for v, r, d in zip(values, np.ravel(res.rmse_a), np.ravel(res.diverged), strict=True):
-        mark = "*" if {name: v} == res.best else ("x" if d else " ")
-        cells.append(f"{v:g}:{r:.3f}{mark}")
-    console.print("  " + "  ".join(cells), highlight=False)
+    names = list(res.grid)
+    best = tuple(res.index)
+
+    def cell(idx):
+        mark = "*" if idx == best else ("x" if res.diverged[idx] else " ")
+        value = res.rmse_a[idx]
+        return f"{value:.3f}{mark}" if np.isfinite(value) else f"  nan{mark}"
+
+    if len(names) == 1:
+        values = res.grid[names[0]]
+        line = "  ".join(f"{v:g}:{cell((i,))}" for i, v in enumerate(values))
+        console.print("  " + line, highlight=False)
+    elif len(names) == 2:
+        rows, cols = (res.grid[n] for n in names)
+        console.print(f"  {names[0]} \\ {names[1]}", highlight=False)
+        console.print("  " + " " * 8 + "".join(f"{c:>8g}" for c in cols), highlight=False)
+        for i, r in enumerate(rows):
+            cells = "".join(f"{cell((i, j)):>8}" for j in range(len(cols)))
+            console.print(f"  {r:>8g}{cells}", highlight=False)
 
 
 # --- demo ----------------------------------------------------------------------------------

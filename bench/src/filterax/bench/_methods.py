@@ -409,7 +409,7 @@ def _register_builtin() -> None:
                 L63: ("ETKF-10", "EnKF_N-10", "StochasticEnKF-10", "DEnKF-10"),
                 L96: ("ETKF-20", "EnKF_N-20-xN2", "StochasticEnKF-40", "DEnKF-40", "LETKF-7"),
             },
-            n_cycles={L63: 3000, L96: 2000},
+            n_cycles={L63: 5000, L96: 3000},
             seeds=(0, 1, 2),
             description="the README's main job: L63 and L96, 3 seeds, minutes on a laptop CPU",
         )
@@ -431,6 +431,7 @@ def _register_builtin() -> None:
                 L96_HALF: ("ETKF-20", "EnKF_N-20-xN2", "DEnKF-40", "LETKF-10"),
                 L96_SMALL: ("ETKF-10", "EnKF_N-10", "LETKF-7", "LETKF-10"),
             },
+            n_cycles={L63: 10000},
             seeds=(0, 1, 2, 3, 4),
             description="the filters issue's literature-parity table plus two L96 variants",
         )

@@ -81,6 +81,10 @@ class Benchmark:
     - `climatology_rmse`: published climatological ``rmse.a`` (informational; divergence is
       judged against the climatology of each seed's own truth).
     - `max_ensemble`: largest ensemble size allowed (a small-ensemble benchmark), or ``None``.
+    - `divergence_fraction`: a seed counts as diverged when its ``rmse.a`` exceeds this
+      fraction of the climatological rmse of its truth (0.5 for chaotic systems, where working
+      filters sit far below climatology; 1.0 for the linear-Gaussian problems, where even the
+      Kalman filter reaches 0.4 of it).
     - `description`: one line for listings.
     """
 
@@ -95,10 +99,13 @@ class Benchmark:
     distance: Callable[..., Any] | None = None
     climatology_rmse: float | int | None = None
     max_ensemble: int | None = None
+    divergence_fraction: float | int = 0.5
     description: str = ""
 
     def __post_init__(self) -> None:
         _check_name(self.name, "benchmark")
+        if not self.divergence_fraction > 0:
+            raise ValueError(f"divergence_fraction must be > 0; got {self.divergence_fraction}.")
         if not callable(self.model):
             raise TypeError(
                 f"Benchmark.model must be a zero-argument factory returning a StateSpaceModel "

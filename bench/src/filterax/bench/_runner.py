@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 RESULTS_SCHEMA = 1
-DIVERGENCE_FRACTION = 0.5  # rmse.a > 0.5 x climatology (REFERENCES.md) counts as diverged
+DIVERGENCE_FRACTION = 0.5  # default: rmse.a > 0.5 x climatology (REFERENCES.md) = diverged
 MAX_SERIES_POINTS = 500
 PIT_BINS = 21  # rank-histogram bins for Gaussian (parametric) filters
 
@@ -298,7 +298,12 @@ def _rank_chi2(counts: np.ndarray) -> float | None:
 
 
 def summarise(
-    out: CellOutput, *, seeds: Sequence[int], burn: int, times: np.ndarray
+    out: CellOutput,
+    *,
+    seeds: Sequence[int],
+    burn: int,
+    times: np.ndarray,
+    divergence_fraction: float = DIVERGENCE_FRACTION,
 ) -> dict[str, Any]:
     """The JSON score fields of a cell from the stacked per-seed `CellOutput` (host side)."""
     rmse_a = np.asarray(out.rmse_a, dtype=np.float64)
@@ -308,7 +313,7 @@ def summarise(
     diverged_seeds = [
         int(s)
         for s, r, c, nf in zip(seeds, per_seed_rmse, clim, nonfinite, strict=True)
-        if nf or r is None or r > DIVERGENCE_FRACTION * c
+        if nf or r is None or r > divergence_fraction * c
     ]
     fields: dict[str, Any] = {
         "rmse_a": _stats(per_seed_rmse),
@@ -479,7 +484,15 @@ def score_cell(plan: CellPlan, *, memory_budget: int = 2 * 2**30) -> dict[str, A
     out = jax.tree_util.tree_map(lambda *xs: np.concatenate(xs, axis=0), *outputs)
     times = np.asarray(plan.benchmark.ssm.observation_times(plan.n_cycles))
     cell = plan.identity()
-    cell.update(summarise(out, seeds=seeds, burn=burn, times=times))
+    cell.update(
+        summarise(
+            out,
+            seeds=seeds,
+            burn=burn,
+            times=times,
+            divergence_fraction=plan.benchmark.divergence_fraction,
+        )
+    )
     label = plan.method.reference_label(plan.benchmark.name)
     cell["reference"] = {
         "rmse_a": plan.benchmark.reference(label),

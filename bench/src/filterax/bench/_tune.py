@@ -31,7 +31,7 @@ from ._registry import (
     save_tuned,
     today,
 )
-from ._runner import DIVERGENCE_FRACTION, cell_function
+from ._runner import cell_function
 
 __all__ = ["TuneResult", "select", "tune"]
 
@@ -147,7 +147,8 @@ def evaluate_grid(
     rmse = np.asarray(out.rmse_a, dtype=np.float64)[..., burn:].mean(axis=-1)  # (G, S)
     clim = np.asarray(out.climatology, dtype=np.float64)  # (G, S)
     nonfinite = np.asarray(out.nonfinite, dtype=bool)
-    diverged = nonfinite | ~np.isfinite(rmse) | (rmse > DIVERGENCE_FRACTION * clim)
+    threshold = benchmark.divergence_fraction * clim
+    diverged = nonfinite | ~np.isfinite(rmse) | (rmse > threshold)
     n_s = len(tuning_seeds)
     return rmse.reshape(*shape, n_s), diverged.reshape(*shape, n_s)
 

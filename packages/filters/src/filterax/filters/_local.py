@@ -7,20 +7,20 @@ candidates (`ObsSelector`, one per analysis):
 - ``"all"``: every observation (``L = N_y``); ``O(N_x N_y)`` distances. Exact for any taper.
 - ``"table"``: a user-supplied neighbour table ``(N_x, L)`` of observation indices (``-1``
   pads); ``O(N_x L)``.
-- ``"window"``: 1-D coordinates (regular or not, periodic or not). Observations are sorted once
-  (``O(N_y log N_y)``); for each point ``jnp.searchsorted`` finds its place and the ``L``
-  nearest are taken among the ``2L`` sorted neighbours around it, indexed modulo ``N_y`` so a
-  periodic domain wraps around. In 1-D the ``L`` nearest observations (for the euclidean
-  distance or its periodic minimum image) are contiguous in (circular) sorted order and
-  contain a neighbour of the point, so they always lie in that window of ``2L``: the result
-  equals ``"topk"`` at ``O(N_x L log L)`` cost.
+- ``"window"``: 1-D coordinates (regular or not, periodic or not). The *observed* sites are
+  sorted once (``O(N_y log N_y)``; missing ones are sorted to the end and never used); for each
+  point ``jnp.searchsorted`` finds its place and the ``L`` nearest are taken among the ``2L``
+  sorted neighbours around it, indexed modulo the number of observed sites so a periodic domain
+  wraps around. In 1-D the ``L`` nearest sites (for the euclidean distance or its periodic
+  minimum image) are contiguous in (circular) sorted order and contain a neighbour of the
+  point, so they always lie in that window: the result equals ``"topk"`` at ``O(N_x L log L)``.
 - ``"topk"``: generic (any dimension, any distance, e.g. haversine): distances to all
   observations and `jax.lax.top_k`; ``O(N_x N_y)`` work but only ``O(chunk N_y)`` memory when
   chunked.
 
-Missing observations are ranked last (distance ``+inf``), so in ``"topk"`` they never displace
-observed ones; in ``"window"`` they still occupy slots of the ``2L`` window (the LETKF's
-``n_truncated`` diagnostic reports points whose selection may have been cut short).
+Missing observations are ranked last (distance ``+inf``) or, in ``"window"``, left out of the
+sorted sites, so they never displace observed ones: with NaN observations every mode selects
+exactly what it would select for the observed subset.
 """
 
 from __future__ import annotations
@@ -104,7 +104,8 @@ class ObsSelector(eqx.Module):
             # The 2L-window would revisit observations (indices modulo N_y): use top_k.
             mode = "topk"
         if mode == "window":
-            line = obs_coords[:, 0]
+            # Missing sites sort to the end (+inf) and are excluded by the modulus below.
+            line = jnp.where(observed, obs_coords[:, 0], jnp.inf)
             order = jnp.argsort(line)
             return cls("window", n_local, distance, obs_coords, observed, line[order], order)
         return cls("topk", n_local, distance, obs_coords, observed)
@@ -126,13 +127,17 @@ class ObsSelector(eqx.Module):
             return indices, dist, valid & self.observed[indices]
         if self.mode == "window":
             assert self.sorted_coords is not None and self.order is not None
+            n_observed = jnp.maximum(jnp.sum(self.observed), 1)
             position = jnp.searchsorted(self.sorted_coords, point[0])
-            offsets = jnp.arange(2 * self.n_local) - self.n_local
-            candidates = self.order[jnp.mod(position + offsets, n_y)]
+            steps = jnp.arange(2 * self.n_local)
+            candidates = self.order[jnp.mod(position - self.n_local + steps, n_observed)]
+            # With fewer than 2L observed sites the window wraps onto itself: keep the first
+            # n_observed (distinct) candidates only.
+            observed = self.observed[candidates] & (steps < n_observed)
         else:
             candidates = jnp.arange(n_y)
+            observed = self.observed
         dist = _point_distances(self.distance, point, self.obs_coords[candidates])
-        observed = self.observed[candidates]
         rank = jnp.where(observed, dist, jnp.inf)
         chosen = _nearest(rank, self.n_local)
         return candidates[chosen], dist[chosen], observed[chosen]
