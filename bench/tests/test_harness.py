@@ -344,6 +344,27 @@ def _offset_runner(keys, benchmark, twin, params):
     return fb.Trajectory(analysis_mean=mean, forecast_mean=mean)
 
 
+def _late_loss_runner(keys, benchmark, twin, params):
+    # tracks to within 0.1 for the first 88 % of the run, then is off by 5 for good
+    n = twin.truth.shape[0]
+    late = (jnp.arange(n) >= int(0.88 * n))[:, None]
+    mean = twin.truth + jnp.where(late, 5.0, 0.1)
+    return fb.Trajectory(analysis_mean=mean, forecast_mean=mean)
+
+
+def test_divergence_flag_fires_on_late_loss_of_track(registry_snapshot, tmp_path):
+    # Catastrophic divergence late in a long run: the time mean stays below half the
+    # climatology, but the final 10 % of the scored cycles are far above it.
+    method = fb.MethodConfig(name="late-loss", family="fake", runner=_late_loss_runner)
+    bench = tiny_benchmark()
+    cell = fb.run([method], [bench], seeds=[0], out=tmp_path, progress=False, n_cycles=110)[
+        "cells"
+    ]["test_tiny_l96/late-loss"]
+    threshold = 0.5 * cell["climatology"]["mean"]
+    assert cell["rmse_a"]["mean"] < threshold < 5.0
+    assert cell["diverged"] and cell["diverged_seeds"] == [0]
+
+
 def test_resume_skips_finished_cells(registry_snapshot, tmp_path, monkeypatch):
     bench = fb.register_benchmark(tiny_benchmark())
     for name, offset in (("offset-a", 0.1), ("offset-b", 0.2)):

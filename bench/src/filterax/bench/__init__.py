@@ -1,6 +1,6 @@
 """filterax.bench — benchmark registry, runner, tuning and leaderboard for filterax."""
 
-from . import _xla as _xla  # first: sets XLA_FLAGS before the CPU backend starts
+from . import _xla as _xla  # first: sizes the XLA CPU thread pool before the backend starts
 
 from ._version import __version__ as __version__
 

@@ -271,6 +271,32 @@ def _stats(per_seed: Sequence[float | None]) -> dict[str, Any]:
     return {"mean": mean, "std": std, "per_seed": list(per_seed)}
 
 
+FINAL_FRACTION = 0.1  # the closing window checked for a filter that lost track for good
+
+
+def diverged(
+    rmse_a: Any,
+    climatology: Any,
+    nonfinite: Any,
+    fraction: float | int = DIVERGENCE_FRACTION,
+) -> np.ndarray:
+    """Per run: non-finite, or rmse.a above ``fraction`` x climatology, either as the time
+    mean over the scored cycles or over their final 10 %.
+
+    The second test catches a filter that tracked for most of the run and then lost the truth
+    for good (catastrophic divergence late in a long run), whose time mean can still sit below
+    the threshold. `rmse_a` is ``(..., T_scored)``; the others broadcast against ``(...)``.
+    """
+    rmse_a = np.asarray(rmse_a, dtype=np.float64)
+    n_final = max(1, int(round(FINAL_FRACTION * rmse_a.shape[-1])))
+    with np.errstate(invalid="ignore"):
+        whole = rmse_a.mean(axis=-1)
+        final = rmse_a[..., -n_final:].mean(axis=-1)
+        threshold = fraction * np.asarray(climatology, dtype=np.float64)
+        bad = ~np.isfinite(whole) | (whole > threshold) | (final > threshold)
+    return np.asarray(nonfinite, dtype=bool) | bad
+
+
 def _time_means(series: np.ndarray, burn: int) -> list[float | None]:
     return [finite_or_none(np.mean(row[burn:])) for row in np.asarray(series, dtype=np.float64)]
 
@@ -303,18 +329,15 @@ def summarise(
     seeds: Sequence[int],
     burn: int,
     times: np.ndarray,
-    divergence_fraction: float = DIVERGENCE_FRACTION,
+    divergence_fraction: float | int = DIVERGENCE_FRACTION,
 ) -> dict[str, Any]:
     """The JSON score fields of a cell from the stacked per-seed `CellOutput` (host side)."""
     rmse_a = np.asarray(out.rmse_a, dtype=np.float64)
     per_seed_rmse = _time_means(rmse_a, burn)
     clim = np.asarray(out.climatology, dtype=np.float64)
     nonfinite = np.asarray(out.nonfinite, dtype=bool)
-    diverged_seeds = [
-        int(s)
-        for s, r, c, nf in zip(seeds, per_seed_rmse, clim, nonfinite, strict=True)
-        if nf or r is None or r > divergence_fraction * c
-    ]
+    flags = diverged(rmse_a[:, burn:], clim, nonfinite, divergence_fraction)
+    diverged_seeds = [int(s) for s, flag in zip(seeds, flags, strict=True) if flag]
     fields: dict[str, Any] = {
         "rmse_a": _stats(per_seed_rmse),
         "rmse_f": _stats(_time_means(out.rmse_f, burn)),

@@ -31,7 +31,7 @@ from ._registry import (
     save_tuned,
     today,
 )
-from ._runner import cell_function
+from ._runner import cell_function, diverged as diverged_runs
 
 __all__ = ["TuneResult", "select", "tune"]
 
@@ -144,11 +144,9 @@ def evaluate_grid(
     keys = jnp.stack([jax.random.key(int(s)) for s in tuning_seeds])
     out = jax.block_until_ready(over_grid(keys, dyn))
     burn = benchmark.burn_in(n_cycles)
-    rmse = np.asarray(out.rmse_a, dtype=np.float64)[..., burn:].mean(axis=-1)  # (G, S)
-    clim = np.asarray(out.climatology, dtype=np.float64)  # (G, S)
-    nonfinite = np.asarray(out.nonfinite, dtype=bool)
-    threshold = benchmark.divergence_fraction * clim
-    diverged = nonfinite | ~np.isfinite(rmse) | (rmse > threshold)
+    series = np.asarray(out.rmse_a, dtype=np.float64)[..., burn:]  # (G, S, T_scored)
+    rmse = series.mean(axis=-1)  # (G, S)
+    diverged = diverged_runs(series, out.climatology, out.nonfinite, benchmark.divergence_fraction)
     n_s = len(tuning_seeds)
     return rmse.reshape(*shape, n_s), diverged.reshape(*shape, n_s)
 
