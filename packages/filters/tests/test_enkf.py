@@ -172,6 +172,12 @@ def test_missing_obs_get_zero_weight(getkey):
     np.testing.assert_allclose(out.particles.mean(0), sub.reference().mean, atol=TOL64)
 
 
+def test_all_observations_missing_leaves_forecast_unchanged(getkey):
+    problem = helpers.make_linear_problem(2, 9, 7, 6)
+    out = _run(problem, getkey(), obs=np.full(6, np.nan))
+    np.testing.assert_allclose(out.particles, problem.forecast, atol=1e-12)
+
+
 def test_missing_obs_gradients_are_finite(getkey):
     problem = helpers.make_linear_problem(2, 9, 7, 6, missing=(0, 3))
     key = getkey()

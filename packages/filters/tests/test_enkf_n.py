@@ -145,8 +145,9 @@ def dapper_enkf_n(E, Eo, R, y, xN=1.0, g=0, dual=True, xtol=1e-4, ytol=1e-7, ite
         def nvrs(w):
             return (V * (pad0(s**2, N) + za(w)) ** -1.0) @ V.T
 
-        wa = newton_m(Jp, nvrs, np.zeros(N), is_inverted=True, xtol=xtol, ytol=ytol,
-                      itermax=itermax)  # fmt: skip
+        wa = newton_m(
+            Jp, nvrs, np.zeros(N), is_inverted=True, xtol=xtol, ytol=ytol, itermax=itermax
+        )
         l1 = np.sqrt(N1 / za(wa))
 
     A = A * l1
@@ -240,6 +241,14 @@ def test_nan_obs_equal_observed_subset():
     np.testing.assert_allclose(full_out.particles, sub_out.particles, atol=TOL64, rtol=0)
     np.testing.assert_allclose(full_out.info.inflation, sub_out.info.inflation, rtol=TOL64)
     np.testing.assert_allclose(full_out.log_likelihood, sub_out.log_likelihood, atol=TOL64)
+
+
+def test_all_observations_missing_leaves_forecast_unchanged():
+    # No information: l1 = 1 exactly (mode-corrected hyperprior), no update.
+    problem = helpers.make_linear_problem(11, 8, 6, 5)
+    out = _run(problem, obs=np.full(5, np.nan))
+    np.testing.assert_allclose(out.info.inflation, 1.0, atol=1e-12)
+    np.testing.assert_allclose(out.particles, problem.forecast, atol=1e-12)
 
 
 def test_ensemble_transform_reproduces_particles():

@@ -9,8 +9,11 @@ leaves room for the small eigen/Cholesky problems.
 
 import functools
 import importlib.util
+import os
 import pathlib
+import subprocess
 import sys
+import textwrap
 
 import equinox as eqx
 import jax
@@ -411,9 +414,9 @@ def test_truncation_is_reported():
     assert int(out.info.n_truncated) == 0
 
 
-@pytest.mark.parametrize("chunk_size", [1, 7, 64])
+@pytest.mark.parametrize("chunk_size", [1, 7])
 def test_chunked_equals_unchunked(chunk_size):
-    # chunk 7 leaves a remainder of 41 % 7 = 6 points; chunk 64 > N_x.
+    # chunk 7 leaves a remainder of 41 % 7 = 6 points.
     X, H, r, y, sc, oc = _problem(6, 7, 41, 25, dim=1, missing=(4,))
     ref = _analysis(ff.LETKF(radius=1.5, max_local_obs=11), X, H, r, y, sc, oc)
     out = _analysis(
@@ -478,6 +481,78 @@ def test_haversine_topk_equals_all():
     assert int(topk.info.n_truncated) == 0
 
 
+def test_all_observations_missing_leaves_forecast_unchanged():
+    X, H, r, y, sc, oc = _problem(15, 6, 10, 8, dim=1)
+    y = np.full_like(y, np.nan)
+    for filt in [ff.LETKF(radius=2.0), ff.LETKF(radius=2.0, max_local_obs=3)]:
+        out = _analysis(filt, X, H, r, y, sc, oc)
+        np.testing.assert_allclose(out.particles, X, atol=1e-12)
+        assert int(np.max(out.info.n_local_obs)) == 0
+
+
+def test_lorenz96_twin_through_assimilate():
+    # DAPPER L96 sakov2008, LETKF N = 10, infl 1.04, loc_rad 6: published rmse.a 0.20
+    # (../shared/REFERENCES.md). 500 cycles (250 burn-in) of one seed must land near it;
+    # coordinates travel through assimilate's context.
+    from filterax.zoo import presets
+
+    ssm = presets.lorenz96_sakov2008()
+    xp = ssm.simulate(jax.random.key(0), 500)
+    ens0 = ssm.initial_ensemble(jax.random.key(1), 10)
+    grid = jnp.arange(40.0)
+    filt = ff.LETKF(
+        radius=fxp.dapper_radius_to_gc_halfwidth(6.0), distance=PERIODIC40, max_local_obs=25
+    )
+    res = ff.assimilate(
+        filt,
+        ssm.dynamics,
+        ssm.obs_op,
+        ssm.obs_noise,
+        ens0,
+        xp.observations,
+        xp.times,
+        key=jax.random.key(2),
+        inflator=fxp.MultiplicativeInflator(1.04),
+        context={"state_coords": grid, "obs_coords": grid},
+    )
+    err = jnp.sqrt(jnp.mean((res.analysis_mean - xp.truth) ** 2, axis=1))
+    rmse = float(jnp.mean(err[250:]))
+    assert rmse < 0.26, rmse
+
+
+def test_large_unchunked_grid_does_not_deadlock():
+    # Regression: with an independent batched Cholesky beside the batched eigh, one vmap over
+    # 2^15 grid points deadlocked JAX's CPU LAPACK thread pool (ParallelBatchMap). Run in a
+    # subprocess so a regression fails by timeout instead of hanging the suite.
+    child = textwrap.dedent(
+        """
+        import functools
+        import jax, jax.numpy as jnp
+        import filterax.primitives as fxp
+        import filterax.filters as ff
+        n_x, n_e = 2**15, 32
+        grid = jnp.arange(n_x, dtype=jnp.float32)
+        X = jax.random.normal(jax.random.key(0), (n_e, n_x))
+        y = jax.random.normal(jax.random.key(1), (n_x,))
+        per = functools.partial(fxp.periodic, period=float(n_x))
+        filt = ff.LETKF(radius=2.9, distance=per, max_local_obs=11)
+        run = jax.jit(lambda X, y, g: filt.analysis(
+            None, X, y, lambda x: x, 1.0, state_coords=g, obs_coords=g).particles)
+        out = run(X, y, grid).block_until_ready()
+        print("OK", bool(jnp.all(jnp.isfinite(out))))
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", child],
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "OK True" in proc.stdout
+
+
 # --- transformations ---------------------------------------------------------------------------
 
 
@@ -496,12 +571,13 @@ def test_gradient_wrt_radius_is_finite_and_matches_finite_differences():
         out = _analysis(filt, X, H, np.ones(len(sites)), y, grid, sites)
         return jnp.sum(out.particles**2)
 
-    for kw in [{}, {"max_local_obs": 13, "chunk_size": 16}]:
-        grad = jax.grad(lambda rad, kw=kw: loss(rad, **kw))(3.3)
-        fd = helpers.central_difference(lambda rad, kw=kw: loss(rad, **kw), 3.3, h=1e-5)
-        assert np.isfinite(grad)
-        # Central differences at h = 1e-5 on an O(1e3) loss: truncation ~1e-7 relative.
-        np.testing.assert_allclose(grad, fd, rtol=1e-5)
+    # Window selection + chunked lax.map: the path large grids take.
+    kw = {"max_local_obs": 13, "chunk_size": 16}
+    grad = jax.grad(lambda rad: loss(rad, **kw))(3.3)
+    fd = helpers.central_difference(lambda rad: loss(rad, **kw), 3.3, h=1e-5)
+    assert np.isfinite(grad)
+    # Central differences at h = 1e-5 on an O(1e3) loss: truncation ~1e-7 relative.
+    np.testing.assert_allclose(grad, fd, rtol=1e-5)
 
 
 def test_vmap_over_radius_and_jit():
@@ -525,15 +601,11 @@ def test_vmap_over_radius_and_jit():
 
 def test_float32():
     X, H, r, y, sc, oc = _problem(12, 6, 12, 10, dim=1, missing=(2,))
-    ref = _analysis(ff.LETKF(radius=2.0, max_local_obs=5), X, H, r, y, sc, oc)
-    out = ff.LETKF(radius=2.0, max_local_obs=5).analysis(
-        None,
-        jnp.asarray(X, jnp.float32),
-        jnp.asarray(y, jnp.float32),
-        fxp.LinearObs(jnp.asarray(H, jnp.float32)),
-        jnp.asarray(r, jnp.float32),
-        state_coords=jnp.asarray(sc, jnp.float32),
-        obs_coords=jnp.asarray(oc, jnp.float32),
+    filt = ff.LETKF(radius=2.0, max_local_obs=5)
+    ref = _analysis(filt, X, H, r, y, sc, oc)
+    f32 = functools.partial(jnp.asarray, dtype=jnp.float32)
+    out = _jitted_analysis(
+        filt, f32(X), f32(y), fxp.LinearObs(f32(H)), f32(r), f32(sc), f32(oc), {}
     )
     assert out.particles.dtype == jnp.float32
     # float32 round-off on O(1) values through a few small eigenproblems.

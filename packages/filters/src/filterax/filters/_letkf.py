@@ -8,8 +8,8 @@ from typing import Any
 
 import equinox as eqx
 import jax.numpy as jnp
-import jax.scipy.linalg as jsl
 import numpy as np
+from jax import lax
 from jax.sharding import Mesh
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
@@ -75,8 +75,11 @@ def letkf_local_update(
         u = matmul(S.T, anomaly)
         core = symmetric_matrix_function(gram, "inv_sqrt_push")
         transformed = anomaly + matmul(S, matmul(core, u))
-        chol = jnp.linalg.cholesky(jnp.eye(n_local, dtype=dtype) + gram)
-        mean_weight = jnp.dot(delta, jsl.cho_solve((chol, True), u))
+        # (I + G)^{-1} = F^2 with F = (I + G)^{-1/2} = I + G g(G): reuse the one eigh. (A
+        # separate batched Cholesky would also be independent of it, and two concurrent
+        # batched LAPACK calls can deadlock JAX's CPU thread pool for batches >~ 3e4.)
+        inv_sqrt = jnp.eye(n_local, dtype=dtype) + matmul(gram, core)
+        mean_weight = jnp.dot(delta, matmul(inv_sqrt, matmul(inv_sqrt, u)))
     else:
         transform = symmetric_matrix_function(matmul(S, S.T), "inv_sqrt")
         transformed = matmul(transform, anomaly)
@@ -96,7 +99,8 @@ class LETKFInfo(eqx.Module):
         (``rho > cutoff``), ``(N_x,)``.
     - `n_truncated`: the number of grid points whose ``max_local_obs`` candidates were all
         used and the farthest still had ``rho > cutoff``: their selection may have dropped
-        observations inside the taper's support (raise ``max_local_obs`` if non-zero).
+        observations inside the taper's support (raise ``max_local_obs`` if non-zero). Always
+        0 when every observation is a candidate or a neighbour table is given.
     """
 
     innovation: Float[Array, " N_y"]
@@ -175,8 +179,8 @@ class LETKF(fxp.AbstractSequentialFilter):
     - `max_local_obs`: the static number ``L`` of candidate observations per point (``None``:
         all ``N_y``). Choose it to cover the support (``n_truncated`` reports if it does not).
     - `chunk_size`: grid points per vmapped chunk (static; ``None``: all at once).
-    - `selection`: ``"auto"`` (table if given, 1-D window, else top-k), ``"all"``, ``"window"``
-        or ``"topk"`` (static).
+    - `selection`: ``"auto"`` (1-D window, else top-k), ``"all"``, ``"window"`` or ``"topk"``
+        (static). A neighbour table passed as context is always used when given.
     - `mesh`, `mesh_axis`: a `jax.sharding.Mesh` to split the grid over (static; ``None`` runs
         on one device) and the axis name(s) to use (``None``: all axes).
 
@@ -351,14 +355,18 @@ class LETKF(fxp.AbstractSequentialFilter):
             keep = valid & (rho > cutoff)
             rho = jnp.where(keep, rho, jnp.zeros((), dtype))
             scale = safe_sqrt(rho)
-            S_local = common["S"][:, indices] * scale[None, :]
-            delta_local = common["delta"][indices] * scale
+            if sel.mode == "all":  # indices == arange(N_y): skip the gather
+                S_local = common["S"] * scale[None, :]
+                delta_local = common["delta"] * scale
+            else:
+                S_local = common["S"][:, indices] * scale[None, :]
+                delta_local = common["delta"][indices] * scale
             members = letkf_local_update(point["anomaly"], point["mean"], S_local, delta_local)
             n_local = jnp.sum(keep)
             if may_truncate:
                 # All L candidates observed and the farthest still weighted: maybe cut short.
-                farthest = jnp.max(jnp.where(valid, dist, -jnp.inf))
-                edge = taper(farthest, common["radius"]) > cutoff
+                farthest = lax.stop_gradient(jnp.max(jnp.where(valid, dist, 0.0)))
+                edge = taper(farthest, lax.stop_gradient(common["radius"])) > cutoff
                 truncated = jnp.all(valid) & edge
             else:
                 truncated = jnp.zeros((), bool)

@@ -13,7 +13,8 @@ candidates (`ObsSelector`, one per analysis):
   sorted neighbours around it, indexed modulo the number of observed sites so a periodic domain
   wraps around. In 1-D the ``L`` nearest sites (for the euclidean distance or its periodic
   minimum image) are contiguous in (circular) sorted order and contain a neighbour of the
-  point, so they always lie in that window: the result equals ``"topk"`` at ``O(N_x L log L)``.
+  point, so they always lie in that window: the result equals ``"topk"`` (up to ties at equal
+  distance) at ``O(N_x L log L)``.
 - ``"topk"``: generic (any dimension, any distance, e.g. haversine): distances to all
   observations and `jax.lax.top_k`; ``O(N_x N_y)`` work but only ``O(chunk N_y)`` memory when
   chunked.
