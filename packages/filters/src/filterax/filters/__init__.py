@@ -17,7 +17,11 @@ from ._enkf_n import EnKF_N as EnKF_N, EnKFNInfo as EnKFNInfo
 from ._letkf import LETKF as LETKF, LETKFInfo as LETKFInfo
 
 # --- parametric filters and the assimilation loop (KF family, assimilate) ---
-from ._assimilate import AssimilationResult as AssimilationResult, assimilate as assimilate
+from ._assimilate import (
+    AssimilationResult as AssimilationResult,
+    assimilate as assimilate,
+    cycle_keys as cycle_keys,
+)
 from ._kalman import (
     AbstractKalmanFilter as AbstractKalmanFilter,
     ExtendedKF as ExtendedKF,

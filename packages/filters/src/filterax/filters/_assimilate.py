@@ -22,7 +22,7 @@ from filterax.primitives import AdaptiveInflator, rms_spread, rmse
 
 from ._rotation import rotate_ensemble
 
-__all__ = ["AssimilationResult", "assimilate"]
+__all__ = ["AssimilationResult", "assimilate", "cycle_keys"]
 
 _SAVE_OPTIONS = ("stats", "ensembles", "forecast_and_analysis")
 
@@ -41,6 +41,26 @@ _DIVERGED_MESSAGE = (
     "divergence_threshold. Re-run with throw=False to get result.first_failure and "
     "result.cycle_status; more inflation (or localisation) usually cures filter divergence."
 )
+
+
+def cycle_keys(key: PRNGKeyArray, cycle: Int[ArrayLike, ""]) -> tuple[PRNGKeyArray, ...]:
+    """The four keys `assimilate` uses in cycle ``cycle``: forecast, analysis, inflation, rotation.
+
+    ``jax.random.split(jax.random.fold_in(key, cycle), 4)``. Public so that code which replays
+    part of a run (e.g. the ensemble smoothers of `filterax.smoothers`, which recompute each
+    cycle's analysis transform from a saved history) draws exactly the same random numbers.
+
+    **Arguments:**
+
+    - `key`: the run's key (the ``key=`` given to `assimilate`).
+    - `cycle`: the cycle index ``k`` (row ``k`` of the observations), possibly traced.
+
+    **Returns:**
+
+    ``(k_forecast, k_analysis, k_inflation, k_rotation)``.
+    """
+    k_fc, k_an, k_infl, k_rot = jax.random.split(jax.random.fold_in(key, cycle), 4)
+    return k_fc, k_an, k_infl, k_rot
 
 
 def _needs_key(fn: Any) -> bool:
@@ -342,7 +362,8 @@ def assimilate(
     For cycle ``k = 0..T-1`` with ``t_{-1} = t0`` (DAPPER's convention: no observation at
     ``t0``, the run starts with a forecast):
 
-    1. keys: ``k_fc, k_an, k_infl, k_rot = jax.random.split(jax.random.fold_in(key, k), 4)``;
+    1. keys: ``k_fc, k_an, k_infl, k_rot = cycle_keys(key, k)``
+       (``jax.random.split(jax.random.fold_in(key, k), 4)``);
     2. forecast: ``X^f = vmap(dynamics, in_axes=(0, None, None))(X^a, t_{k-1}, t_k)``; a
        dynamics whose call *requires* ``key=`` (e.g. `filterax.zoo.StochasticDynamics`) gets
        one key per member, ``jax.random.split(k_fc, N_e)``;
@@ -496,7 +517,7 @@ def _run(
         ensemble, infl_state, alive = carry
         infl = infl_state if adaptive else inflator
         step, obs, t_a, t_b = inputs
-        k_fc, k_an, k_infl, k_rot = jax.random.split(jax.random.fold_in(key, step), 4)
+        k_fc, k_an, k_infl, k_rot = cycle_keys(key, step)
 
         forecast = _forecast(dynamics, stochastic, ensemble, t_a, t_b, k_fc)
         diverged = jnp.asarray(False)
