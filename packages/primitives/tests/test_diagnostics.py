@@ -75,6 +75,18 @@ def test_rmse_and_spread_have_finite_gradient_at_zero():
     assert np.all(np.isfinite(jax.grad(rms_spread)(X)))
 
 
+def test_rmse_and_spread_propagate_nan():
+    # A missing / failed estimate must score NaN, never a perfect 0 (regression: the
+    # zero-gradient guard used to map NaN to 0).
+    truth = jnp.zeros((2, 3))
+    estimate = jnp.array([[jnp.nan, 1.0, 1.0], [1.0, 1.0, 1.0]])
+    got = rmse(estimate, truth)
+    assert np.isnan(got[0]) and got[1] == pytest.approx(1.0)
+    ens = jnp.ones((4, 3)).at[0, 0].set(jnp.nan)
+    assert np.isnan(rms_spread(ens))
+    assert rms_spread(jnp.ones((4, 3))) == 0.0
+
+
 def test_rmse_and_spread_reject_bad_shapes():
     with pytest.raises((ValueError, TypeError)):
         rmse(jnp.ones(3), jnp.ones(4))

@@ -25,8 +25,9 @@ def _check_floating(x: Array, name: str) -> None:
 def _safe_sqrt(x: Array) -> Array:
     # The double `where` keeps the gradient finite (zero) at x == 0, where d sqrt/dx is
     # infinite: a perfect estimate or a collapsed ensemble must not poison a training loss.
+    # NaN (a missing or failed estimate) stays NaN: it must never score as a perfect 0.
     positive = x > 0
-    return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1)), 0)
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1)), jnp.where(x == 0, 0, x))
 
 
 def rmse(
