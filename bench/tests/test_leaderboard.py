@@ -305,6 +305,7 @@ def check_table(
             assert_number(row["Δ ref"], delta, what + " Δ ref")
         for header, name in [
             ("rmse.f", "rmse_f"),
+            ("rmse.s", "rmse_s"),
             ("spread.a", "spread_a"),
             ("CRPS", "crps"),
             ("rank χ²", "rank_chi2"),

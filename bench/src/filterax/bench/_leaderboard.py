@@ -343,6 +343,7 @@ COLUMNS: tuple[Column, ...] = (
         numeric=False,
     ),
     Column("rmse_f", "rmse.f", lambda r: format_number(metric(r.cell, "rmse_f"))),
+    Column("rmse_s", "rmse.s", lambda r: format_number(metric(r.cell, "rmse_s"))),
     Column("spread_a", "spread.a", lambda r: format_number(metric(r.cell, "spread_a"))),
     Column("crps", "CRPS", lambda r: format_number(metric(r.cell, "crps"))),
     Column("rank_chi2", "rank χ²", lambda r: format_number(metric(r.cell, "rank_chi2"))),

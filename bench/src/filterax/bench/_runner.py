@@ -65,6 +65,8 @@ class Trajectory(eqx.Module):
       when ``None``.
     - `log_likelihood`: ``(T,)`` per-cycle ``log p(y_k | y_{1:k-1})`` (NaN if unavailable).
     - `nonfinite`: scalar bool, the run produced NaN/inf.
+    - `smoothed_mean`: ``(T, N_x)`` smoothed means of a smoother (DAPPER's ``.s`` estimate,
+      scored as ``rmse.s``), or ``None`` for filters.
     """
 
     analysis_mean: Float[Array, "T N_x"]
@@ -74,6 +76,7 @@ class Trajectory(eqx.Module):
     analysis_spread: Float[Array, " T"] | None = None
     log_likelihood: Float[Array, " T"] | None = None
     nonfinite: Any = None
+    smoothed_mean: Float[Array, "T N_x"] | None = None
 
 
 class CellOutput(eqx.Module):
@@ -87,6 +90,7 @@ class CellOutput(eqx.Module):
     rank_histogram: Int[Array, " B"] | None
     climatology: Float[Array, ""]
     nonfinite: Any
+    rmse_s: Float[Array, " T"] | None = None
 
 
 def seed_keys(seed: int) -> tuple[Any, Any, Any]:
@@ -214,9 +218,11 @@ def _score(traj: Trajectory, truth: Array, burn: int, full: bool, climatology: A
         pit = jax.scipy.stats.norm.cdf((truth - traj.analysis_mean) / std)[burn:]
         bins = jnp.clip(jnp.floor(pit * PIT_BINS).astype(jnp.int32), 0, PIT_BINS - 1)
         hist = jnp.sum(bins.reshape(-1)[:, None] == jnp.arange(PIT_BINS)[None, :], axis=0)
+    rmse_s = None if traj.smoothed_mean is None else error(traj.smoothed_mean)
     return CellOutput(
         rmse_a=rmse_a,
         rmse_f=rmse_f,
+        rmse_s=rmse_s,
         spread_a=spread,
         log_likelihood=loglik,
         crps=crps,
@@ -341,6 +347,9 @@ def summarise(
     fields: dict[str, Any] = {
         "rmse_a": _stats(per_seed_rmse),
         "rmse_f": _stats(_time_means(out.rmse_f, burn)),
+        "rmse_s": _stats(
+            _time_means(out.rmse_s, burn) if out.rmse_s is not None else [None] * len(seeds)
+        ),
         "spread_a": _stats(_time_means(out.spread_a, burn)),
         "crps": _stats(
             _time_means(out.crps, burn) if out.crps is not None else [None] * len(seeds)
