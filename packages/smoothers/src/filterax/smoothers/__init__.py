@@ -6,7 +6,26 @@ from ._version import __version__ as __version__
 from ._result import SmootherResult as SmootherResult
 
 # --- sequential smoothers (EnKS, EnsembleRTS, EnsembleSqrtSmoother, FixedLagSmoother, RTS) ---
+from ._base import AbstractEnsembleSmoother as AbstractEnsembleSmoother
+from ._driver import assimilate_and_smooth as assimilate_and_smooth
+from ._enks import EnKS as EnKS
+from ._fixed_lag import FixedLagSmoother as FixedLagSmoother
+from ._rts import (
+    EnsembleRTS as EnsembleRTS,
+    EnsembleSqrtSmoother as EnsembleSqrtSmoother,
+    GaussianSmoothResult as GaussianSmoothResult,
+    rts_smooth as rts_smooth,
+)
+from ._transforms import ensemble_transform as ensemble_transform
 
 # --- iterative ensemble Kalman smoother (iEnKS) ---
+from ._ienks import iEnKS as iEnKS
 
 # --- inverse-problem smoothers (IES, ESMDA) ---
+from ._esmda import ESMDA as ESMDA
+from ._ies import IES as IES, ExponentialStepLength as ExponentialStepLength
+from ._inverse_common import (
+    AbstractInverseSmoother as AbstractInverseSmoother,
+    InversionResult as InversionResult,
+    InversionState as InversionState,
+)

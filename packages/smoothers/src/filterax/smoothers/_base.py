@@ -1,0 +1,232 @@
+"""The abstract sequential smoother and the checks and bookkeeping its subclasses share."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray
+
+import filterax.filters as ff
+from filterax.primitives import rms_spread
+
+from ._result import SmootherResult
+from ._transforms import ensemble_transform
+
+__all__ = ["AbstractEnsembleSmoother"]
+
+STATUS_NONFINITE = ff.AssimilationResult.NONFINITE
+
+
+class AbstractEnsembleSmoother(eqx.Module):
+    """A sequential ensemble smoother: post-processes a filter run into smoothed estimates.
+
+    Subclasses implement `smooth`, which turns the history of an `assimilate` run (saved with
+    ``save="forecast_and_analysis"``) into a `SmootherResult`. `assimilate_and_smooth` runs
+    both as one compiled program.
+    """
+
+    @abc.abstractmethod
+    def smooth(
+        self,
+        filt: Any,
+        history: ff.AssimilationResult,
+        observations: Float[ArrayLike, "T N_y"] | None,
+        obs_op: Any,
+        obs_noise: Any,
+        *,
+        key: PRNGKeyArray | None,
+        context: Mapping[str, Any] | None = None,
+        save_ensembles: bool = False,
+    ) -> SmootherResult:
+        """Smooth the filter run `history` (see the subclasses for what is used).
+
+        **Arguments:**
+
+        - `filt`: the filter of the run.
+        - `history`: the `AssimilationResult` of ``assimilate(..., save=
+          "forecast_and_analysis")``.
+        - `observations`: the ``(T, N_y)`` observations of the run (NaN = missing).
+        - `obs_op`, `obs_noise`: as given to `assimilate`.
+        - `key`: the ``key=`` given to `assimilate` (replays the same random draws).
+        - `context`: the ``context`` given to `assimilate` (extra ``filt.analysis`` keywords).
+        - `save_ensembles`: also return the ``(T, N_e, N_x)`` smoothed ensembles.
+
+        **Returns:** a `SmootherResult`.
+        """
+
+
+def check_history(history: Any) -> tuple[int, int, int]:
+    """``(T, N_e, N_x)`` of a history saved with both ensembles, or a clear `ValueError`."""
+    if not isinstance(history, ff.AssimilationResult):
+        raise TypeError(
+            "history must be the AssimilationResult of filterax.filters.assimilate(..., "
+            f"save='forecast_and_analysis'); got {type(history).__name__}."
+        )
+    if history.ensembles is None or history.forecast_ensembles is None:
+        raise ValueError(
+            "the smoothers need the forecast and analysis ensembles of every cycle: run "
+            "filterax.filters.assimilate(..., save='forecast_and_analysis') (or use "
+            "assimilate_and_smooth, which does)."
+        )
+    shape = history.ensembles.shape
+    if len(shape) != 3:
+        raise ValueError(
+            f"history.ensembles must have shape (T, N_e, N_x); got {shape}. A vmapped history "
+            "is smoothed by vmapping the smoother too."
+        )
+    n_times, n_e, n_x = shape
+    if n_times < 1:
+        raise ValueError("history is empty (T = 0): there is nothing to smooth.")
+    if history.forecast_ensembles.shape != shape:
+        raise ValueError(
+            f"history.forecast_ensembles {history.forecast_ensembles.shape} and "
+            f"history.ensembles {shape} must have the same shape (T, N_e, N_x)."
+        )
+    if n_e < 2:
+        raise ValueError(
+            f"the ensembles have N_e={n_e} member(s); ensemble smoothers need N_e >= 2."
+        )
+    return n_times, n_e, n_x
+
+
+def check_filter(filt: Any) -> None:
+    """Refuse filters without a single ensemble-space transform (localised analyses)."""
+    if isinstance(filt, ff.LETKF):
+        raise ValueError(
+            "LETKF uses a different ensemble transform at every grid point, so its analysis "
+            "is not X^a = W X^f with one N_e x N_e matrix W and the EnKS / fixed-lag smoother "
+            "cannot replay it. Smooth a global filter (ETKF, EnSRF, DEnKF, ...), or use "
+            "EnsembleRTS / EnsembleSqrtSmoother, which only need the saved ensembles."
+        )
+    if not callable(getattr(filt, "analysis", None)):
+        raise TypeError(
+            "filt must be a sequential filter with an analysis(key, forecast, obs, obs_op, "
+            f"obs_noise, **context) method; got {type(filt).__name__}."
+        )
+
+
+def check_observations(observations: Any, n_times: int, dtype: Any) -> Array:
+    """The ``(T, N_y)`` observations as an array of the ensemble dtype."""
+    if observations is None:
+        raise ValueError(
+            "this smoother replays the analyses and needs the (T, N_y) observations of the run."
+        )
+    observations = jnp.asarray(observations)
+    if observations.ndim != 2 or observations.shape[0] != n_times:
+        raise ValueError(
+            f"observations must have shape (T, N_y) with T={n_times} rows, one per cycle of "
+            f"history; got shape {observations.shape}."
+        )
+    return observations.astype(dtype)
+
+
+def check_context(context: Any) -> dict[str, Any]:
+    if context is not None and not isinstance(context, Mapping):
+        raise TypeError(
+            "context must be a dict of extra keyword arguments for filt.analysis; got "
+            f"{type(context).__name__}."
+        )
+    return dict(context or {})
+
+
+def check_lag(lag: Any) -> int:
+    if isinstance(lag, bool) or not isinstance(lag, int | np.integer) or lag < 0:
+        raise ValueError(
+            f"lag must be a non-negative Python int (the number of later observation times "
+            f"each state is smoothed with; 0 is the filter); got {lag!r}."
+        )
+    return int(lag)
+
+
+def valid_cycles(history: ff.AssimilationResult) -> Bool[Array, " T"]:
+    """Cycles with an estimate: everything but the non-finite (frozen) ones."""
+    return history.cycle_status != STATUS_NONFINITE
+
+
+def where_rows(valid: Array, x: Array, fill: Any) -> Array:
+    """Row ``k`` of `x` where ``valid[k]``, else `fill` (broadcast)."""
+    mask = valid.reshape(valid.shape + (1,) * (x.ndim - 1))
+    return jnp.where(mask, x, jnp.asarray(fill, x.dtype))
+
+
+def build_result(
+    history: ff.AssimilationResult,
+    smoothed: Float[Array, "T N_e N_x"],
+    save_ensembles: bool,
+) -> SmootherResult:
+    """Assemble a `SmootherResult` from the filter history and smoothed ensembles.
+
+    Rows of non-finite cycles are NaN (as in the history); nothing else is.
+    """
+    valid = valid_cycles(history)
+    smoothed = where_rows(valid, smoothed, jnp.nan)
+    return finish_result(
+        history,
+        jnp.mean(smoothed, axis=1),
+        rms_spread(smoothed),
+        smoothed if save_ensembles else None,
+    )
+
+
+def finish_result(
+    history: ff.AssimilationResult,
+    smoothed_mean: Array,
+    smoothed_spread: Array,
+    smoothed_ensembles: Array | None,
+) -> SmootherResult:
+    valid = valid_cycles(history)
+    return SmootherResult(
+        forecast_mean=history.forecast_mean,
+        analysis_mean=history.analysis_mean,
+        smoothed_mean=where_rows(valid, smoothed_mean, jnp.nan),
+        forecast_spread=history.forecast_spread,
+        analysis_spread=history.analysis_spread,
+        smoothed_spread=where_rows(valid, smoothed_spread, jnp.nan),
+        log_likelihood=history.log_likelihood,
+        smoothed_ensembles=smoothed_ensembles,
+        particles=history.particles,
+        iterations=None,
+        times=history.times,
+        status=history.status,
+        first_failure=history.first_failure,
+    )
+
+
+def identity_like(w: Array) -> Array:
+    return jnp.broadcast_to(jnp.eye(w.shape[-1], dtype=w.dtype), w.shape)
+
+
+def cycle_transforms(
+    filt: Any,
+    history: ff.AssimilationResult,
+    observations: Array,
+    obs_op: Any,
+    obs_noise: Any,
+    key: PRNGKeyArray,
+    context: dict[str, Any],
+) -> Float[Array, "T N_e N_e"]:
+    """The analysis transforms ``W_k`` of every cycle, recomputed in parallel (`jax.vmap`).
+
+    Cycle ``k`` replays ``filt.analysis`` on the saved forecast with the analysis key
+    `cycle_keys` ``(key, k)[1]`` of `assimilate` (see `ensemble_transform`). Non-finite
+    (frozen) cycles contribute the identity; their inputs are replaced by a harmless finite
+    stand-in (zeros, all observations missing) so no NaN reaches values or gradients.
+    """
+    n_times = history.forecast_ensembles.shape[0]
+    valid = valid_cycles(history)
+    forecasts = where_rows(valid, history.forecast_ensembles, 0.0)
+    obs = where_rows(valid, observations, jnp.nan)
+    steps = jnp.arange(n_times, dtype=jnp.int32)
+
+    def one(step, forecast, y):
+        k_an = ff.cycle_keys(key, step)[1]
+        return ensemble_transform(filt, k_an, forecast, y, obs_op, obs_noise, context)
+
+    transforms = jax.vmap(one)(steps, forecasts, obs)
+    return jnp.where(valid[:, None, None], transforms, identity_like(transforms))
