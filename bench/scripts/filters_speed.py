@@ -6,13 +6,22 @@ timed over ``--cycles`` cycles as the best of ``--repeats`` runs. DAPPER's numbe
 (../shared/REFERENCES.md) are numpy, one thread, statistics OFF — the comparison is
 conservative for filterax.
 
+Every filter runs in its default configuration (what a user gets): for the LETKF that is
+``selection="all"`` (every observation a candidate, ``L = N_y = 40 >= N_e``) and the
+Newton–Schulz ``N_e x N_e`` transforms (``transform_method="newton"``);
+``--letkf-transform eigh`` times the batched-LAPACK alternative. The machine's core count and
+load average are printed with the results (timings on a shared machine are only comparable
+back to back).
+
     uv run python bench/scripts/filters_speed.py [--cycles 2000] [--repeats 3] [--json out.json]
+        [--cases "L96 LETKF N=20"] [--letkf-transform newton|eigh]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 
@@ -27,15 +36,17 @@ from filterax.zoo import presets
 DAPPER_MS = {"L96 ETKF N=20": 1.1, "L96 LETKF N=20": 9.0, "L63 ETKF N=10": 2.6}
 
 
-def _case(name):
+def _case(name, letkf_transform=None):
     if name == "L96 ETKF N=20":
         model, filt, n_e, ctx = presets.lorenz96_sakov2008(), fxf.ETKF(), 20, None
         infl = 1.04
     elif name == "L96 LETKF N=20":
         model, n_e, infl = presets.lorenz96_sakov2008(), 20, 1.04
+        options = {} if letkf_transform is None else {"transform_method": letkf_transform}
         filt = fxf.LETKF(
             radius=fxp.dapper_radius_to_gc_halfwidth(4.0),
             distance=lambda a, b: fxp.periodic(a, b, 40.0),
+            **options,
         )
         coords = jnp.arange(40.0)[:, None]
         ctx = {"state_coords": coords, "obs_coords": coords}
@@ -46,8 +57,8 @@ def _case(name):
     return model, filt, n_e, ctx, infl
 
 
-def measure(name, n_cycles, repeats):
-    model, filt, n_e, ctx, infl = _case(name)
+def measure(name, n_cycles, repeats, letkf_transform=None):
+    model, filt, n_e, ctx, infl = _case(name, letkf_transform)
     twin = model.simulate(jax.random.key(0), n_cycles)
     ens0 = model.initial_ensemble(jax.random.key(1), n_e)
 
@@ -96,10 +107,16 @@ def main(argv=None):
     parser.add_argument("--cycles", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", default=None)
+    parser.add_argument(
+        "--cases", nargs="+", default=list(DAPPER_MS), choices=list(DAPPER_MS), metavar="CASE"
+    )
+    parser.add_argument("--letkf-transform", choices=("newton", "eigh"), default=None)
     args = parser.parse_args(argv)
-    rows = [measure(name, args.cycles, args.repeats) for name in DAPPER_MS]
+    rows = [measure(name, args.cycles, args.repeats, args.letkf_transform) for name in args.cases]
     device = f"{jax.devices()[0].platform} ({platform.processor() or platform.machine()})"
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"device: {device}, jax {jax.__version__}, {args.cycles} cycles, best of {args.repeats}")
+    print(f"cpus: {os.cpu_count()}, load average (1, 5, 15 min): {load}")
     print(f"{'case':18s} {'ms/cycle':>9s} {'DAPPER':>7s} {'speed-up':>9s} {'compile s':>9s} rmse.a")
     for r in rows:
         print(
@@ -108,7 +125,17 @@ def main(argv=None):
         )
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": device, "jax": jax.__version__, "rows": rows}, f, indent=2)
+            json.dump(
+                {
+                    "device": device,
+                    "jax": jax.__version__,
+                    "cpus": os.cpu_count(),
+                    "load_average": os.getloadavg(),
+                    "rows": rows,
+                },
+                f,
+                indent=2,
+            )
 
 
 if __name__ == "__main__":

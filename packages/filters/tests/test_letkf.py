@@ -278,6 +278,85 @@ def test_gram_path_equals_ensemble_path():
     np.testing.assert_allclose(gram, full, atol=TOL64, rtol=0)
 
 
+# --- Newton-Schulz transforms (the default N_e x N_e path) ------------------------------------
+
+
+@pytest.mark.parametrize("noise_scale", [1.0, 1e-4])
+def test_newton_transform_equals_eigh(noise_scale):
+    # The default Newton-Schulz transform == the batched-eigh one. noise_scale = 1e-4 makes
+    # I + S S^T badly conditioned (~1e5): more iterations, same result. Both are computed to
+    # round-off; 1e-10 leaves room for the eigh's own error at that conditioning.
+    X, H, r, y, sc, oc = _problem(20, 6, 10, 30, missing=(0, 4))
+    r = r * noise_scale
+    out = {
+        m: _analysis(ff.LETKF(radius=2.5, transform_method=m), X, H, r, y, sc, oc)
+        for m in ("newton", "eigh")
+    }
+    # Every observation is a candidate (L = N_y = 30 >= N_e = 6: the N_e x N_e path), and the
+    # taper makes the local problems differ from point to point.
+    assert np.ptp(np.asarray(out["newton"].info.n_local_obs)) > 0
+    np.testing.assert_allclose(out["newton"].particles, out["eigh"].particles, atol=1e-10)
+
+
+def test_newton_matrix_function_edge_cases():
+    from filterax.filters._transforms import symmetric_matrix_function
+
+    rng = np.random.default_rng(21)
+    A = rng.standard_normal((7, 3))
+    cases = {
+        "zero": np.zeros((5, 5)),  # all eigenvalues 0 (no iteration needed): identity
+        "rank_3": A @ A.T,  # repeated eigenvalue 0
+        "huge": 1e8 * (A @ A.T) + np.eye(7),  # condition ~1e8
+    }
+    for name, m in cases.items():
+        got = symmetric_matrix_function(jnp.asarray(m), "inv_sqrt", "newton")
+        ref = symmetric_matrix_function(jnp.asarray(m), "inv_sqrt", "eigh")
+        # (I + M)^{-1/2} is only determined to ~eps * cond(I + M) by M in floating point (the
+        # Daleckii-Krein bound with |f'| <= 1/2), for either algorithm.
+        cond = np.linalg.cond(np.eye(len(m)) + m)
+        np.testing.assert_allclose(got, ref, atol=max(1e-13, 1e-15 * cond), err_msg=name)
+    # A non-finite input ends the loop (NaN out) instead of iterating forever.
+    bad = symmetric_matrix_function(jnp.full((4, 4), jnp.nan), "inv_sqrt", "newton")
+    assert np.all(np.isnan(bad))
+    with pytest.raises(ValueError, match="inv_sqrt"):
+        symmetric_matrix_function(jnp.eye(3), "inv_sqrt_push", "newton")
+
+
+def test_newton_transform_gradients_equal_eigh_gradients():
+    # The derivative comes from the same eigh-based rule for both methods (the while_loop is
+    # never differentiated): finite, and equal to the eigh path's to round-off.
+    X, H, r, y, sc, oc = _problem(22, 5, 8, 20)
+
+    def loss(radius, noise, method):
+        filt = ff.LETKF(radius=radius, transform_method=method)
+        return jnp.sum(_analysis(filt, X, H, noise, y, sc, oc).particles ** 2)
+
+    args = (jnp.asarray(3.0), jnp.asarray(r))
+    g_newton = jax.grad(loss, argnums=(0, 1))(*args, "newton")
+    g_eigh = jax.grad(loss, argnums=(0, 1))(*args, "eigh")
+    for a, b in zip(g_newton, g_eigh, strict=True):
+        assert np.all(np.isfinite(a))
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+    # Under vmap (a batched while_loop) too.
+    radii = jnp.array([1.5, 3.0, 6.0])
+    batched = jax.vmap(lambda rad: loss(rad, jnp.asarray(r), "newton"))(radii)
+    single = [loss(rad, jnp.asarray(r), "eigh") for rad in radii]
+    np.testing.assert_allclose(batched, single, rtol=1e-12)
+
+
+def test_newton_transform_float32_matches_float64():
+    X, H, r, y, sc, oc = _problem(23, 6, 12, 30, missing=(2,))
+    filt = ff.LETKF(radius=2.5)
+    ref = _analysis(filt, X, H, r, y, sc, oc)
+    f32 = functools.partial(jnp.asarray, dtype=jnp.float32)
+    out = _jitted_analysis(
+        filt, f32(X), f32(y), fxp.LinearObs(f32(H)), f32(r), f32(sc), f32(oc), {}
+    )
+    assert out.particles.dtype == jnp.float32
+    # Stopping tolerance sqrt(eps32) then one more quadratic step: float32 round-off.
+    np.testing.assert_allclose(out.particles, ref.particles, atol=1e-4)
+
+
 # --- DAPPER parity on the periodic Lorenz-96 ring ----------------------------------------------
 
 

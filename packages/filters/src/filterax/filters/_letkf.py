@@ -23,6 +23,7 @@ from ._transforms import matmul, symmetric_matrix_function
 __all__ = ["LETKF", "LETKFInfo", "letkf_local_update"]
 
 _CONTEXT_KEYS = ("state_coords", "obs_coords", "local_obs_indices")
+_TRANSFORM_METHODS = ("newton", "eigh")
 
 
 def _as_float_param(x: Any) -> Array:
@@ -37,6 +38,7 @@ def letkf_local_update(
     mean: Float[Array, ""],
     S: Float[Array, "N_e L"],
     delta: Float[Array, " L"],
+    method: str = "newton",
 ) -> Float[Array, " N_e"]:
     r"""The ETKF analysis of ONE state component from its local (tapered) observations.
 
@@ -54,7 +56,10 @@ def letkf_local_update(
     (``g(l) = ((1 + l)^{-1/2} - 1)/l``, the push-through identity); otherwise on the
     ``N_e x N_e`` matrix ``S S^T``. Both use the gradient-safe spectral function of
     `_transforms` (finite derivatives at repeated eigenvalues, which tapering to zero creates).
-    The choice is static (``L`` is a shape).
+    The choice is static (``L`` is a shape). On the ``N_e x N_e`` path ``T`` is computed by a
+    coupled Newton–Schulz iteration (`method="newton"`, the default: batched matmuls, several
+    times faster on CPU than a batched LAPACK `eigh` of small matrices) or by `eigh`
+    (`method="eigh"`); both agree to round-off and share the same eigh-based derivative.
 
     **Arguments:**
 
@@ -62,6 +67,7 @@ def letkf_local_update(
     - `mean`: the forecast mean of this component (scalar).
     - `S`: ``sqrt(rho) * Y'_{:, local} R_local^{-1/2} / sqrt(N_e - 1)``, ``(N_e, L)``.
     - `delta`: ``sqrt(rho) * R_local^{-1/2} d_local``, ``(L,)``.
+    - `method`: ``"newton"`` or ``"eigh"`` (static), the ``N_e x N_e`` path's algorithm.
 
     **Returns:** the ``(N_e,)`` analysis members of this component.
 
@@ -81,10 +87,10 @@ def letkf_local_update(
         inv_sqrt = jnp.eye(n_local, dtype=dtype) + matmul(gram, core)
         mean_weight = jnp.dot(delta, matmul(inv_sqrt, matmul(inv_sqrt, u)))
     else:
-        transform = symmetric_matrix_function(matmul(S, S.T), "inv_sqrt")
+        transform = symmetric_matrix_function(matmul(S, S.T), "inv_sqrt", method)
         transformed = matmul(transform, anomaly)
-        weights = matmul(transform, matmul(transform, matmul(S, delta)))
-        mean_weight = jnp.dot(weights, anomaly)
+        # w^T a = (S delta)^T T^2 a (T symmetric): reuses T a.
+        mean_weight = jnp.dot(matmul(S, delta), matmul(transform, transformed))
     return mean + mean_weight / math.sqrt(n_e - 1) + transformed
 
 
@@ -155,11 +161,13 @@ class LETKF(fxp.AbstractSequentialFilter):
     **Scale.** The per-point analyses are vmapped; `chunk_size` batches them with
     ``lax.map(..., batch_size=chunk_size)`` so peak memory is one chunk's, whatever ``N_x``.
     With ``L < N_e`` local observations the transform is computed on the ``L x L`` Gram matrix
-    (``O(N_e L^2 + L^3)`` per point), else on ``N_e x N_e``. Candidate selection (see
-    `filterax.filters._local`): a neighbour table (context ``local_obs_indices``, ``(N_x, L)``,
-    ``-1`` pads) or 1-D coordinates (``jnp.searchsorted`` windows, periodic or not) cost
-    ``O(N_x L)``; otherwise ``top_k`` over all distances. A `mesh` splits the grid points over
-    devices with `jax.shard_map` (no communication inside the analysis).
+    (``O(N_e L^2 + L^3)`` per point), else on ``N_e x N_e`` by Newton–Schulz (see
+    `transform_method`; batched LAPACK `eigh` costs ~10 us per small matrix on CPU).
+    Candidate selection (see `filterax.filters._local`): a neighbour table (context
+    ``local_obs_indices``, ``(N_x, L)``, ``-1`` pads) or 1-D coordinates
+    (``jnp.searchsorted`` windows, periodic or not) cost ``O(N_x L)``; otherwise ``top_k``
+    over all distances. A `mesh` splits the grid points over devices with `jax.shard_map` (no
+    communication inside the analysis).
 
     **Arguments:**
 
@@ -183,6 +191,12 @@ class LETKF(fxp.AbstractSequentialFilter):
         (static). A neighbour table passed as context is always used when given.
     - `mesh`, `mesh_axis`: a `jax.sharding.Mesh` to split the grid over (static; ``None`` runs
         on one device) and the axis name(s) to use (``None``: all axes).
+    - `transform_method`: how the ``N_e x N_e`` transforms (``L >= N_e``) are computed
+        (static): ``"newton"`` (default; a coupled Newton–Schulz iteration to round-off, batched
+        matmuls only, ~5x faster than ``"eigh"`` on CPU for small ``N_e``) or ``"eigh"``
+        (batched LAPACK eigendecompositions). Same values to round-off, same (eigh-based,
+        finite at repeated eigenvalues) derivatives. The ``L < N_e`` Gram path always uses
+        ``eigh`` of the ``L x L`` matrix.
 
     `analysis(key, forecast, obs, obs_op, obs_noise, *, state_coords, obs_coords,
     local_obs_indices=None)`: coordinates are keyword context (``(N_x, D)`` and ``(N_y, D)``,
@@ -228,6 +242,7 @@ class LETKF(fxp.AbstractSequentialFilter):
     selection: str = eqx.field(static=True, default="auto")
     mesh: Mesh | None = eqx.field(static=True, default=None)
     mesh_axis: str | tuple[str, ...] | None = eqx.field(static=True, default=None)
+    transform_method: str = eqx.field(static=True, default="newton")
 
     def __check_init__(self) -> None:
         if jnp.ndim(self.radius) != 0:
@@ -262,6 +277,11 @@ class LETKF(fxp.AbstractSequentialFilter):
         if self.selection not in SELECTION_MODES:
             raise ValueError(
                 f"LETKF(selection=...) must be one of {SELECTION_MODES}; got {self.selection!r}."
+            )
+        if self.transform_method not in _TRANSFORM_METHODS:
+            raise ValueError(
+                f"LETKF(transform_method=...) must be one of {_TRANSFORM_METHODS}; got "
+                f"{self.transform_method!r}."
             )
         if self.mesh is not None:
             if not isinstance(self.mesh, Mesh):
@@ -345,7 +365,7 @@ class LETKF(fxp.AbstractSequentialFilter):
             "delta": inputs.whitened_innovation,
             "radius": jnp.asarray(self.radius, dtype=dtype),
         }
-        taper, cutoff = self.taper, self.cutoff
+        taper, cutoff, method = self.taper, self.cutoff, self.transform_method
         may_truncate = selector.mode in ("window", "topk")
 
         def point_fn(point: dict, common: dict) -> tuple[Array, Array, Array]:
@@ -361,7 +381,9 @@ class LETKF(fxp.AbstractSequentialFilter):
             else:
                 S_local = common["S"][:, indices] * scale[None, :]
                 delta_local = common["delta"][indices] * scale
-            members = letkf_local_update(point["anomaly"], point["mean"], S_local, delta_local)
+            members = letkf_local_update(
+                point["anomaly"], point["mean"], S_local, delta_local, method
+            )
             n_local = jnp.sum(keep)
             if may_truncate:
                 # All L candidates observed and the farthest still weighted: maybe cut short.
