@@ -1,4 +1,4 @@
-"""Command line: ``filterax-bench list | run | tune | report | demo``."""
+"""Command line: ``filterax-bench list | run | tune | report | demo | calibrate``."""
 
 from __future__ import annotations
 
@@ -296,6 +296,46 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- calibrate -----------------------------------------------------------------------------
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    _setup_jax(args)
+    from rich.console import Console
+
+    from ._calibration import print_table, run_calibration
+
+    console = Console()
+    out = Path(args.out)
+
+    def report(cell: dict) -> None:
+        s = cell["scores"]
+        err = "-" if s["err_truth"] is None else f"{s['err_truth']:.3g}"
+        console.print(
+            f"[dim]{cell['problem']}/{cell['method']} seed {cell['seed']}: {cell['status']}, "
+            f"err truth {err}, {s['iterations']} iterations, {s['wall_seconds']:.3f} s[/dim]",
+            highlight=False,
+        )
+
+    t0 = time.perf_counter()
+    try:
+        results = run_calibration(
+            _split(args.problems),
+            _split(args.methods),
+            args.seeds,
+            quick=args.quick,
+            out=out,
+            progress=None if args.no_progress else report,
+        )
+    except (KeyError, ValueError) as err:
+        print(f"filterax-bench calibrate: {err.args[0] if err.args else err}", file=sys.stderr)
+        return 2
+    print_table(results)
+    console.print(f"[dim]wrote {out / 'calibration.json'} and {out / 'calibration.md'}[/dim]")
+    print(f"wall time {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
 # --- parser ----------------------------------------------------------------------------------
 
 
@@ -387,6 +427,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cycles", type=int, default=1400)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.set_defaults(func=_demo)
+
+    p = sub.add_parser(
+        "calibrate",
+        help="ensemble Kalman processes (EKI, ETKI, UKI, EKS, TEKI, GNKI) on inverse problems",
+        description="Run every problem x method x seed cell, print the table and write "
+        "calibration.json and calibration.md into --out.",
+    )
+    p.add_argument("--quick", action="store_true", help="short runs, seeds 0 1 (~1-2 min)")
+    p.add_argument("--problems", nargs="+", help="linear, expsin, darcy1d (default all)")
+    p.add_argument("--methods", nargs="+", help="EKI, ETKI, UKI, EKS, TEKI, GNKI (default all)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 / 0..4")
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
+    p.add_argument("--float32", action="store_true", help="run in float32 (default float64)")
+    p.add_argument("--no-progress", action="store_true", help="no per-cell lines")
+    p.set_defaults(func=_calibrate)
     return parser
 
 

@@ -12,6 +12,7 @@ from ._base import (
     AdditiveInflation as AdditiveInflation,
     MultiplicativeInflation as MultiplicativeInflation,
     SECFisher as SECFisher,
+    SECNice as SECNice,
     TaperLocalizer as TaperLocalizer,
 )
 from ._eki import EKI as EKI
