@@ -184,7 +184,7 @@ def make_results():
             0.312,
             0.01,
             ref=0.31,
-            label="iEnKS (Lag 1) N=10 infl 1.02 rot",
+            label="iEnKS Lag=1 N=10 infl 1.02 rot",
             citation=CITE_L63,
             sec=1.1e-3,
             smoothed=True,

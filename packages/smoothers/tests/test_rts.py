@@ -189,3 +189,33 @@ def test_pinv_and_sqrt_gradients_are_finite_at_repeated_eigenvalues():
     assert np.isfinite(grad) and abs(grad) > 1e-3
     # Central difference with h = 1e-6: truncation ~1e-12, round-off ~1e-10.
     np.testing.assert_allclose(grad, fd, rtol=1e-6)
+
+
+def test_decorr_scales_the_gain():
+    # decorr = c multiplies G_k: on a two-cycle run the smoothed increment of the first
+    # cycle's mean is exactly c times the undamped one, and the square-root smoother's
+    # covariance is A^T (I - c^2 Pi + c^2 K_e S^T S K_e^T) A / (N_e - 1) (checked at c = 1, 0.5
+    # via the difference: P^s(c) - P^a = c^2 (P^s(1) - P^a) for one step).
+    problem = refs.make_linear_gaussian(3, n_state=6, n_obs=3, n_times=2)
+    key = jax.random.key(2)
+    ens0 = jnp.asarray(problem.m0)[None, :] + jax.random.normal(jax.random.key(1), (5, 6))
+    history = _history(problem, ff.ETKF(), ens0, key)
+    c = 0.6
+    for cls in (fs.EnsembleRTS, fs.EnsembleSqrtSmoother):
+        full = _smooth(cls(), problem, None, history, None, save_ensembles=True)
+        damped = _smooth(cls(decorr=c), problem, None, history, None, save_ensembles=True)
+        inc_full = full.smoothed_mean[0] - history.analysis_mean[0]
+        inc_damped = damped.smoothed_mean[0] - history.analysis_mean[0]
+        np.testing.assert_allclose(inc_damped, c * inc_full, rtol=1e-9, atol=1e-12)
+    _, cov_a = refs.sample_moments(history.ensembles[:1])
+    _, cov_1 = refs.sample_moments(full.smoothed_ensembles[:1])
+    _, cov_c = refs.sample_moments(damped.smoothed_ensembles[:1])
+    np.testing.assert_allclose(cov_c - cov_a, c**2 * (cov_1 - cov_a), rtol=1e-8, atol=1e-12)
+    assert np.max(np.abs(cov_1 - cov_a)) > 1e-3  # the test can fail
+
+
+def test_decorr_is_validated():
+    with pytest.raises(ValueError, match="decorr"):
+        fs.EnsembleRTS(decorr=0.0)
+    with pytest.raises(ValueError, match="decorr"):
+        fs.EnsembleSqrtSmoother(decorr=1.5)

@@ -26,6 +26,7 @@ from ._registry import (
     register_method,
     register_suite,
 )
+from ._smoother_methods import smoother_methods
 
 L63 = "lorenz63_sakov2012"
 L96 = "lorenz96_sakov2008"
@@ -400,14 +401,21 @@ def _full_cells() -> dict[str, tuple[str, ...]]:
 
 
 def _register_builtin() -> None:
-    for method in _builtin_methods():
+    for method in [*_builtin_methods(), *smoother_methods(INFLATION_GRID)]:
         register_method(method)
     register_suite(
         Suite(
             name="quick",
             cells={
-                L63: ("ETKF-10", "EnKF_N-10", "StochasticEnKF-10", "DEnKF-10"),
-                L96: ("ETKF-20", "EnKF_N-20-xN2", "StochasticEnKF-40", "DEnKF-40", "LETKF-7"),
+                L63: ("ETKF-10", "EnKF_N-10", "StochasticEnKF-10", "DEnKF-10", "iEnKS-10"),
+                L96: (
+                    "ETKF-20",
+                    "EnKF_N-20-xN2",
+                    "StochasticEnKF-40",
+                    "DEnKF-40",
+                    "LETKF-7",
+                    "EnKS-ETKF-20",
+                ),
             },
             n_cycles={L63: 5000, L96: 3000},
             seeds=(0, 1, 2),
@@ -418,7 +426,7 @@ def _register_builtin() -> None:
         Suite(
             name="standard",
             cells={
-                L63: ("ETKF-10", "EnKF_N-10", "StochasticEnKF-100"),
+                L63: ("ETKF-10", "EnKF_N-10", "StochasticEnKF-100", "iEnKS-10", "EnKS-ETKF-10"),
                 L96: (
                     "ETKF-20",
                     "ETKF-40",
@@ -426,6 +434,9 @@ def _register_builtin() -> None:
                     "StochasticEnKF-40",
                     "EnKF_N-20-xN2",
                     "LETKF-7",
+                    "iEnKS-40",
+                    "EnKS-ETKF-20",
+                    "FixedLag4-ETKF-20",
                 ),
                 KS: ("LETKF-16",),
                 L96_HALF: ("ETKF-20", "EnKF_N-20-xN2", "DEnKF-40", "LETKF-10"),
@@ -433,7 +444,7 @@ def _register_builtin() -> None:
             },
             n_cycles={L63: 10000},
             seeds=(0, 1, 2, 3, 4),
-            description="the filters issue's literature-parity table plus two L96 variants",
+            description="the literature-parity tables (filters, smoothers) plus two L96 variants",
         )
     )
     register_suite(
