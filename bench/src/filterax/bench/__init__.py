@@ -39,5 +39,16 @@ from ._runner import (
 )
 from ._tune import TuneResult as TuneResult, select as select, tune as tune
 
+# --- the calibration suite (ensemble Kalman processes) ---
+from ._calibration import (
+    CalibrationMethod as CalibrationMethod,
+    CalibrationProblem as CalibrationProblem,
+    get_calibration_method as get_calibration_method,
+    get_calibration_problem as get_calibration_problem,
+    list_calibration_methods as list_calibration_methods,
+    list_calibration_problems as list_calibration_problems,
+    run_calibration as run_calibration,
+)
+
 # --- the Lorenz-96 demo (the 0.1.0 main job) ---
 from ._demo import DemoResult as DemoResult, run_lorenz96_demo as run_lorenz96_demo
