@@ -60,7 +60,7 @@ def test_driver_equals_assimilate_then_smooth(name):
     )  # fmt: skip
     ref = smoother.smooth(
         filt, history, problem.observations, problem.obs_op, problem.obs_noise, key=key,
-        save_ensembles=True,
+        save_ensembles=True, rotate=True,
     )  # fmt: skip
     assert out.smoothed_ensembles.shape == (6, 8, 5)
     np.testing.assert_allclose(out.smoothed_ensembles, ref.smoothed_ensembles, atol=1e-12)

@@ -114,6 +114,42 @@ def test_enks_is_the_exact_rts_on_linear_gaussian(name, missing):
     assert np.all(np.trace(ref_cov, axis1=1, axis2=2) <= np.trace(kf.cov, axis1=1, axis2=2) + 1e-12)
 
 
+@pytest.mark.parametrize("smoother", [fs.EnKS(), fs.FixedLagSmoother(2)])
+def test_rotated_runs_keep_the_members_paired(smoother):
+    # assimilate(rotate=True) relabels the analysis members each cycle (mean and covariance
+    # unchanged). Smoothed with rotate=True the past states get the same rotations and the
+    # result is still the exact RTS / fixed-lag smoother; ignoring the rotations breaks the
+    # member pairing across times and the smoother is wrong (so this test can fail).
+    problem = refs.make_linear_gaussian(0, n_state=5, n_obs=3, n_times=7)
+    filt = ff.ETKF()
+    key = jax.random.key(0)
+    history = _history(problem, filt, problem.exact_ensemble(9), key, rotate=True)
+    out = _smooth(smoother, problem, filt, history, key, save_ensembles=True, rotate=True)
+    mean, cov = refs.sample_moments(out.smoothed_ensembles)
+    if isinstance(smoother, fs.EnKS):
+        ref_mean, ref_cov = refs.rts(problem)
+    else:
+        ref_mean, ref_cov = refs.fixed_lag(problem, smoother.lag)
+    assert refs.rel_err(mean, ref_mean) < TOL
+    assert refs.rel_err(cov, ref_cov) < TOL
+    unpaired = _smooth(smoother, problem, filt, history, key, save_ensembles=True)
+    assert refs.rel_err(unpaired.smoothed_mean, ref_mean) > 1e-3
+    # the online rolling buffer applies the rotations too
+    if isinstance(smoother, fs.FixedLagSmoother):
+        online = smoother.run_online(
+            filt,
+            problem.dynamics,
+            problem.obs_op,
+            problem.obs_noise,
+            problem.exact_ensemble(9),
+            problem.observations,
+            problem.times,
+            key=key,
+            rotate=True,
+        )
+        np.testing.assert_allclose(online.smoothed_mean, out.smoothed_mean, rtol=1e-9, atol=1e-9)
+
+
 def test_stochastic_enkf_enks_matches_rts_statistically():
     # Monte Carlo: with N_e = 400 the smoothed sample mean has a standard error of about
     # sqrt(P^s / N_e) = 0.05 sqrt(P^s) per cycle; errors of the gains accumulate over the 5

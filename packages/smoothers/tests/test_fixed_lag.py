@@ -124,7 +124,14 @@ def test_online_equals_assimilate_and_batch(l63, filt, inflator, rotate, lag):
     np.testing.assert_allclose(online.log_likelihood, history.log_likelihood, rtol=1e-12)
     np.testing.assert_allclose(online.particles, history.particles, rtol=1e-12, atol=1e-12)
     batch = fs.FixedLagSmoother(lag).smooth(
-        filt, history, xp.observations, ssm.obs_op, ssm.obs_noise, key=key, save_ensembles=True
+        filt,
+        history,
+        xp.observations,
+        ssm.obs_op,
+        ssm.obs_noise,
+        key=key,
+        save_ensembles=True,
+        rotate=rotate,
     )
     # Same transforms, multiplied in a different order: round-off only (L63 values are O(10)).
     np.testing.assert_allclose(online.smoothed_mean, batch.smoothed_mean, rtol=1e-9, atol=1e-9)

@@ -16,7 +16,7 @@ import filterax.filters as ff
 from filterax.primitives import rms_spread
 
 from ._result import SmootherResult
-from ._transforms import ensemble_transform
+from ._transforms import ensemble_transform, matmul
 
 __all__ = ["AbstractEnsembleSmoother"]
 
@@ -43,6 +43,7 @@ class AbstractEnsembleSmoother(eqx.Module):
         key: PRNGKeyArray | None,
         context: Mapping[str, Any] | None = None,
         save_ensembles: bool = False,
+        rotate: bool = False,
     ) -> SmootherResult:
         """Smooth the filter run `history` (see the subclasses for what is used).
 
@@ -56,6 +57,10 @@ class AbstractEnsembleSmoother(eqx.Module):
         - `key`: the ``key=`` given to `assimilate` (replays the same random draws).
         - `context`: the ``context`` given to `assimilate` (extra ``filt.analysis`` keywords).
         - `save_ensembles`: also return the ``(T, N_e, N_x)`` smoothed ensembles.
+        - `rotate`: the ``rotate=`` given to `assimilate`. The random rotation of each cycle
+          relabels the members; the smoothers that replay the filter's transforms (`EnKS`,
+          `FixedLagSmoother`) apply it to the past states too, so that the members stay
+          paired across times (it leaves their mean and covariance unchanged).
 
         **Returns:** a `SmootherResult`.
         """
@@ -198,6 +203,11 @@ def finish_result(
     )
 
 
+def rotation_matrix(key: PRNGKeyArray, n_e: int, dtype: Any) -> Float[Array, "N_e N_e"]:
+    """The ensemble-space matrix ``R`` of ``rotate_ensemble(key, X) = R X`` (mean-preserving)."""
+    return ff.rotate_ensemble(key, jnp.eye(n_e, dtype=dtype))
+
+
 def identity_like(w: Array) -> Array:
     return jnp.broadcast_to(jnp.eye(w.shape[-1], dtype=w.dtype), w.shape)
 
@@ -210,8 +220,14 @@ def cycle_transforms(
     obs_noise: Any,
     key: PRNGKeyArray,
     context: dict[str, Any],
+    rotate: bool = False,
 ) -> Float[Array, "T N_e N_e"]:
     """The analysis transforms ``W_k`` of every cycle, recomputed in parallel (`jax.vmap`).
+
+    With ``rotate`` each ``W_k`` is followed by the cycle's random rotation ``R_k``
+    (``rotate_ensemble`` with the rotation key of `cycle_keys`, as a matrix: its action on
+    the identity), so the transform maps the forecast members onto the stored (rotated)
+    analysis members up to inflation, and the past states get the same relabelling.
 
     Cycle ``k`` replays ``filt.analysis`` on the saved forecast with the analysis key
     `cycle_keys` ``(key, k)[1]`` of `assimilate` (see `ensemble_transform`). Non-finite
@@ -225,8 +241,11 @@ def cycle_transforms(
     steps = jnp.arange(n_times, dtype=jnp.int32)
 
     def one(step, forecast, y):
-        k_an = ff.cycle_keys(key, step)[1]
-        return ensemble_transform(filt, k_an, forecast, y, obs_op, obs_noise, context)
+        _, k_an, _, k_rot = ff.cycle_keys(key, step)
+        w = ensemble_transform(filt, k_an, forecast, y, obs_op, obs_noise, context)
+        if rotate:
+            w = matmul(rotation_matrix(k_rot, w.shape[0], w.dtype), w)
+        return w
 
     transforms = jax.vmap(one)(steps, forecasts, obs)
     return jnp.where(valid[:, None, None], transforms, identity_like(transforms))

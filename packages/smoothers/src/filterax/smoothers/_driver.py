@@ -154,4 +154,5 @@ def _assimilate_and_smooth(
         key=key,
         context=context,
         save_ensembles=save_ensembles,
+        rotate=rotate,
     )

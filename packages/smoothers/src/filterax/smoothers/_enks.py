@@ -107,6 +107,7 @@ def _smooth_lagged(
     context: dict[str, Any],
     lag: int | None,
     save_ensembles: bool,
+    rotate: bool,
 ) -> SmootherResult:
     n_times = history.ensembles.shape[0]
     valid = valid_cycles(history)
@@ -115,7 +116,9 @@ def _smooth_lagged(
     if lag == 0:
         smoothed = analyses
     else:
-        transforms = cycle_transforms(filt, history, observations, obs_op, obs_noise, key, context)
+        transforms = cycle_transforms(
+            filt, history, observations, obs_op, obs_noise, key, context, rotate
+        )
         if lag is None or lag >= n_times - 1:
             smoothed = enks_backward(transforms, analyses)
         else:
@@ -133,10 +136,20 @@ def smooth_lagged(
     context: Any,
     lag: int | None,
     save_ensembles: bool,
+    rotate: bool = False,
 ) -> SmootherResult:
     observations, context = _prepare(filt, history, observations, key, context)
     return _smooth_lagged(
-        filt, history, observations, obs_op, obs_noise, key, context, lag, bool(save_ensembles)
+        filt,
+        history,
+        observations,
+        obs_op,
+        obs_noise,
+        key,
+        context,
+        lag,
+        bool(save_ensembles),
+        bool(rotate),
     )
 
 
@@ -153,11 +166,14 @@ class EnKS(AbstractEnsembleSmoother):
     $$X^s_j = W_{T-1} W_{T-2} \cdots W_{j+1}\, X^a_j ,$$
 
     with ``X^a_j`` the *stored* analysis ensemble (after inflation and rotation: past states
-    are not re-inflated, as in DAPPER's ``post_process``). ``W_k`` is recovered exactly by
-    replaying ``filt.analysis`` on the augmented forecast ``[X^f_k, I]`` with the analysis key
-    of `assimilate` (`ensemble_transform`), for all cycles at once (`jax.vmap`); the products
-    come from one reverse `lax.scan` carrying an ``N_e x N_e`` matrix. Nothing ``N_x x N_x``
-    is formed; memory is the ``(T, N_e, N_x)`` history.
+    are not re-inflated, as in DAPPER's ``post_process``). A run with ``rotate=True`` must be
+    smoothed with ``rotate=True``: each ``W_k`` is then followed by that cycle's rotation
+    ``R_k`` so the past members stay paired with the rotated current ones (unlike DAPPER,
+    whose EnKS rotates only the current ensemble and so loses the pairing). ``W_k`` is
+    recovered exactly by replaying ``filt.analysis`` on the augmented forecast ``[X^f_k, I]``
+    with the analysis key of `assimilate` (`ensemble_transform`), for all cycles at once
+    (`jax.vmap`); the products come from one reverse `lax.scan` carrying an ``N_e x N_e``
+    matrix. Nothing ``N_x x N_x`` is formed; memory is the ``(T, N_e, N_x)`` history.
 
     On a linear-Gaussian problem with an exact ensemble (sample moments equal to the prior,
     ``N_e > N_x``, deterministic linear dynamics) and a square-root filter (ETKF), the EnKS
@@ -173,8 +189,9 @@ class EnKS(AbstractEnsembleSmoother):
     the analysis.
 
     `smooth(filt, history, observations, obs_op, obs_noise, *, key, context=None,
-    save_ensembles=False)` needs the run's filter, observations, operators, ``key`` and
-    ``context`` exactly as given to ``assimilate(..., save="forecast_and_analysis")``.
+    save_ensembles=False, rotate=False)` needs the run's filter, observations, operators,
+    ``key``, ``context`` and ``rotate`` exactly as given to
+    ``assimilate(..., save="forecast_and_analysis")``.
 
     **Reference:** G. Evensen & P. J. van Leeuwen (2000), "An ensemble Kalman smoother for
     nonlinear dynamics", *MWR* 128, 1852-1867; P. Sakov & P. R. Oke (2008), *Tellus A* 60.
@@ -201,8 +218,18 @@ class EnKS(AbstractEnsembleSmoother):
         key: PRNGKeyArray | None,
         context: Mapping[str, Any] | None = None,
         save_ensembles: bool = False,
+        rotate: bool = False,
     ) -> SmootherResult:
         """Smooth `history` over the whole interval (see the class docstring)."""
         return smooth_lagged(
-            filt, history, observations, obs_op, obs_noise, key, context, None, save_ensembles
+            filt,
+            history,
+            observations,
+            obs_op,
+            obs_noise,
+            key,
+            context,
+            None,
+            save_ensembles,
+            rotate,
         )

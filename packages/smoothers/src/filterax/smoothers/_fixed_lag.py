@@ -14,7 +14,13 @@ import filterax.filters as ff
 from filterax.filters._assimilate import _forecast, _needs_key
 from filterax.primitives import AdaptiveInflator, rms_spread
 
-from ._base import AbstractEnsembleSmoother, check_context, check_filter, check_lag
+from ._base import (
+    AbstractEnsembleSmoother,
+    check_context,
+    check_filter,
+    check_lag,
+    rotation_matrix,
+)
 from ._enks import smooth_lagged
 from ._result import SmootherResult
 from ._transforms import apply_obs, ensemble_transform, matmul
@@ -90,8 +96,10 @@ class FixedLagSmoother(AbstractEnsembleSmoother):
         key: PRNGKeyArray | None,
         context: Mapping[str, Any] | None = None,
         save_ensembles: bool = False,
+        rotate: bool = False,
     ) -> SmootherResult:
-        """Batch fixed-lag smoothing of `history` (see the class docstring and `EnKS`)."""
+        """Batch fixed-lag smoothing of `history` (see the class docstring and `EnKS`;
+        ``rotate`` must be the ``rotate=`` of the run)."""
         return smooth_lagged(
             filt,
             history,
@@ -102,6 +110,7 @@ class FixedLagSmoother(AbstractEnsembleSmoother):
             context,
             int(self.lag),
             save_ensembles,
+            rotate,
         )
 
     def run_online(
@@ -253,6 +262,8 @@ def _run_online(
             analysis = infl(analysis, forecast, key=k_infl)
         if rotate:
             analysis = ff.rotate_ensemble(k_rot, analysis)
+            # the buffered past members get the same relabelling (see `EnKS`)
+            transform = matmul(rotation_matrix(k_rot, n_e, dtype), transform)
 
         valid = alive & finite_forecast & jnp.all(jnp.isfinite(analysis))
         status = jnp.where(valid, _OK, _NONFINITE).astype(jnp.int32)

@@ -162,10 +162,11 @@ class EnsembleRTS(AbstractEnsembleSmoother):
         key: PRNGKeyArray | None = None,
         context: Mapping[str, Any] | None = None,
         save_ensembles: bool = False,
+        rotate: bool = False,
     ) -> SmootherResult:
-        """Smooth `history` backwards (`filt`, `observations`, `obs_op`, `obs_noise`, `key`
-        and `context` are not used)."""
-        del filt, observations, obs_op, obs_noise, key, context
+        """Smooth `history` backwards (`filt`, `observations`, `obs_op`, `obs_noise`, `key`,
+        `context` and `rotate` are not used: the regression pairs the stored members)."""
+        del filt, observations, obs_op, obs_noise, key, context, rotate
         check_history(history)
         return _smooth_rts(self, history, bool(save_ensembles))
 
@@ -245,10 +246,11 @@ class EnsembleSqrtSmoother(AbstractEnsembleSmoother):
         key: PRNGKeyArray | None = None,
         context: Mapping[str, Any] | None = None,
         save_ensembles: bool = False,
+        rotate: bool = False,
     ) -> SmootherResult:
-        """Smooth `history` backwards (`filt`, `observations`, `obs_op`, `obs_noise`, `key`
-        and `context` are not used)."""
-        del filt, observations, obs_op, obs_noise, key, context
+        """Smooth `history` backwards (`filt`, `observations`, `obs_op`, `obs_noise`, `key`,
+        `context` and `rotate` are not used: the regression pairs the stored members)."""
+        del filt, observations, obs_op, obs_noise, key, context, rotate
         check_history(history)
         return _smooth_rts(self, history, bool(save_ensembles))
 
