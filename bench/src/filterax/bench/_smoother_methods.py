@@ -28,6 +28,18 @@ def _inflator(params: Mapping[str, Any]) -> Any:
     return None if infl is None else MultiplicativeInflator(infl)
 
 
+def _trajectory(result: Any) -> Trajectory:
+    # A SmootherResult scored like a filter run, with the smoothed means for rmse.s.
+    return Trajectory(
+        analysis_mean=result.analysis_mean,
+        forecast_mean=result.forecast_mean,
+        analysis_spread=result.analysis_spread,
+        log_likelihood=result.log_likelihood,
+        nonfinite=result.status == 1,
+        smoothed_mean=result.smoothed_mean,
+    )
+
+
 def _ienks_runner(n_ensemble: int, rotate: bool) -> Callable[..., Trajectory]:
     def runner(keys: Any, benchmark: Benchmark, twin: Any, params: Mapping[str, Any]):
         from filterax.smoothers import iEnKS
@@ -52,14 +64,7 @@ def _ienks_runner(n_ensemble: int, rotate: bool) -> Callable[..., Trajectory]:
             t0=model.t0,
             throw=False,
         )
-        return Trajectory(
-            analysis_mean=result.analysis_mean,
-            forecast_mean=result.forecast_mean,
-            analysis_spread=result.analysis_spread,
-            log_likelihood=result.log_likelihood,
-            nonfinite=result.status == 1,
-            smoothed_mean=result.smoothed_mean,
-        )
+        return _trajectory(result)
 
     runner.__name__ = f"iEnKS_{n_ensemble}_runner"
     return runner
@@ -91,14 +96,7 @@ def _history_smoother_runner(
             t0=model.t0,
             throw=False,
         )
-        return Trajectory(
-            analysis_mean=result.analysis_mean,
-            forecast_mean=result.forecast_mean,
-            analysis_spread=result.analysis_spread,
-            log_likelihood=result.log_likelihood,
-            nonfinite=result.status == 1,
-            smoothed_mean=result.smoothed_mean,
-        )
+        return _trajectory(result)
 
     runner.__name__ = f"{filter_name}_{n_ensemble}_smoother_runner"
     return runner

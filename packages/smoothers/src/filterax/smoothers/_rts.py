@@ -19,6 +19,7 @@ an ``N_e x N_e`` pseudo-inverse instead of an ``N_x x N_x`` inverse.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Mapping
 from typing import Any
 
@@ -90,7 +91,49 @@ def _rts_backward(
     return jnp.concatenate([rows, analyses[-1:]], axis=0)
 
 
-class EnsembleRTS(AbstractEnsembleSmoother):
+class _AbstractRegressionSmoother(AbstractEnsembleSmoother):
+    """Shared by the RTS smoothers: a reverse scan of `backward_step` over the stored
+    forecast/analysis pairs, with the pseudo-inverse threshold `rcond` and gain factor
+    `decorr` (fields declared by the concrete classes)."""
+
+    rcond: eqx.AbstractVar[float | None]
+    decorr: eqx.AbstractVar[float | Array]
+
+    def __check_init__(self) -> None:
+        _check_rcond(self.rcond)
+        _check_decorr(self.decorr)
+
+    @abc.abstractmethod
+    def backward_step(
+        self,
+        smoothed_next: Float[Array, "N_e N_x"],
+        analysis: Float[Array, "N_e N_x"],
+        forecast_next: Float[Array, "N_e N_x"],
+        valid_next: Any,
+    ) -> Float[Array, "N_e N_x"]:
+        """One step ``X^s_k`` from ``X^s_{k+1}``, ``X^a_k``, ``X^f_{k+1}``."""
+
+    def smooth(
+        self,
+        filt: Any,
+        history: ff.AssimilationResult,
+        observations: Float[ArrayLike, "T N_y"] | None,
+        obs_op: Any,
+        obs_noise: Any,
+        *,
+        key: PRNGKeyArray | None = None,
+        context: Mapping[str, Any] | None = None,
+        save_ensembles: bool = False,
+        rotate: bool = False,
+    ) -> SmootherResult:
+        """Smooth `history` backwards (`filt`, `observations`, `obs_op`, `obs_noise`, `key`,
+        `context` and `rotate` are not used: the regression pairs the stored members)."""
+        del filt, observations, obs_op, obs_noise, key, context, rotate
+        check_history(history)
+        return _smooth_rts(self, history, bool(save_ensembles))
+
+
+class EnsembleRTS(_AbstractRegressionSmoother):
     r"""The ensemble Rauch–Tung–Striebel smoother (Raanes 2016), in dual form.
 
     A backward pass over the saved forecast and analysis ensembles:
@@ -147,29 +190,6 @@ class EnsembleRTS(AbstractEnsembleSmoother):
     rcond: float | None = eqx.field(default=None, static=True)
     decorr: float | Array = 1.0
 
-    def __check_init__(self) -> None:
-        _check_rcond(self.rcond)
-        _check_decorr(self.decorr)
-
-    def smooth(
-        self,
-        filt: Any,
-        history: ff.AssimilationResult,
-        observations: Float[ArrayLike, "T N_y"] | None,
-        obs_op: Any,
-        obs_noise: Any,
-        *,
-        key: PRNGKeyArray | None = None,
-        context: Mapping[str, Any] | None = None,
-        save_ensembles: bool = False,
-        rotate: bool = False,
-    ) -> SmootherResult:
-        """Smooth `history` backwards (`filt`, `observations`, `obs_op`, `obs_noise`, `key`,
-        `context` and `rotate` are not used: the regression pairs the stored members)."""
-        del filt, observations, obs_op, obs_noise, key, context, rotate
-        check_history(history)
-        return _smooth_rts(self, history, bool(save_ensembles))
-
     def backward_step(
         self,
         smoothed_next: Float[Array, "N_e N_x"],
@@ -186,7 +206,7 @@ class EnsembleRTS(AbstractEnsembleSmoother):
         return analysis + self.decorr * matmul(coefficients, a)
 
 
-class EnsembleSqrtSmoother(AbstractEnsembleSmoother):
+class EnsembleSqrtSmoother(_AbstractRegressionSmoother):
     r"""A deterministic square-root RTS smoother: RTS mean, exact RTS covariance.
 
     Backward pass over the saved ensembles with ``A``, ``F``, ``S`` the anomalies of
@@ -230,29 +250,6 @@ class EnsembleSqrtSmoother(AbstractEnsembleSmoother):
 
     rcond: float | None = eqx.field(default=None, static=True)
     decorr: float | Array = 1.0
-
-    def __check_init__(self) -> None:
-        _check_rcond(self.rcond)
-        _check_decorr(self.decorr)
-
-    def smooth(
-        self,
-        filt: Any,
-        history: ff.AssimilationResult,
-        observations: Float[ArrayLike, "T N_y"] | None,
-        obs_op: Any,
-        obs_noise: Any,
-        *,
-        key: PRNGKeyArray | None = None,
-        context: Mapping[str, Any] | None = None,
-        save_ensembles: bool = False,
-        rotate: bool = False,
-    ) -> SmootherResult:
-        """Smooth `history` backwards (`filt`, `observations`, `obs_op`, `obs_noise`, `key`,
-        `context` and `rotate` are not used: the regression pairs the stored members)."""
-        del filt, observations, obs_op, obs_noise, key, context, rotate
-        check_history(history)
-        return _smooth_rts(self, history, bool(save_ensembles))
 
     def backward_step(
         self,
