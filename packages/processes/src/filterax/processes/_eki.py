@@ -57,7 +57,7 @@ class EKI(AbstractEnsembleProcess):
     - `scheduler`: the time-step rule (default ``DataMisfitController(terminate_at=1.0)``, as
         EnsembleKalmanProcesses.jl).
     - `failure_handler`: ``"sample_succ_gauss"`` (default, as EKP) or ``"ignore"``.
-    - `localizer`: optional localisation of ``C^{theta g}`` (`SEC`, `SECFisher`,
+    - `localizer`: optional localisation of ``C^{theta g}`` (`SEC`, `SECFisher`, `SECNice`,
         `TaperLocalizer`); EKP's default is ``SECNice``, here the default is none.
     - `inflation`: optional `MultiplicativeInflation` / `AdditiveInflation` (or a tuple).
 
