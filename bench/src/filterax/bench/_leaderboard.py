@@ -76,7 +76,8 @@ DIVERGENCE_RULE = (
 TERMINAL_LEGEND = (
     "Ranked by mean rmse.a over seeds (diverged cells last); rmse.a is mean ± std over seeds. "
     "DIVERGED: a seed diverged. ≠ ref: |ours − ref| > 2·std·√(1 + 1/n) + 0.03·|ref| (beyond seed "
-    "noise). Configs and every score: leaderboard.md / leaderboard.html."
+    "noise). rmse.s: smoothed estimate (smoothers only). Configs and every score: "
+    "leaderboard.md / leaderboard.html."
 )
 RANKING_RULE = (
     "Ranked by mean rmse.a over seeds (ascending); diverged cells last. Numbers: 4 significant "
@@ -498,6 +499,7 @@ _TERMINAL_COLUMNS: tuple[Column, ...] = (
         lambda r: MISSING if r.deviation is None else format(r.deviation.delta, "+.3g"),
     ),
     Column("spread_a", "spread.a", lambda r: format_number(metric(r.cell, "spread_a"))),
+    Column("rmse_s", "rmse.s", lambda r: format_number(metric(r.cell, "rmse_s"))),
     Column("ms_per_cycle", "ms/cycle", lambda r: _terminal_ms(r.cell)),
     Column("flags", "flags", lambda r: "; ".join(_flags(r)), numeric=False),
 )
