@@ -39,6 +39,9 @@ SCORE_CASES = [
     ("L63 iEnKS Sqrt Lag1 N=10 infl1.02 rot", presets.lorenz63_sakov2012, 10, 1.02, 0.31),
     ("L96 iEnKS Sqrt Lag1 N=40 infl1.01 rot", presets.lorenz96_sakov2008, 40, 1.01, 0.17),
 ]
+# DAPPER ms/cycle: ../shared/REFERENCES.md "Speed of the reference implementation" (DAPPER 1.8.1,
+# numpy, 1 thread, statistics off; L63 iEnKS, L96 iEnKS N=20) -- published figures, not re-measured
+# here (DAPPER is not installed in this workspace).
 SPEED_CASES = [
     ("L63 iEnKS N=10", presets.lorenz63_sakov2012, 10, 1.02, 28.0),
     ("L96 iEnKS N=20", presets.lorenz96_sakov2008, 20, 1.04, 6.0),

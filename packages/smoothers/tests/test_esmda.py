@@ -224,6 +224,28 @@ def test_vmap_over_keys_equals_separate_runs(getkey):
     assert not np.allclose(np.asarray(batched[0]), np.asarray(batched[1]))
 
 
+def test_sqrt_gradient_is_finite_and_matches_finite_differences(getkey):
+    # N_y = 3 < N_e - 1 = 11: the ensemble-space Gram matrix has repeated zero eigenvalues,
+    # where a plain eigh derivative is NaN; the Daleckii-Krein JVP is finite and exact.
+    problem = refs.linear_problem(21, n_params=4, n_obs=3)
+    prior = jnp.asarray(_gaussian_prior(problem, 12, 22))
+    y = jnp.asarray(problem.y)
+    forward = _forward(problem)
+    key = getkey()
+
+    def loss(scale):
+        out = ESMDA(alphas=jnp.array([2.0, 2.0]), variant="sqrt").run(
+            forward, prior, y, scale * jnp.ones(3), key=key
+        )
+        return jnp.sum(jnp.var(out.ensemble, axis=0)) + jnp.sum(out.ensemble.mean(axis=0) ** 2)
+
+    grad = jax.grad(loss)(1.3)
+    assert np.isfinite(grad)
+    h = 1e-6
+    fd = (loss(1.3 + h) - loss(1.3 - h)) / (2 * h)
+    np.testing.assert_allclose(grad, fd, rtol=1e-6)
+
+
 def test_vmap_over_alphas_is_possible(getkey):
     # alphas are a dynamic field: a sweep over inflation schedules is one vmap.
     problem = refs.linear_problem(14, n_params=4, n_obs=6)

@@ -10,6 +10,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 import filterax.primitives as fxp
+from filterax.filters._transforms import symmetric_matrix_function
 
 from ._inverse_common import (
     AbstractInverseSmoother,
@@ -259,10 +260,9 @@ class ESMDA(AbstractInverseSmoother):
             # root, so T 1 = 1 and the anomalies stay centred.
             y_noise = solve_rows(y_anom, whitening.factor)
             gram = mm(y_noise, y_anom.T) / alpha
-            gram = 0.5 * (gram + gram.T)
-            eigvals, eigvecs = jnp.linalg.eigh(gram)
-            eigvals = jnp.maximum(eigvals, 0.0)
-            transform = mm(eigvecs / jnp.sqrt(1.0 + eigvals)[None, :], eigvecs.T)
+            # (I + gram)^{-1/2} with a Daleckii-Krein derivative: finite at the repeated
+            # zero eigenvalues that N_y < N_e - 1 always gives (a plain eigh gives NaN grads).
+            transform = symmetric_matrix_function(0.5 * (gram + gram.T), "inv_sqrt")
             updated = mean[None, :] + mm(transform, x - x_mean[None, :])
         new = InversionState(
             ensemble=updated,

@@ -27,7 +27,11 @@ The anomaly transform is, per `variant`:
   drawn once per window,
   ``T \leftarrow T + [-(Y + D) Y_0^\top + (N-1)(I - T)] C_w(1)``, ``T^{-1} = (T + 1)^{-1}``;
 - ``"order1"`` (DEnKF-like): ``T \leftarrow T + [-\tfrac12 Y Y_0^\top + (N-1)(I - T)] C_w(1)``,
-  ``T^{-1}`` the rank-``(N-1)`` pseudo-inverse.
+  ``T^{-1}`` the rank-``(N-1)`` pseudo-inverse. Included for completeness as in DAPPER
+  ("does not make much sense" there): without ``mda`` it is unstable on Lorenz-63 (measured:
+  lag 2, N=10, 40 cycles, MSE 122 vs ~0.04 for the others) and its gradient is NaN (the
+  truncated SVD pseudo-inverse is not differentiable at its repeated singular values).
+  Use ``"sqrt"`` or ``"pertobs"``; ``"order1"`` with ``mda=True`` is fine.
 
 With ``mda=True`` the iterations anneal instead (ES-MDA, Emerick & Reynolds 2012): ``R`` is
 inflated by `n_iter`, no de-conditioning, ``\Delta w = \delta y\, Y^\top C_w(1) T`` and
@@ -209,7 +213,7 @@ class iEnKS(eqx.Module):
     def __check_init__(self) -> None:
         if not _is_int(self.lag) or self.lag < 0:
             raise ValueError(
-                f"iEnKS: lag must be a Python int >= 1 (the window length in observation "
+                f"iEnKS: lag must be a Python int >= 0 (the window length in observation "
                 f"cycles; lag=0 gives the maximum-likelihood ensemble filter); got {self.lag!r}."
             )
         if not _is_int(self.n_iter) or self.n_iter < 1:

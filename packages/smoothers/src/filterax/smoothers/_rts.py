@@ -163,8 +163,15 @@ class EnsembleRTS(_AbstractRegressionSmoother):
     on Lorenz-96, ETKF N=20, inflation 1.04: rmse_s 0.37 vs the filter's 0.17): the
     regression also carries the inflation's expansion of the anomalies back in time. DAPPER
     damps this with ``DeCorr < 1``, a factor on the gain: `decorr` here (a tuning parameter;
-    no single value makes an inflated EnRTS equal to the EnKS). Prefer the `EnKS` /
-    `FixedLagSmoother` for inflated runs.
+    no single value makes an inflated EnRTS equal to the EnKS).
+
+    !!! warning
+
+        Over long inflated runs the backward recursion can blow up (measured: Lorenz-96,
+        ETKF N=20, inflation 1.05, rotation, 300 cycles, float32: rmse_s 15 against the
+        filter's 0.20 and the EnKS's 0.10). Use the `EnKS` / `FixedLagSmoother` after an
+        inflated run; use the RTS smoothers for runs without inflation (or with a tuned
+        ``decorr < 1``) and for localised filters, where the EnKS does not apply.
 
     **Arguments:**
 
