@@ -82,6 +82,7 @@ from ._inflation import (
     inflate_rtps as inflate_rtps,
 )
 from ._shrinkage import ledoit_wolf_shrinkage as ledoit_wolf_shrinkage
+from ._spectral import inverse_sqrt_one_plus as inverse_sqrt_one_plus
 from ._patches import (
     Patches as Patches,
     assign_obs_to_patches as assign_obs_to_patches,

@@ -645,11 +645,11 @@ def transform_update(
     """
     y_noise = woodbury_solve_rows(y_anomalies, factor)
     k = dt * mm(y_noise, y_anomalies.T)
-    k = 0.5 * (k + k.T)
-    eigvals, eigvecs = jnp.linalg.eigh(k)
-    eigvals = jnp.maximum(eigvals, 0.0)
-    omega = mm(eigvecs / (1.0 + eigvals)[None, :], eigvecs.T)
-    omega_half = mm(eigvecs / jnp.sqrt(1.0 + eigvals)[None, :], eigvecs.T)
+    # Gradient-safe (I + K)^{-1/2}: K has repeated eigenvalues whenever N_y < N_e - 1 and is
+    # exactly 0 once the time step is 0 (after algorithm time 1), where eigh's derivative is
+    # NaN; Omega = (I + K)^{-1} is its square.
+    omega_half = fxp.inverse_sqrt_one_plus(0.5 * (k + k.T))
+    omega = mm(omega_half, omega_half)
     w = dt * mm(omega, mm(y_noise, mean_residual[:, None]))[:, 0]
     x_norm = x_anomalies / jnp.sqrt(jnp.maximum(count - 1.0, 1.0))
     mean = x_mean + mm(x_norm.T, w[:, None])[:, 0]
