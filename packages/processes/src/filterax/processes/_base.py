@@ -731,6 +731,17 @@ def check_vector(x: Any, name: str, size: int | None = None) -> None:
         raise ValueError(f"{name} must be {expected}; got shape {shape}.")
 
 
+def check_data_dimension(y: Any, g: Array) -> None:
+    """`obs` is 1-D and `forward_evals` has one column per observation (clear message)."""
+    check_vector(y, "obs")
+    if jnp.shape(y)[0] != g.shape[1]:
+        raise ValueError(
+            f"forward_evals has N_y={g.shape[1]} columns but obs has {jnp.shape(y)[0]} entries: "
+            "the forward model must return one value per observation, G(theta) of shape "
+            f"({jnp.shape(y)[0]},) for each member."
+        )
+
+
 def prepare_update(
     forward_evals: Array, obs: Array, noise: lx.AbstractLinearOperator
 ) -> UpdateData:
@@ -901,7 +912,7 @@ class AbstractProcessBase(fxp.AbstractProcess):
         dtype = state.ensemble.dtype
         g = check_forward_evals(forward_evals, state.ensemble.shape[0], dtype)
         y, noise = resolve_obs(state, obs, obs_noise, dtype)
-        check_vector(y, "obs", g.shape[1])
+        check_data_dimension(y, g)
         return prepare_update(g, y, noise).misfits
 
 
@@ -1036,7 +1047,7 @@ class AbstractEnsembleProcess(AbstractProcessBase):
         dtype = x.dtype
         g = check_forward_evals(forward_evals, n_e, dtype)
         y, noise = resolve_obs(state, obs, obs_noise, dtype)
-        check_vector(y, "obs", g.shape[1])
+        check_data_dimension(y, g)
         self._validate(n_e, n_p, g.shape[1])
         data = prepare_update(g, y, noise)
         dt, sched_state, converged = schedule(self.scheduler, state, data, g.shape[1], dtype)

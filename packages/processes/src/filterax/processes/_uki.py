@@ -17,6 +17,7 @@ from ._base import (
     UpdateData,
     Whitening,
     as_float,
+    check_data_dimension,
     check_forward_evals,
     check_prior,
     check_vector,
@@ -344,7 +345,7 @@ class UKI(AbstractProcessBase):
         dtype = x.dtype
         g = check_forward_evals(forward_evals, n_sigma, dtype)
         y, noise = resolve_obs(state, obs, obs_noise, dtype)
-        check_vector(y, "obs", g.shape[1])
+        check_data_dimension(y, g)
         data = prepare_update(g, y, noise)
         dt, sched_state, converged = schedule(self.scheduler, state, data, g.shape[1], dtype)
         mean, cov = self._analysis(x, data, dt)

@@ -1,0 +1,25 @@
+"""A forward model with the wrong output size is named as the culprit (not `obs`)."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+import filterax.processes as fpr
+
+
+@pytest.mark.parametrize("make", [fpr.EKI, fpr.ETKI], ids=["EKI", "ETKI"])
+def test_wrong_forward_output_size_names_forward_evals(make):
+    a = jax.random.normal(jax.random.key(0), (8, 3))
+    ensemble = jax.random.normal(jax.random.key(1), (20, 3))
+    process = make()
+    state = process.init(ensemble, jnp.ones(8), 0.1, key=jax.random.key(2))
+    with pytest.raises(ValueError, match="forward_evals has N_y=5 columns but obs has 8"):
+        process.update(state, ensemble @ a[:5].T)
+
+
+def test_uki_wrong_forward_output_size():
+    process = fpr.UKI(jnp.zeros(3), jnp.eye(3))
+    state = process.init(None, jnp.ones(8), 0.1)
+    g = jnp.ones((state.ensemble.shape[0], 5))
+    with pytest.raises(ValueError, match="forward_evals has N_y=5 columns but obs has 8"):
+        process.update(state, g)
