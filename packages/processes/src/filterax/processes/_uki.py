@@ -298,6 +298,8 @@ class UKI(AbstractProcessBase):
                     f"UKI.init needs an initial mean of shape ({n},) and covariance of shape "
                     f"({n}, {n}) to match the prior; got {mean.shape} and {cov.shape}."
                 )
+            # symmetric positive-semidefinite, checked like the prior covariance
+            checked_noise(cov, n, float_dtype(mean), "UKI.init(ensemble_or_prior=(mean, cov))")
         dtype = float_dtype(mean)
         mean = mean.astype(dtype)
         cov = jnp.asarray(cov).astype(dtype)

@@ -1,4 +1,4 @@
-"""A forward model with the wrong output size is named as the culprit (not `obs`)."""
+"""Clear errors for inputs of the wrong size or kind (forward outputs, initial covariances)."""
 
 import jax
 import jax.numpy as jnp
@@ -23,3 +23,9 @@ def test_uki_wrong_forward_output_size():
     g = jnp.ones((state.ensemble.shape[0], 5))
     with pytest.raises(ValueError, match="forward_evals has N_y=5 columns but obs has 8"):
         process.update(state, g)
+
+
+def test_uki_init_rejects_a_non_psd_initial_covariance():
+    process = fpr.UKI(jnp.zeros(3), jnp.eye(3))
+    with pytest.raises(ValueError, match="positive"):
+        process.init((jnp.zeros(3), -jnp.eye(3)), jnp.ones(8), 0.1)
