@@ -29,3 +29,15 @@ def test_uki_init_rejects_a_non_psd_initial_covariance():
     process = fpr.UKI(jnp.zeros(3), jnp.eye(3))
     with pytest.raises(ValueError, match="positive"):
         process.init((jnp.zeros(3), -jnp.eye(3)), jnp.ones(8), 0.1)
+
+
+def test_diverged_update_is_not_blamed_on_the_forward_model():
+    # An explicit EKS step far beyond its stability limit (Gamma = 1e-4, dt = 50) blows the
+    # ensemble up; the error must say the parameters were non-finite, i.e. the update diverged.
+    a = jax.random.normal(jax.random.key(0), (6, 2))
+    y = a @ jnp.array([1.0, -1.0])
+    x0 = jax.random.normal(jax.random.key(1), (10, 2))
+    process = fpr.EKS(jnp.zeros(2), jnp.eye(2), scheduler=fpr.FixedScheduler(50.0))
+    with pytest.raises(fpr.CalibrationError, match="non-finite PARAMETERS") as info:
+        fpr.calibrate(process, lambda t: a @ t, x0, y, 1e-4, n_iterations=30, key=jax.random.key(2))
+    assert info.value.n_nonfinite_parameters > 0

@@ -47,24 +47,34 @@ class CalibrationError(RuntimeError):
         n_failed: int,
         n_ensemble: int,
         first_error: tuple[int, BaseException] | None = None,
+        n_nonfinite_parameters: int = 0,
     ):
         self.iteration = iteration
         self.n_failed = n_failed
         self.n_ensemble = n_ensemble
         self.first_error = first_error
+        self.n_nonfinite_parameters = n_nonfinite_parameters
         msg = (
             f"calibrate: at iteration {iteration}, {n_failed} of {n_ensemble} ensemble members "
             "failed (raised or returned non-finite output); at most half may fail."
         )
-        if first_error is not None:
+        if n_nonfinite_parameters:
+            msg += (
+                f" {n_nonfinite_parameters} of them had non-finite PARAMETERS: the previous "
+                "process update diverged (not the forward model). Use a smaller time step "
+                "(e.g. FixedScheduler(0.5) or DataMisfitController), more members, or a "
+                "narrower prior."
+            )
+        elif first_error is not None:
             member, exc = first_error
             msg += f" First failure: member {member}: {type(exc).__name__}: {exc}"
         else:
             msg += " The JAX forward model returned NaN/inf for those members."
-        msg += (
-            " Check the forward model on those parameters, narrow the prior, or bound the "
-            "parameters with constrained_gaussian(...) and calibrate(..., prior=...)."
-        )
+        if not n_nonfinite_parameters:
+            msg += (
+                " Check the forward model on those parameters, narrow the prior, or bound the "
+                "parameters with constrained_gaussian(...) and calibrate(..., prior=...)."
+            )
         super().__init__(msg)
 
 
@@ -611,7 +621,13 @@ def calibrate(
         if failed_at >= 0:
             if throw:
                 n_failed = int(records.n_failed[failed_at])
-                raise CalibrationError(failed_at, n_failed, int(records.failed.shape[-1]))
+                bad_params = ~np.all(np.isfinite(records.parameters[failed_at]), axis=-1)
+                raise CalibrationError(
+                    failed_at,
+                    n_failed,
+                    int(records.failed.shape[-1]),
+                    n_nonfinite_parameters=int(np.sum(bad_params)),
+                )
             n_done = failed_at
         failed_iteration = failed_at if failed_at >= 0 else None
         n_seen = n_done if failed_iteration is None else failed_iteration + 1

@@ -57,6 +57,10 @@ class EKS(AbstractEnsembleProcess):
     - `prior_mean`, `prior_cov`: the Gaussian prior ``N(m_0, C_0)``.
     - `aldi`: include the finite-ensemble correction (default True; EKP's ``"aldi"``).
     - `scheduler`: default `EKSStableScheduler` (``dt = 1 / (||D||_F + eps)``, as EKP).
+        The step is explicit in the data term: a `FixedScheduler` step must stay below the
+        stability limit ``~ 1 / ||D||_F``, which shrinks with small ``Gamma`` (e.g. about
+        ``1e-4`` at the prior for ``Gamma = 0.01 I`` on EKP's exponential sinusoid); beyond
+        it the ensemble blows up to NaN (`calibrate` then reports non-finite parameters).
     - `failure_handler`: ``"ignore"`` (default, as EKP's sampler) or ``"sample_succ_gauss"``.
     - `inflation`: optional (rarely wanted for a sampler).
 
