@@ -9,6 +9,7 @@ DAPPER), the initial ensemble is drawn with ``fold_in(k, 1)`` and the filter run
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import functools
@@ -392,12 +393,10 @@ def device_description() -> str:
 
 
 def _cpu_model() -> str | None:
-    try:
+    with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
     return None
 
 
@@ -420,10 +419,8 @@ _VERSION_DISTS = (
 def package_versions() -> dict[str, str]:
     out = {}
     for dist in _VERSION_DISTS:
-        try:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             out[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            pass
     return out
 
 

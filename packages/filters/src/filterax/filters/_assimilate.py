@@ -271,7 +271,17 @@ def _validate(
             )
         if isinstance(divergence_threshold, int | float) and not divergence_threshold > 0:
             raise ValueError(f"divergence_threshold must be > 0; got {divergence_threshold}.")
+    return check_run_inputs(dynamics, obs_op, ensemble0, observations, obs_times, t0)
 
+
+def check_run_inputs(
+    dynamics: Any, obs_op: Any, ensemble0: Any, observations: Any, obs_times: Any, t0: Any
+) -> tuple[Array, Array, Array]:
+    """Shapes and dtypes of a cycled run's inputs (shared with the smoothers' own drivers).
+
+    Returns ``(ensemble0, observations, obs_times)`` as arrays, observations in the ensemble's
+    dtype; raises a `ValueError` / `TypeError` saying what to pass otherwise.
+    """
     ensemble0 = jnp.asarray(ensemble0)
     if ensemble0.ndim != 2:
         raise ValueError(

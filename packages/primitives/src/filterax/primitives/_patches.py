@@ -26,6 +26,7 @@ must be treated as missing (NaN), which every filterax filter supports.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import math
@@ -367,11 +368,9 @@ def assign_obs_to_patches(
         )
     if jnp.ndim(halo) != 0:
         raise ValueError(f"halo must be a scalar; got shape {jnp.shape(halo)}.")
-    try:
+    with contextlib.suppress(TypeError, jax.errors.ConcretizationTypeError):  # traced halo
         if float(halo) < 0:
             raise ValueError(f"halo must be non-negative; got {halo}.")
-    except (TypeError, jax.errors.ConcretizationTypeError):
-        pass
     n_y = coords.shape[0]
     dtype = jnp.result_type(coords, patches.lower, float)
     length = None

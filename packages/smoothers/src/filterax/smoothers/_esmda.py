@@ -10,7 +10,6 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 import filterax.primitives as fxp
-from filterax.filters._transforms import symmetric_matrix_function
 
 from ._inverse_common import (
     AbstractInverseSmoother,
@@ -262,7 +261,7 @@ class ESMDA(AbstractInverseSmoother):
             gram = mm(y_noise, y_anom.T) / alpha
             # (I + gram)^{-1/2} with a Daleckii-Krein derivative: finite at the repeated
             # zero eigenvalues that N_y < N_e - 1 always gives (a plain eigh gives NaN grads).
-            transform = symmetric_matrix_function(0.5 * (gram + gram.T), "inv_sqrt")
+            transform = fxp.inverse_sqrt_one_plus(gram)
             updated = mean[None, :] + mm(transform, x - x_mean[None, :])
         new = InversionState(
             ensemble=updated,

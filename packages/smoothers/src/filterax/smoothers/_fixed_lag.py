@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, Real
 
 import filterax.filters as ff
-from filterax.filters._assimilate import _forecast, _needs_key
+from filterax.filters._assimilate import _forecast, _needs_key, _validate
 from filterax.primitives import AdaptiveInflator, rms_spread
 
 from ._base import (
@@ -145,49 +145,15 @@ class FixedLagSmoother(AbstractEnsembleSmoother):
         """
         check_filter(filt)
         context = check_context(context)
-        if not callable(dynamics):
-            raise TypeError(
-                "dynamics must be callable as dynamics(x, t0, t1) -> x; got "
-                f"{type(dynamics).__name__}."
-            )
         if key is None:
             raise TypeError("run_online needs key=... (a JAX PRNG key, e.g. jax.random.key(0)).")
-        if inflator is not None and not callable(inflator):
-            raise TypeError(
-                "inflator must be an AbstractInflator or a callable inflator(analysis, forecast, "
-                f"*, key); got {type(inflator).__name__}."
-            )
         if jnp.ndim(t0) != 0:
             raise ValueError(f"t0 must be a scalar time; got shape {jnp.shape(t0)}.")
-        ensemble0 = jnp.asarray(ensemble0)
-        if ensemble0.ndim != 2 or ensemble0.shape[0] < 2:
-            raise ValueError(
-                "ensemble0 must be an (N_e, N_x) ensemble with N_e >= 2 members on the first "
-                f"axis; got shape {ensemble0.shape}."
-            )
-        if not jnp.issubdtype(ensemble0.dtype, jnp.floating):
-            raise TypeError(f"ensemble0 must be floating point; got dtype {ensemble0.dtype}.")
-        observations = jnp.asarray(observations)
-        obs_times = jnp.asarray(obs_times)
-        if observations.ndim != 2 or observations.shape[0] < 1:
-            raise ValueError(
-                "observations must be a (T, N_y) array with T >= 1, one row per observation "
-                f"time; got shape {observations.shape}."
-            )
-        if obs_times.shape != (observations.shape[0],):
-            raise ValueError(
-                f"obs_times must have shape (T,) = ({observations.shape[0]},); got "
-                f"{obs_times.shape}."
-            )
-        observations = observations.astype(ensemble0.dtype)
-        if not jnp.issubdtype(obs_times.dtype, jnp.floating):
-            obs_times = obs_times.astype(ensemble0.dtype)
-        y_shape = jax.eval_shape(lambda x: apply_obs(obs_op, x), ensemble0[0]).shape
-        if y_shape != (observations.shape[1],):
-            raise ValueError(
-                f"obs_op maps one member to shape {y_shape}, but observations have shape "
-                f"{observations.shape}."
-            )
+        # The same checks (and messages) as filterax.filters.assimilate.
+        ensemble0, observations, obs_times = _validate(
+            filt, dynamics, obs_op, ensemble0, observations, obs_times, key, inflator,
+            "stats", None, t0,
+        )  # fmt: skip
         return _run_online(
             filt,
             dynamics,

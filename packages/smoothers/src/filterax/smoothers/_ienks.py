@@ -74,6 +74,7 @@ from jaxtyping import Array, ArrayLike, PRNGKeyArray, Real
 
 import filterax.primitives as fxp
 from filterax.filters import cycle_keys, rotate_ensemble
+from filterax.filters._assimilate import check_run_inputs
 from filterax.filters._common import _as_noise, _build_whitener
 from filterax.filters._transforms import matmul, sqrt_transform
 
@@ -361,63 +362,17 @@ def _validate(
             f"{where}: obs_op must be a callable on ONE state, a lineax operator or an "
             f"(N_y, N_x) matrix; got {type(obs_op).__name__}."
         )
-    ensemble0 = jnp.asarray(ensemble0)
-    if ensemble0.ndim != 2:
-        raise ValueError(
-            f"{where}: ensemble0 must be a 2-D array (N_e, N_x) with members on the first "
-            f"axis; got shape {ensemble0.shape}."
-        )
-    if ensemble0.shape[0] < 2:
-        raise ValueError(
-            f"{where}: ensemble0 has N_e={ensemble0.shape[0]} member(s); the iEnKS needs "
-            "N_e >= 2 (anomalies are normalised by N_e - 1)."
-        )
-    if not jnp.issubdtype(ensemble0.dtype, jnp.floating):
-        raise TypeError(
-            f"{where}: ensemble0 must be floating point; got dtype {ensemble0.dtype}. Cast it "
-            "with .astype(jnp.float64) or .astype(jnp.float32)."
-        )
-    dtype = ensemble0.dtype
     observations = jnp.asarray(observations)
-    obs_times = jnp.asarray(obs_times)
-    if observations.ndim != 2:
-        raise ValueError(
-            f"{where}: observations must be a 2-D array (T, N_y), one row per observation "
-            f"time; got shape {observations.shape}."
-        )
-    if observations.shape[0] < 1 or observations.shape[1] < 1:
+    if observations.ndim == 2 and (observations.shape[0] < 1 or observations.shape[1] < 1):
         raise ValueError(
             f"{where}: observations are empty (shape {observations.shape}); pass at least one "
             "observation time with at least one observed component."
         )
-    if obs_times.ndim != 1 or obs_times.shape[0] != observations.shape[0]:
-        raise ValueError(
-            f"{where}: obs_times must have shape (T,) = ({observations.shape[0]},), one time per "
-            f"row of observations; got {obs_times.shape}."
-        )
-    observations = observations.astype(dtype)
-    if not jnp.issubdtype(obs_times.dtype, jnp.floating):
-        obs_times = obs_times.astype(dtype)
-    member = ensemble0[0]
-    t_first = jnp.asarray(t0, dtype=obs_times.dtype)
-    try:
-        x_shape = jax.eval_shape(lambda x: dynamics(x, t_first, obs_times[0]), member).shape
-    except TypeError as err:
-        raise TypeError(
-            f"{where}: calling dynamics(x, t0, t1) on one (N_x,) member failed: {err}."
-        ) from err
-    if x_shape != member.shape:
-        raise ValueError(
-            f"{where}: dynamics(x, t0, t1) must return a state of shape {member.shape} (one "
-            f"member of ensemble0); it returned {x_shape}."
-        )
-    y_shape = jax.eval_shape(lambda x: _apply_obs(obs_op, x), member).shape
-    if y_shape != (observations.shape[1],):
-        raise ValueError(
-            f"{where}: obs_op maps one member to shape {y_shape}, but observations have shape "
-            f"{observations.shape} (N_y={observations.shape[1]}). Pass the matching "
-            "observation operator or observations."
-        )
+    # The same shape/dtype checks (and messages) as filterax.filters.assimilate.
+    ensemble0, observations, obs_times = check_run_inputs(
+        dynamics, obs_op, ensemble0, observations, obs_times, t0
+    )
+    dtype = ensemble0.dtype
     noise = _as_noise(obs_noise, observations.shape[1], dtype, where)
     return ensemble0, observations, obs_times, noise
 
