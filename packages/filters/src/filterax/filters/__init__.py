@@ -31,4 +31,9 @@ from ._kalman import (
     SquareRootKF as SquareRootKF,
     SqrtGaussianState as SqrtGaussianState,
 )
-from ._rotation import random_rotation as random_rotation, rotate_ensemble as rotate_ensemble
+
+# rotations live in filterax.primitives (re-exported here, the same objects)
+from filterax.primitives import (
+    random_rotation as random_rotation,
+    rotate_ensemble as rotate_ensemble,
+)

@@ -18,9 +18,7 @@ import lineax as lx
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Real
 
-from filterax.primitives import AdaptiveInflator, rms_spread, rmse
-
-from ._rotation import rotate_ensemble
+from filterax.primitives import AdaptiveInflator, rms_spread, rmse, rotate_ensemble
 
 __all__ = ["AssimilationResult", "assimilate", "cycle_keys"]
 

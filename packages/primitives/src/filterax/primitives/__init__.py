@@ -81,6 +81,7 @@ from ._inflation import (
     inflate_rtpp as inflate_rtpp,
     inflate_rtps as inflate_rtps,
 )
+from ._rotation import random_rotation as random_rotation, rotate_ensemble as rotate_ensemble
 from ._shrinkage import ledoit_wolf_shrinkage as ledoit_wolf_shrinkage
 from ._spectral import inverse_sqrt_one_plus as inverse_sqrt_one_plus
 from ._patches import (

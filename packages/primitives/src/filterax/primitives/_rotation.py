@@ -20,15 +20,6 @@ __all__ = ["random_rotation", "rotate_ensemble"]
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
-def _haar_orthogonal(key: PRNGKeyArray, n: int, dtype: Any) -> Array:
-    # QR of a Gaussian matrix with the signs of diag(R) moved into Q is Haar-distributed on
-    # O(n) (Mezzadri 2007); without the sign fix the distribution is biased.
-    z = jax.random.normal(key, (n, n), dtype=dtype)
-    q, r = jnp.linalg.qr(z)
-    signs = jnp.where(jnp.diagonal(r) < 0, -1.0, 1.0).astype(dtype)
-    return q * signs[None, :]
-
-
 def random_rotation(
     key: PRNGKeyArray, n_ensemble: int, dtype: Any = None
 ) -> Float[Array, "N_e N_e"]:
@@ -78,7 +69,9 @@ def random_rotation(
     w = e.at[0].add(-1.0)
     householder = jnp.eye(n, dtype=dtype) - 2.0 * jnp.outer(w, w) / jnp.dot(w, w)
     basis = householder[:, 1:]
-    q = _haar_orthogonal(key, n - 1, dtype)
+    # Haar on O(n - 1): QR of a Gaussian matrix with the signs of diag(R) moved into Q
+    # (Mezzadri 2007); jax.random.orthogonal does exactly that.
+    q = jax.random.orthogonal(key, n - 1, dtype=dtype)
     rotated = jnp.matmul(jnp.matmul(basis, q, precision=_HIGHEST), basis.T, precision=_HIGHEST)
     return rotated + jnp.outer(e, e)
 
