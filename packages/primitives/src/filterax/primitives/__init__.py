@@ -81,6 +81,7 @@ from ._inflation import (
     inflate_rtpp as inflate_rtpp,
     inflate_rtps as inflate_rtps,
 )
+from ._validation import concrete_value as concrete_value
 from ._rotation import random_rotation as random_rotation, rotate_ensemble as rotate_ensemble
 from ._shrinkage import ledoit_wolf_shrinkage as ledoit_wolf_shrinkage
 from ._spectral import inverse_sqrt_one_plus as inverse_sqrt_one_plus
@@ -104,6 +105,7 @@ from ._obs_operators import (
     IdentityObs as IdentityObs,
     IndexObs as IndexObs,
     LinearObs as LinearObs,
+    apply_obs as apply_obs,
     every_nth as every_nth,
 )
 from ._scores import (

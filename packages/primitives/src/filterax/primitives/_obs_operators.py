@@ -13,6 +13,7 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import lineax as lx
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int
 
@@ -301,3 +302,45 @@ def every_nth(n_state: int, step: int, offset: int = 0) -> IndexObs:
     if not 0 <= offset < n_state:
         raise ValueError(f"offset must satisfy 0 <= offset < n_state={n_state}; got {offset}.")
     return IndexObs(range(int(offset), n_state, int(step)))
+
+
+def apply_obs(obs_op: Any, x: Float[Array, " N_x"]) -> Float[Array, " N_y"]:
+    """Apply an observation operator of any accepted form to ONE state.
+
+    The forms every filterax function accepts for an observation operator ``H``:
+
+    - a callable ``obs_op(x) -> y`` (an `AbstractObsOperator`, `IdentityObs`, a function);
+    - a lineax operator (``H.mv(x)``);
+    - an ``(N_y, N_x)`` matrix (``H @ x`` at full matmul precision).
+
+    **Arguments:**
+
+    - `obs_op`: the operator, in one of the forms above.
+    - `x`: one state ``(N_x,)``.
+
+    **Returns:** ``H(x)``, shape ``(N_y,)``.
+
+    **Example:**
+
+    ```python
+    import jax.numpy as jnp
+    from filterax.primitives import apply_obs
+
+    apply_obs(jnp.eye(2, 3), jnp.arange(3.0))  # [0., 1.]
+    ```
+    """
+    if isinstance(obs_op, lx.AbstractLinearOperator):
+        return obs_op.mv(x)
+    if isinstance(obs_op, jax.Array | np.ndarray):
+        if obs_op.ndim != 2:
+            raise ValueError(
+                f"an observation operator given as an array must be an (N_y, N_x) matrix; got "
+                f"shape {obs_op.shape}. Pass a callable obs_op(x) -> y for other operators."
+            )
+        return jnp.matmul(obs_op, x, precision=_HIGHEST)
+    if not callable(obs_op):
+        raise TypeError(
+            "obs_op must be a callable obs_op(x) -> y on ONE state, a lineax operator or an "
+            f"(N_y, N_x) matrix; got {type(obs_op).__name__}."
+        )
+    return obs_op(x)

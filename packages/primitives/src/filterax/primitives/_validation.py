@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -52,11 +53,32 @@ def check_same_members(a: Any, b: Any, name_a: str, name_b: str) -> None:
         )
 
 
+def concrete_value(value: Any) -> np.ndarray | None:
+    """``value`` as a numpy array when it is known at trace time, else ``None``.
+
+    The one place that decides whether a value can be checked eagerly: Python numbers, numpy
+    and concrete JAX arrays give an array; a tracer (a value under `jit`, `vmap` or `grad`)
+    gives ``None``, and such values must be checked at run time (a status or `eqx.error_if`).
+
+    **Example:**
+
+    ```python
+    concrete_value(1.5)                          # array(1.5)
+    jax.jit(lambda x: concrete_value(x) is None)(1.0)  # True
+    ```
+    """
+    if isinstance(value, jax.core.Tracer):
+        return None
+    try:
+        return np.asarray(value)
+    except (TypeError, jax.errors.TracerArrayConversionError):
+        return None
+
+
 def check_nonnegative(value: Any, name: str) -> None:
     """Raise if a concrete (non-traced) value is negative; traced values pass through."""
-    try:
-        arr = np.asarray(value)
-    except Exception:  # a tracer: cannot be checked at trace time
+    arr = concrete_value(value)
+    if arr is None:
         return
     if np.any(arr < 0):
         raise ValueError(f"{name} must be non-negative; got {value}.")
@@ -64,9 +86,8 @@ def check_nonnegative(value: Any, name: str) -> None:
 
 def check_positive(value: Any, name: str) -> None:
     """Raise if a concrete (non-traced) value is not strictly positive."""
-    try:
-        arr = np.asarray(value)
-    except Exception:
+    arr = concrete_value(value)
+    if arr is None:
         return
     if np.any(arr <= 0):
         raise ValueError(f"{name} must be strictly positive; got {value}.")
