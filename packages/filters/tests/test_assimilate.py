@@ -15,7 +15,6 @@ from filterax.filters import (
     random_rotation,
     rotate_ensemble,
 )
-from filterax.filters._assimilate import _needs_key
 from filterax.zoo import LinearModel, Lorenz96, StochasticDynamics, presets
 
 N_X, N_E, T = 6, 5, 20
@@ -445,7 +444,9 @@ def test_missing_observations_and_context_are_passed_through(problem):
     assert np.all(np.isfinite(out.log_likelihood))
 
 
-def test_localizer_is_forwarded_or_refused(problem):
+def test_a_localizer_reaches_the_filter_through_context_only(problem):
+    # assimilate(localizer=...) was removed (no built-in filter took it); a filter whose
+    # analysis takes a localizer gets it through context, like any other analysis keyword.
     E0, ys, times, _ = problem
     received = {}
 
@@ -464,10 +465,9 @@ def test_localizer_is_forwarded_or_refused(problem):
         ys,
         times,
         key=jax.random.key(0),
-        localizer=localizer,
+        context={"localizer": localizer},
     )
     assert isinstance(received["localizer"], fxp.GaspariCohnLocalizer)
-    # A filter without a localizer parameter would silently ignore it: refused.
     with pytest.raises(TypeError, match="localizer"):
         assimilate(
             ETKF(), dynamics, obs_op, R, E0, ys, times, key=jax.random.key(0), localizer=localizer
@@ -507,11 +507,16 @@ def test_scores_are_dapper_time_means(problem):
         out.scores(truth[1:], 5)
 
 
-def test_stochastic_dynamics_are_detected_by_their_key_keyword():
-    assert _needs_key(StochasticDynamics(Lorenz96(n=8), noise=0.1))
-    assert not _needs_key(Lorenz96(n=8))
-    assert not _needs_key(dynamics)
-    assert not _needs_key(lambda x, t0, t1, key=None: x)  # an optional key is not required
+def test_stochastic_dynamics_are_recognised_by_their_type(problem):
+    # The protocol is a type (AbstractStochasticDynamics), not a call signature.
+    assert isinstance(StochasticDynamics(Lorenz96(n=8), noise=0.1), fxp.AbstractStochasticDynamics)
+    assert not isinstance(Lorenz96(n=8), fxp.AbstractStochasticDynamics)
+    E0, ys, times, _ = problem
+    # A plain function that needs a key is refused with a message naming the protocol.
+    with pytest.raises(TypeError, match="AbstractStochasticDynamics"):
+        assimilate(
+            TinyETKF(), lambda x, t0, t1, *, key: x, obs_op, R, E0, ys, times, key=jax.random.key(0)
+        )
 
 
 def test_bad_inputs_raise_clear_errors(problem):

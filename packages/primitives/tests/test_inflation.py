@@ -11,6 +11,7 @@ from filterax.primitives._inflation import (
     RTPP,
     RTPS,
     AbstractInflator,
+    AbstractPostProcessor,
     AdaptiveInflator,
     AdditiveInflator,
     MultiplicativeInflator,
@@ -445,7 +446,10 @@ def test_inflators_share_the_protocol():
     ]
     key = jax.random.key(0)
     for inflator in inflators:
-        assert isinstance(inflator, AbstractInflator)
+        # every inflator is a post-processor; all but the stateful adaptive one are stateless
+        # AbstractInflators
+        assert isinstance(inflator, AbstractPostProcessor)
+        assert isinstance(inflator, AbstractInflator) != isinstance(inflator, AdaptiveInflator)
         out = call_j(inflator, Xa, Xf, key=key)
         assert out.shape == Xa.shape and np.all(np.isfinite(out))
     with pytest.raises(TypeError):

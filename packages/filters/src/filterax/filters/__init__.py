@@ -16,12 +16,22 @@ from ._enkf import StochasticEnKF as StochasticEnKF, StochasticEnKFInfo as Stoch
 from ._enkf_n import EnKF_N as EnKF_N, EnKFNInfo as EnKFNInfo
 from ._letkf import LETKF as LETKF, LETKFInfo as LETKFInfo
 
-# --- parametric filters and the assimilation loop (KF family, assimilate) ---
-from ._assimilate import (
-    AssimilationResult as AssimilationResult,
-    assimilate as assimilate,
+# --- the one driver of cycled methods, the ensemble-filter cycle, assimilate ---
+from ._run import (
+    RunResult as RunResult,
+    as_cycled_method as as_cycled_method,
     cycle_keys as cycle_keys,
+    run as run,
+    time_mean_scores as time_mean_scores,
 )
+from ._ensemble_filter import (
+    CallableInflator as CallableInflator,
+    EnsembleFilter as EnsembleFilter,
+    EnsembleState as EnsembleState,
+)
+from ._assimilate import AssimilationResult as AssimilationResult, assimilate as assimilate
+
+# --- parametric filters (KF family) ---
 from ._kalman import (
     AbstractKalmanFilter as AbstractKalmanFilter,
     ExtendedKF as ExtendedKF,

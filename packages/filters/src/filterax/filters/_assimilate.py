@@ -14,51 +14,24 @@ from typing import Any, ClassVar
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import lineax as lx
-import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Real
 
-from filterax.primitives import AdaptiveInflator, rms_spread, rmse, rotate_ensemble
+import filterax.primitives as fxp
+from filterax.primitives import AdaptiveInflator
+
+from ._ensemble_filter import EnsembleFilter
+from ._run import (
+    SAVE_OPTIONS as _SAVE_OPTIONS,
+    STATUS_DIVERGED,
+    STATUS_NONFINITE,
+    STATUS_OK,
+    check_run_arguments,
+    cycle_keys,
+    run_cycles,
+    time_mean_scores,
+)
 
 __all__ = ["AssimilationResult", "assimilate", "cycle_keys"]
-
-_SAVE_OPTIONS = ("stats", "ensembles", "forecast_and_analysis")
-
-STATUS_OK = 0
-STATUS_NONFINITE = 1
-STATUS_DIVERGED = 2
-
-_NONFINITE_MESSAGE = (
-    "assimilate: the ensemble became non-finite (NaN/inf) during the run. Re-run with "
-    "throw=False: result.first_failure is the first failing cycle, result.particles the last "
-    "finite analysis ensemble, and the rows from that cycle on are NaN. Usual causes: unstable "
-    "dynamics or time step, too much inflation, a badly scaled obs_noise, or float32 overflow."
-)
-_DIVERGED_MESSAGE = (
-    "assimilate: the filter diverged: the RMS innovation |y - mean H(X_f)| exceeded "
-    "divergence_threshold. Re-run with throw=False to get result.first_failure and "
-    "result.cycle_status; more inflation (or localisation) usually cures filter divergence."
-)
-
-
-def cycle_keys(key: PRNGKeyArray, cycle: Int[ArrayLike, ""]) -> tuple[PRNGKeyArray, ...]:
-    """The four keys `assimilate` uses in cycle ``cycle``: forecast, analysis, inflation, rotation.
-
-    ``jax.random.split(jax.random.fold_in(key, cycle), 4)``. Public so that code which replays
-    part of a run (e.g. the ensemble smoothers of `filterax.smoothers`, which recompute each
-    cycle's analysis transform from a saved history) draws exactly the same random numbers.
-
-    **Arguments:**
-
-    - `key`: the run's key (the ``key=`` given to `assimilate`).
-    - `cycle`: the cycle index ``k`` (row ``k`` of the observations), possibly traced.
-
-    **Returns:**
-
-    ``(k_forecast, k_analysis, k_inflation, k_rotation)``.
-    """
-    k_fc, k_an, k_infl, k_rot = jax.random.split(jax.random.fold_in(key, cycle), 4)
-    return k_fc, k_an, k_infl, k_rot
 
 
 def _needs_key(fn: Any) -> bool:
@@ -80,25 +53,6 @@ def _needs_key(fn: Any) -> bool:
     )
 
 
-def _analysis_parameters(filt: Any) -> Mapping[str, inspect.Parameter] | None:
-    # None when the signature cannot be read (then the localizer is passed on unchecked).
-    analysis = getattr(filt, "analysis", None)
-    if not callable(analysis):
-        return None
-    try:
-        return inspect.signature(analysis).parameters
-    except (TypeError, ValueError):
-        return None
-
-
-def _apply_obs(obs_op: Any, x: Array) -> Array:
-    if isinstance(obs_op, lx.AbstractLinearOperator):
-        return obs_op.mv(x)
-    if isinstance(obs_op, jax.Array | np.ndarray):
-        return jnp.matmul(obs_op, x, precision=jax.lax.Precision.HIGHEST)
-    return obs_op(x)
-
-
 def _forecast(
     dynamics: Any, stochastic: bool, ensemble: Array, t0: Any, t1: Any, key: PRNGKeyArray
 ) -> Array:
@@ -106,10 +60,6 @@ def _forecast(
         member_keys = jax.random.split(key, ensemble.shape[0])
         return jax.vmap(lambda x, k: dynamics(x, t0, t1, key=k))(ensemble, member_keys)
     return jax.vmap(dynamics, in_axes=(0, None, None))(ensemble, t0, t1)
-
-
-def _nan_like(x: Array) -> Array:
-    return jnp.full_like(x, jnp.nan)
 
 
 class AssimilationResult(eqx.Module):
@@ -198,31 +148,14 @@ class AssimilationResult(eqx.Module):
         A dict of scalars (or batch-shaped arrays) ``rmse_a``, ``rmse_f``, ``spread_a``,
         ``spread_f``.
         """
-        truth = jnp.asarray(truth)
-        n_times, n_x = self.analysis_mean.shape[-2:]
-        if truth.shape != (n_times, n_x):
-            raise ValueError(
-                f"truth must have shape (T, N_x) = ({n_times}, {n_x}), one true state per "
-                f"observation time; got {truth.shape}."
-            )
-        if (
-            isinstance(burn_in_cycles, bool)
-            or not isinstance(burn_in_cycles, int | np.integer)
-            or not 0 <= burn_in_cycles < n_times
-        ):
-            raise ValueError(
-                f"burn_in_cycles must be a Python int in [0, T) = [0, {n_times}); got "
-                f"{burn_in_cycles!r}."
-            )
-        b = int(burn_in_cycles)
-        analysis_mean = self.analysis_mean[..., b:, :]
-        truth = jnp.broadcast_to(truth[b:].astype(analysis_mean.dtype), analysis_mean.shape)
-        return {
-            "rmse_a": jnp.mean(rmse(analysis_mean, truth), axis=-1),
-            "rmse_f": jnp.mean(rmse(self.forecast_mean[..., b:, :], truth), axis=-1),
-            "spread_a": jnp.mean(self.analysis_spread[..., b:], axis=-1),
-            "spread_f": jnp.mean(self.forecast_spread[..., b:], axis=-1),
-        }
+        return time_mean_scores(
+            self.analysis_mean,
+            self.forecast_mean,
+            self.analysis_spread,
+            self.forecast_spread,
+            truth,
+            burn_in_cycles,
+        )
 
 
 def _validate(
@@ -336,7 +269,7 @@ def check_run_inputs(
             f"dynamics(x, t0, t1) must return a state of shape {member.shape} (like one member "
             f"of ensemble0); it returned shape {x_shape}."
         )
-    y_shape = jax.eval_shape(lambda x: _apply_obs(obs_op, x), member).shape
+    y_shape = jax.eval_shape(lambda x: fxp.apply_obs(obs_op, x), member).shape
     if y_shape != (observations.shape[1],):
         raise ValueError(
             f"obs_op maps one member to shape {y_shape}, but observations have shape "
@@ -357,7 +290,6 @@ def assimilate(
     *,
     key: PRNGKeyArray,
     inflator: Any = None,
-    localizer: Any = None,
     rotate: bool = False,
     t0: Real[ArrayLike, ""] = 0.0,
     save: str = "stats",
@@ -367,14 +299,20 @@ def assimilate(
 ) -> AssimilationResult:
     """Cycle forecast -> analysis -> inflation -> rotation over all observations (one scan).
 
+    The convenience entry point for ensemble filters: ``run(EnsembleFilter(filt, inflator,
+    rotate, context=context), Model(dynamics, obs_op, obs_noise, t0=t0), ensemble0,
+    observations, obs_times, key=key, ...)`` (`run`, the one driver of every cycled method),
+    repackaged as an `AssimilationResult`.
+
     For cycle ``k = 0..T-1`` with ``t_{-1} = t0`` (DAPPER's convention: no observation at
     ``t0``, the run starts with a forecast):
 
     1. keys: ``k_fc, k_an, k_infl, k_rot = cycle_keys(key, k)``
        (``jax.random.split(jax.random.fold_in(key, k), 4)``);
     2. forecast: ``X^f = vmap(dynamics, in_axes=(0, None, None))(X^a, t_{k-1}, t_k)``; a
-       dynamics whose call *requires* ``key=`` (e.g. `filterax.zoo.StochasticDynamics`) gets
-       one key per member, ``jax.random.split(k_fc, N_e)``;
+       stochastic dynamics (an `AbstractStochasticDynamics`, e.g.
+       `filterax.zoo.StochasticDynamics`) get one key per member, ``jax.random.split(k_fc,
+       N_e)``;
     3. analysis: ``filt.analysis(k_an, X^f, observations[k], obs_op, obs_noise, **context)``;
     4. inflation, after the update (DAPPER's ``infl`` convention):
        ``inflator(X^a, X^f, key=k_infl)``, so `RTPS`/`RTPP` relax towards this cycle's
@@ -413,9 +351,6 @@ def assimilate(
     - `key`: a JAX PRNG key (required, also for deterministic filters).
     - `inflator`: ``None`` or an `AbstractInflator` (`MultiplicativeInflator`, `RTPS`, `RTPP`,
       `AdditiveInflator`, `AdaptiveInflator`) or any ``f(analysis, forecast, *, key)``.
-    - `localizer`: passed to ``filt.analysis`` as the keyword ``localizer=`` (DESIGN.md §3);
-      refused with a `TypeError` if the filter's `analysis` has no such parameter, so a
-      localizer is never silently ignored.
     - `rotate`: apply DAPPER's random rotation each cycle.
     - `t0`: time of `ensemble0`.
     - `save`: ``"stats"`` (means, spreads, log-likelihoods: O(T N_x) memory),
@@ -424,7 +359,8 @@ def assimilate(
     - `throw`: raise on a non-finite (or diverged) run instead of only reporting it.
     - `divergence_threshold`: RMS innovation (observation units) above which a cycle counts as
       diverged; ``None`` disables the check.
-    - `context`: extra keyword arguments for ``filt.analysis`` (e.g. LETKF coordinates).
+    - `context`: extra keyword arguments for ``filt.analysis`` (e.g. LETKF coordinates, or a
+      ``localizer=`` for a filter whose analysis takes one).
 
     **Returns:**
 
@@ -445,188 +381,83 @@ def assimilate(
     result.scores(xp.truth, ssm.burn_in_cycles)["rmse_a"]  # ~0.2
     ```
     """
-    if jnp.ndim(t0) != 0:
-        raise ValueError(f"t0 must be a scalar time; got shape {jnp.shape(t0)}.")
-    if context is not None and not isinstance(context, Mapping):
+    if not callable(getattr(filt, "analysis", None)):
         raise TypeError(
-            "context must be a dict of extra keyword arguments for filt.analysis (e.g. "
-            f"{{'state_coords': ..., 'obs_coords': ...}}); got {type(context).__name__}."
+            "filt must be a sequential filter with an analysis(key, forecast, obs, obs_op, "
+            "obs_noise, **context) method (an AbstractSequentialFilter); got "
+            f"{type(filt).__name__}."
         )
-    context = dict(context or {})
-    if localizer is not None:
-        if "localizer" in context:
-            raise ValueError("pass the localizer either as localizer=... or in context, not both.")
-        parameters = _analysis_parameters(filt)
-        if parameters is not None and "localizer" not in parameters:
-            raise TypeError(
-                f"{type(filt).__name__}.analysis takes no localizer argument, so localizer=... "
-                "would be ignored. Use a filter that localises (e.g. LETKF, or one configured "
-                "with a localizer field), or drop the argument."
-            )
-        context["localizer"] = localizer
-    ensemble0, observations, obs_times = _validate(
-        filt,
-        dynamics,
-        obs_op,
-        ensemble0,
-        observations,
-        obs_times,
-        key,
-        inflator,
-        save,
-        divergence_threshold,
-        t0,
+    if not callable(dynamics):
+        raise TypeError(
+            f"dynamics must be callable as dynamics(x, t0, t1) -> x; got {type(dynamics).__name__}."
+        )
+    if inflator is not None and not callable(inflator):
+        raise TypeError(
+            "inflator must be an AbstractInflator (e.g. MultiplicativeInflator(1.02)) or a "
+            f"callable inflator(analysis, forecast, *, key); got {type(inflator).__name__}."
+        )
+    method = EnsembleFilter(filt, inflator=inflator, rotate=rotate, context=context)
+    model = fxp.Model(dynamics, obs_op, obs_noise, t0=t0)
+    observations, obs_times = check_run_arguments(
+        model, observations, obs_times, key, save, divergence_threshold, t0, "assimilate"
     )
     return _assimilate_jit(
-        filt,
-        dynamics,
-        obs_op,
-        obs_noise,
+        method,
+        model,
         ensemble0,
         observations,
         obs_times,
         key,
-        inflator,
-        bool(rotate),
-        t0,
         save,
         bool(throw),
         divergence_threshold,
-        context,
+        isinstance(inflator, AdaptiveInflator),
     )
 
 
-def _run(
-    filt: Any,
-    dynamics: Any,
-    obs_op: Any,
-    obs_noise: Any,
+def _assimilate(
+    method: EnsembleFilter,
+    model: fxp.Model,
     ensemble0: Array,
     observations: Array,
     obs_times: Array,
     key: PRNGKeyArray,
-    inflator: Any,
-    rotate: bool,
-    t0: Any,
     save: str,
     throw: bool,
     divergence_threshold: Any,
-    context: dict[str, Any],
+    adaptive: bool,
 ) -> AssimilationResult:
-    n_times = observations.shape[0]
-    stochastic = _needs_key(dynamics)
-    adaptive = isinstance(inflator, AdaptiveInflator)
-    watch_innovation = adaptive or divergence_threshold is not None
-    t_start = jnp.asarray(t0, dtype=obs_times.dtype)[None]
-    t_prev = jnp.concatenate([t_start, obs_times[:-1]])
-    steps = jnp.arange(n_times, dtype=jnp.int32)
-
-    def cycle(carry, inputs):
-        ensemble, infl_state, alive = carry
-        infl = infl_state if adaptive else inflator
-        step, obs, t_a, t_b = inputs
-        k_fc, k_an, k_infl, k_rot = cycle_keys(key, step)
-
-        forecast = _forecast(dynamics, stochastic, ensemble, t_a, t_b, k_fc)
-        diverged = jnp.asarray(False)
-        if watch_innovation:
-            observed_f = jax.vmap(lambda x: _apply_obs(obs_op, x))(forecast)
-            innovation = obs - jnp.mean(observed_f, axis=0)
-            if adaptive:
-                infl = infl.update(innovation, observed_f, obs_noise)
-            if divergence_threshold is not None:
-                mask = ~jnp.isnan(obs)
-                sq = jnp.where(mask, jnp.where(mask, innovation, 0.0) ** 2, 0.0)
-                n_obs = jnp.maximum(jnp.sum(mask), 1).astype(sq.dtype)
-                diverged = jnp.sqrt(jnp.sum(sq) / n_obs) > divergence_threshold
-
-        result = filt.analysis(k_an, forecast, obs, obs_op, obs_noise, **context)
-        analysis = jnp.asarray(result.particles)
-        if analysis.shape != forecast.shape:
-            raise ValueError(
-                f"{type(filt).__name__}.analysis returned particles of shape {analysis.shape}; "
-                f"the forecast ensemble has shape {forecast.shape}."
-            )
-        analysis = analysis.astype(forecast.dtype)
-        if infl is not None:
-            analysis = infl(analysis, forecast, key=k_infl)
-        if rotate:
-            analysis = rotate_ensemble(k_rot, analysis)
-
-        finite = jnp.all(jnp.isfinite(forecast)) & jnp.all(jnp.isfinite(analysis))
-        valid = alive & finite
-        status = jnp.where(
-            valid, jnp.where(diverged, STATUS_DIVERGED, STATUS_OK), STATUS_NONFINITE
-        ).astype(jnp.int32)
-
-        def row(x):
-            return jnp.where(valid, x, _nan_like(x))
-
-        loglik = jnp.asarray(result.log_likelihood).astype(forecast.dtype)
-        rows = {
-            "forecast_mean": row(jnp.mean(forecast, axis=0)),
-            "analysis_mean": row(jnp.mean(analysis, axis=0)),
-            "forecast_spread": row(rms_spread(forecast)),
-            "analysis_spread": row(rms_spread(analysis)),
-            "log_likelihood": row(loglik),
-            "status": status,
-        }
-        if save != "stats":
-            rows["ensembles"] = row(analysis)
-        if save == "forecast_and_analysis":
-            rows["forecast_ensembles"] = row(forecast)
-        if adaptive:
-            rows["inflation"] = row(jnp.asarray(infl.inflation).astype(forecast.dtype))
-
-        # Freeze on failure: keep the last finite ensemble (and inflation estimate) so that
-        # NaN never propagates into later cycles or into the returned particles.
-        new_ensemble = jnp.where(valid, analysis, ensemble)
-        if adaptive:
-            infl_state = jax.tree_util.tree_map(
-                lambda new, old: jnp.where(valid, new, old) if eqx.is_array(new) else new,
-                infl,
-                infl_state,
-            )
-        return (new_ensemble, infl_state, valid), rows
-
-    # Only an adaptive inflator changes from cycle to cycle; any other inflator (possibly a
-    # plain function, which cannot live in a scan carry) is closed over.
-    init = (ensemble0, inflator if adaptive else None, jnp.asarray(True))
-    (final, final_infl, _), rows = jax.lax.scan(
-        cycle, init, (steps, observations, t_prev, obs_times)
+    out = run_cycles(
+        method,
+        model,
+        ensemble0,
+        observations,
+        obs_times,
+        key,
+        model.t0,
+        save,
+        throw,
+        divergence_threshold,
+        "assimilate",
+    )
+    return AssimilationResult(
+        forecast_mean=out.forecast_mean,
+        analysis_mean=out.analysis_mean,
+        forecast_spread=out.forecast_spread,
+        analysis_spread=out.analysis_spread,
+        log_likelihood=out.log_likelihood,
+        particles=out.state.particles,
+        ensembles=out.analyses,
+        forecast_ensembles=out.forecasts,
+        inflation=out.diagnostics[0].inflation if adaptive else None,
+        inflator=out.state.post_states[0] if adaptive else None,
+        times=out.times,
+        cycle_status=out.cycle_status,
+        status=out.status,
+        first_failure=out.first_failure,
+        n_nonfinite=out.n_nonfinite,
+        n_diverged=out.n_diverged,
     )
 
-    cycle_status = rows["status"]
-    failed = cycle_status != STATUS_OK
-    any_nonfinite = jnp.any(cycle_status == STATUS_NONFINITE)
-    any_diverged = jnp.any(cycle_status == STATUS_DIVERGED)
-    status = jnp.where(
-        any_nonfinite, STATUS_NONFINITE, jnp.where(any_diverged, STATUS_DIVERGED, STATUS_OK)
-    ).astype(jnp.int32)
-    first_failure = jnp.where(jnp.any(failed), jnp.argmax(failed), -1).astype(jnp.int32)
-    result = AssimilationResult(
-        forecast_mean=rows["forecast_mean"],
-        analysis_mean=rows["analysis_mean"],
-        forecast_spread=rows["forecast_spread"],
-        analysis_spread=rows["analysis_spread"],
-        log_likelihood=rows["log_likelihood"],
-        particles=final,
-        ensembles=rows.get("ensembles"),
-        forecast_ensembles=rows.get("forecast_ensembles"),
-        inflation=rows.get("inflation"),
-        inflator=final_infl if adaptive else None,
-        times=obs_times,
-        cycle_status=cycle_status,
-        status=status,
-        first_failure=first_failure,
-        n_nonfinite=jnp.sum(cycle_status == STATUS_NONFINITE).astype(jnp.int32),
-        n_diverged=jnp.sum(cycle_status == STATUS_DIVERGED).astype(jnp.int32),
-    )
-    if throw:
-        result = eqx.error_if(result, status == STATUS_NONFINITE, _NONFINITE_MESSAGE)
-        if divergence_threshold is not None:
-            result = eqx.error_if(result, status == STATUS_DIVERGED, _DIVERGED_MESSAGE)
-    return result
 
-
-_assimilate_jit = eqx.filter_jit(_run)
+_assimilate_jit = eqx.filter_jit(_assimilate)

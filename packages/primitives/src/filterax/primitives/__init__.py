@@ -10,6 +10,25 @@ from ._protocols import (
     Analysis as Analysis,
 )
 
+# --- the cycled-method contract: model protocol, init/step kernels, post-processing ---
+from ._model import (
+    AbstractModel as AbstractModel,
+    AbstractStochasticDynamics as AbstractStochasticDynamics,
+    Model as Model,
+    forecast_ensemble as forecast_ensemble,
+    observe_ensemble as observe_ensemble,
+    propagate as propagate,
+)
+from ._cycled import (
+    AbstractCycledMethod as AbstractCycledMethod,
+    AbstractPostProcessor as AbstractPostProcessor,
+    CycleInfo as CycleInfo,
+    CycleObservation as CycleObservation,
+    NoPostProcessing as NoPostProcessing,
+    RandomRotation as RandomRotation,
+    is_finite as is_finite,
+)
+
 # --- statistics, operators, noise, gain, likelihood, KL, perturbations ---
 from ._statistics import (
     cross_covariance as cross_covariance,

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import lineax as lx
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, Real, ScalarLike
 
+from ._cycled import AbstractPostProcessor, CycleObservation
 from ._validation import (
     check_ensemble,
     check_nonnegative,
@@ -394,11 +395,15 @@ def inflate_adaptive(
     return lam_a, v_a
 
 
-class AbstractInflator(eqx.Module):
-    """An inflation scheme applied to the analysis ensemble.
+class AbstractInflator(AbstractPostProcessor):
+    """A stateless inflation scheme applied to the analysis ensemble.
 
     `inflator(analysis, forecast=None, *, key=None) -> analysis`. Relaxation schemes need the
-    forecast of the same cycle; stochastic ones need a key. Subclass it to add a scheme.
+    forecast of the same cycle; stochastic ones need a key. Subclass it and implement
+    `__call__` to add a scheme; as an `AbstractPostProcessor` it then has no state (`init`
+    returns ``None``) and `apply` calls it, so it can sit in any ensemble method's
+    post-processing chain. The stateful `AdaptiveInflator` implements the post-processor
+    protocol itself.
     """
 
     @abc.abstractmethod
@@ -410,6 +415,23 @@ class AbstractInflator(eqx.Module):
         key: PRNGKeyArray | None = None,
     ) -> Float[Array, "N_e N_x"]:
         """Return the inflated analysis ensemble."""
+
+    def init(self, ensemble: Float[Array, "N_e N_x"]) -> None:
+        """No state: the scheme is fully described by its fields."""
+        del ensemble
+        return None
+
+    def apply(
+        self,
+        key: PRNGKeyArray,
+        state: None,
+        analysis: Float[Array, "N_e N_x"],
+        forecast: Float[Array, "N_e N_x"],
+        cycle: CycleObservation,
+    ) -> tuple[Float[Array, "N_e N_x"], None]:
+        """``(self(analysis, forecast, key=key), state)``."""
+        del cycle
+        return self(analysis, forecast, key=key), state
 
 
 class MultiplicativeInflator(AbstractInflator):
@@ -532,7 +554,7 @@ class RTPP(AbstractInflator):
         return inflate_rtpp(analysis, forecast, self.alpha)
 
 
-class AdaptiveInflator(AbstractInflator):
+class AdaptiveInflator(AbstractPostProcessor):
     """Adaptive, spatially constant multiplicative inflation carried as module state.
 
     `inflation` is the current estimate of the *covariance* factor $\\lambda$ (anomalies are
@@ -602,3 +624,22 @@ class AdaptiveInflator(AbstractInflator):
         return eqx.tree_at(
             lambda s: (s.inflation, s.inflation_variance), self, (inflation, variance)
         )
+
+    def init(self, ensemble: Float[Array, "N_e N_x"]) -> AdaptiveInflator:
+        """The state is the inflator itself: its current estimate and variance."""
+        del ensemble
+        return self
+
+    def apply(
+        self,
+        key: PRNGKeyArray,
+        state: AdaptiveInflator,
+        analysis: Float[Array, "N_e N_x"],
+        forecast: Float[Array, "N_e N_x"],
+        cycle: CycleObservation,
+    ) -> tuple[Float[Array, "N_e N_x"], AdaptiveInflator]:
+        """Update the estimate from the cycle's forecast innovation (Anderson's prior
+        placement: `update` with ``y - mean H(x^f)``, ``H(X^f)`` and ``R``), then inflate the
+        analysis with it; the new estimate is the new state."""
+        inflator = state.update(cycle.innovation, cycle.observed_forecast, cycle.obs_noise)
+        return inflator(analysis, forecast, key=key), inflator

@@ -9,6 +9,8 @@ import lineax as lx
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, ScalarLike
 
+from filterax.primitives import AbstractStochasticDynamics
+
 from ._integrators import check_state
 
 __all__ = ["StochasticDynamics"]
@@ -23,7 +25,7 @@ def _convert_noise(noise: Any) -> Any:
     return arr
 
 
-class StochasticDynamics(eqx.Module):
+class StochasticDynamics(AbstractStochasticDynamics):
     r"""Deterministic dynamics plus additive Gaussian process noise, drawn once per call.
 
     $$x(t_1) = \mathcal M(x(t_0); t_0, t_1) + \xi,\qquad \xi \sim \mathcal N(0, Q).$$

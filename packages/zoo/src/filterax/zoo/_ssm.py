@@ -22,9 +22,14 @@ import lineax as lx
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from filterax.primitives import LinearObs, as_noise_operator
-
-from ._noise_wrappers import StochasticDynamics
+from filterax.primitives import (
+    AbstractModel,
+    AbstractStochasticDynamics,
+    LinearObs,
+    apply_obs,
+    as_noise_operator,
+    concrete_value,
+)
 
 __all__ = ["StateSpaceModel", "TwinExperiment"]
 
@@ -52,10 +57,6 @@ class TwinExperiment(eqx.Module):
     def n_cycles(self) -> int:
         """Number of observation times ``T``."""
         return self.times.shape[-1]
-
-
-def _is_concrete(x: Any) -> bool:
-    return not isinstance(x, jax.core.Tracer)
 
 
 def _as_covariance(value: Any, size: int, name: str, dtype: Any) -> lx.AbstractLinearOperator:
@@ -110,9 +111,9 @@ def _check_covariance_values(op: lx.AbstractLinearOperator, name: str) -> None:
 
 def _check_array_values(arr: Any, name: str) -> None:
     """Variances (0-D/1-D) must be finite and >= 0; a matrix also symmetric."""
-    if not _is_concrete(arr):
+    arr = concrete_value(arr)
+    if arr is None:
         return
-    arr = np.asarray(arr)
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} must be finite; got non-finite entries.")
     diag = np.diag(arr) if arr.ndim == 2 else arr
@@ -153,19 +154,13 @@ def _sample(key: PRNGKeyArray, factor: tuple[bool, Array], shape: tuple[int, ...
 
 
 def _propagate(dynamics: Any, x: Array, t0: Any, t1: Any, key: PRNGKeyArray) -> Array:
-    # StochasticDynamics draws its own noise and needs a key; everything else is key-free.
-    if isinstance(dynamics, StochasticDynamics):
+    # Stochastic dynamics draw their own noise and need a key; everything else is key-free.
+    if isinstance(dynamics, AbstractStochasticDynamics):
         return dynamics(x, t0, t1, key=key)
     return dynamics(x, t0, t1)
 
 
-def _apply_obs(obs_op: Any, x: Array) -> Array:
-    if isinstance(obs_op, lx.AbstractLinearOperator):
-        return obs_op.mv(x)
-    return obs_op(x)
-
-
-class StateSpaceModel(eqx.Module):
+class StateSpaceModel(AbstractModel):
     """A hidden Markov model for twin experiments, with DAPPER's time conventions.
 
     The model is
@@ -198,6 +193,11 @@ class StateSpaceModel(eqx.Module):
     - `burn_in`: spin-up duration in model time units (DAPPER's ``BurnIn``).
     - `t0`: initial time.
     - `name`, `reference`: identifier and citation of the setup.
+    - `state_coords`: ``(N_x, D)`` coordinates of the state components (or ``None``).
+    - `obs_coords`: ``(N_y, D)`` coordinates of the observations (or ``None``).
+    - `distance`: ``distance(a, b) -> (n, m)`` between coordinate sets, e.g.
+      ``functools.partial(filterax.primitives.periodic, period=40.0)`` on the Lorenz-96
+      ring (``None``: Euclidean). Localising methods take the geometry from the model.
     - `n_cycles`: length (number of observation times) of the published experiment.
     - `recommended_n_cycles`: a shorter length that still gives stable scores on a laptop;
       the default of `simulate`.
@@ -230,6 +230,9 @@ class StateSpaceModel(eqx.Module):
     n_cycles: int | None = eqx.field(static=True)
     recommended_n_cycles: int | None = eqx.field(static=True)
     published_rmse: tuple[tuple[str, float], ...] = eqx.field(static=True)
+    state_coords: Float[Array, "N_x D"] | None
+    obs_coords: Float[Array, "N_y D"] | None
+    distance: Callable[..., Any] | None = eqx.field(static=True)
 
     def __init__(
         self,
@@ -247,6 +250,9 @@ class StateSpaceModel(eqx.Module):
         n_cycles: int | None = None,
         recommended_n_cycles: int | None = None,
         published_rmse: Any = (),
+        state_coords: Any = None,
+        obs_coords: Any = None,
+        distance: Callable[..., Any] | None = None,
     ):
         x0_mean = jnp.asarray(x0_mean)
         if x0_mean.ndim != 1:
@@ -281,7 +287,7 @@ class StateSpaceModel(eqx.Module):
                 f"obs_op is a lineax operator with input size {obs_op.in_size()}, but the "
                 f"state has N_x={n_x} entries. Pass an operator acting on (N_x,) states."
             )
-        y_shape = jax.eval_shape(lambda x: _apply_obs(obs_op, x), x0_mean).shape
+        y_shape = jax.eval_shape(lambda x: apply_obs(obs_op, x), x0_mean).shape
         if len(y_shape) != 1:
             raise ValueError(
                 f"obs_op must map one (N_x,) state to one 1-D observation vector (N_y,); it "
@@ -338,6 +344,14 @@ class StateSpaceModel(eqx.Module):
         )
         items = published_rmse.items() if isinstance(published_rmse, dict) else published_rmse
         self.published_rmse = tuple((str(k), float(v)) for k, v in items)
+        self.state_coords = _coordinates(state_coords, n_x, "state_coords", "state components")
+        self.obs_coords = _coordinates(obs_coords, n_y, "obs_coords", "observations")
+        if distance is not None and not callable(distance):
+            raise TypeError(
+                "distance must be a function distance(a, b) -> (n, m) of two coordinate sets "
+                f"(e.g. filterax.primitives.periodic); got {type(distance).__name__}."
+            )
+        self.distance = distance
 
     @property
     def n_state(self) -> int:
@@ -361,7 +375,7 @@ class StateSpaceModel(eqx.Module):
 
     def observe(self, x: Float[Array, " N_x"]) -> Float[Array, " N_y"]:
         """Noise-free observation ``H(x)`` of ONE state."""
-        return _apply_obs(self.obs_op, x)
+        return apply_obs(self.obs_op, x)
 
     def observation_times(self, n_cycles: int) -> Float[Array, " T"]:
         """The observation times ``t0 + k * dt_obs`` for ``k = 1..n_cycles``."""
@@ -479,13 +493,29 @@ def _simulate(model: StateSpaceModel, key: PRNGKeyArray, n_cycles: int) -> TwinE
         x = _propagate(model.dynamics, x, t_prev, t_next, key_dyn)
         if proc_factor is not None:
             x = x + _sample(key_proc, proc_factor, ())
-        y = _apply_obs(model.obs_op, x) + _sample(key_obs, obs_factor, ())
+        y = apply_obs(model.obs_op, x) + _sample(key_obs, obs_factor, ())
         return x, (x, y, t_next)
 
     _, (truth, observations, times) = jax.lax.scan(cycle, initial_truth, jnp.arange(n_cycles))
     return TwinExperiment(
         truth=truth, observations=observations, times=times, initial_truth=initial_truth
     )
+
+
+def _coordinates(value: Any, size: int, name: str, what: str) -> Array | None:
+    if value is None:
+        return None
+    arr = jnp.asarray(value)
+    if arr.ndim == 1:
+        arr = arr[:, None]
+    if arr.ndim != 2 or arr.shape[0] != size:
+        raise ValueError(
+            f"{name} must have shape ({size}, D) (or ({size},) for 1-D coordinates), one row "
+            f"per {what}; got shape {jnp.shape(value)}."
+        )
+    if not jnp.issubdtype(arr.dtype, jnp.inexact):
+        arr = arr.astype(jnp.result_type(float))
+    return arr
 
 
 def _as_python_float(value: Any, name: str) -> float:
