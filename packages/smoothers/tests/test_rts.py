@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import filterax.filters as ff
+import filterax.primitives as fxp
 import filterax.smoothers as fs
 
 
@@ -131,8 +132,11 @@ def test_sqrt_smoother_keeps_rts_covariance_with_model_noise():
     problem = refs.make_linear_gaussian(4, n_state=4, n_obs=2, n_times=3)
     A = jnp.asarray(problem.A)
 
-    def dynamics(x, t0, t1, *, key):
-        return A @ x + 0.3 * jax.random.normal(key, x.shape)
+    class Noisy(fxp.AbstractStochasticDynamics):
+        def __call__(self, x, t0, t1, *, key):
+            return A @ x + 0.3 * jax.random.normal(key, x.shape)
+
+    dynamics = Noisy()
 
     key = jax.random.key(0)
     history = ff.assimilate(

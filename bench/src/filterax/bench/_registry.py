@@ -252,8 +252,14 @@ class MethodConfig:
     - `static`: hyper-parameters that change shapes or control flow (cannot be vmapped); a
       sweep over them runs one compiled call per value.
     - `context`: whether the filter needs the benchmark's coordinates (localised filters).
-    - `kind`: ``"ensemble"`` (run by `filterax.filters.assimilate`) or ``"parametric"`` (a
-      Gaussian filter with a ``filter(...)`` driver: `KalmanFilter`, `ExtendedKF`, ...).
+    - `kind`: ``"ensemble"`` (an analysis kernel run as `filterax.filters.EnsembleFilter`
+      with the inflation and rotation above), ``"parametric"`` (a Gaussian filter:
+      `KalmanFilter`, `ExtendedKF`, ...) or ``"cycled"`` (`filter` is, or builds, any
+      `filterax.primitives.AbstractCycledMethod`, e.g. one you wrote; `initial` gives its
+      initial condition). All three run through `filterax.filters.run`.
+    - `initial`: for ``kind="cycled"``, ``initial(key, benchmark, params)`` returning the
+      method's initial condition; default: ``benchmark.ssm.initial_ensemble(key,
+      n_ensemble)`` when `n_ensemble` is set.
     - `runner`: optional ``runner(key, benchmark, twin, params) -> Trajectory`` replacing the
       built-in drivers (smoothers, learned methods, anything else).
     - `description`: one line for listings.
@@ -276,14 +282,22 @@ class MethodConfig:
     static: tuple[str, ...] = ()
     context: bool = False
     kind: str = "ensemble"
+    initial: Callable[..., Any] | None = None
     runner: Callable[..., Any] | None = None
     description: str = ""
 
     def __post_init__(self) -> None:
         _check_name(self.name, "method")
-        if self.kind not in ("ensemble", "parametric"):
+        if self.kind not in ("ensemble", "parametric", "cycled"):
             raise ValueError(
-                f'MethodConfig.kind must be "ensemble" or "parametric"; got {self.kind!r}.'
+                f'MethodConfig.kind must be "ensemble", "parametric" or "cycled"; got '
+                f"{self.kind!r}."
+            )
+        if self.kind == "cycled" and self.initial is None and self.n_ensemble is None:
+            raise ValueError(
+                f"method {self.name!r}: a cycled method needs initial=... (a function "
+                "initial(key, benchmark, params) -> initial condition) or n_ensemble=... (the "
+                "benchmark's initial ensemble of that size)."
             )
         if self.filter is None and self.runner is None:
             raise ValueError(
@@ -361,10 +375,20 @@ class MethodConfig:
     # --- construction ------------------------------------------------------------------
 
     def build_filter(self, params: Mapping[str, Any], benchmark: Benchmark) -> Any:
+        from filterax.primitives import AbstractCycledMethod
+
         filt = self.filter
-        if hasattr(filt, "analysis") or not callable(filt):
-            return filt  # a filter instance (parametric filters have `analysis` too)
+        if hasattr(filt, "analysis") or isinstance(filt, AbstractCycledMethod):
+            return filt  # an instance (parametric filters have `analysis` too)
+        if not callable(filt):
+            return filt
         return _call_factory(filt, params, benchmark)
+
+    def build_initial(self, key: Any, params: Mapping[str, Any], benchmark: Benchmark) -> Any:
+        """The initial condition of a ``kind="cycled"`` method (see `initial`)."""
+        if self.initial is not None:
+            return self.initial(key, benchmark, params)
+        return benchmark.ssm.initial_ensemble(key, self.n_ensemble)
 
     def build_inflator(self, params: Mapping[str, Any], benchmark: Benchmark) -> Any:
         if self.inflator is not None:

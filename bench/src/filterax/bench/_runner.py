@@ -100,73 +100,83 @@ def seed_keys(seed: int) -> tuple[Any, Any, Any]:
     return jax.random.fold_in(key, 0), jax.random.fold_in(key, 1), jax.random.fold_in(key, 2)
 
 
-def _ensemble_dynamics(model: Any) -> Any:
-    if model.process_noise is None:
-        return model.dynamics
-    from filterax.zoo import StochasticDynamics
-
-    return StochasticDynamics(model.dynamics, noise=model.process_noise)
-
-
-def _run_ensemble(
-    method: MethodConfig, benchmark: Benchmark, params: Mapping[str, Any], keys, twin, full: bool
-) -> Trajectory:
-    from filterax.filters import assimilate
-
-    model = benchmark.ssm
-    _, k_ens, k_da = keys
-    ensemble0 = model.initial_ensemble(k_ens, method.n_ensemble)
-    result = assimilate(
-        method.build_filter(params, benchmark),
-        _ensemble_dynamics(model),
-        model.obs_op,
-        model.obs_noise,
-        ensemble0,
-        twin.observations,
-        twin.times,
-        key=k_da,
-        inflator=method.build_inflator(params, benchmark),
-        rotate=method.rotate,
-        t0=model.t0,
-        save="ensembles" if full else "stats",
-        throw=False,
-        context=benchmark.context() if method.context else None,
-    )
+def _trajectory(result: Any, full: bool) -> Trajectory:
+    """A `Trajectory` from a `filterax.filters.RunResult` (ensembles when they were saved)."""
+    ensembles = result.analyses if full else None
+    if ensembles is not None and not (isinstance(ensembles, jax.Array) and ensembles.ndim == 3):
+        ensembles = None  # a non-ensemble belief (a Gaussian state): no ensemble scores
     return Trajectory(
         analysis_mean=result.analysis_mean,
         forecast_mean=result.forecast_mean,
-        ensembles=result.ensembles,
+        ensembles=ensembles,
         analysis_spread=result.analysis_spread,
         log_likelihood=result.log_likelihood,
         nonfinite=result.status == result.NONFINITE,
     )
 
 
+def _run_ensemble(
+    method: MethodConfig, benchmark: Benchmark, params: Mapping[str, Any], keys, twin, full: bool
+) -> Trajectory:
+    from filterax.filters import EnsembleFilter
+
+    _, k_ens, _ = keys
+    ensemble_filter = EnsembleFilter(
+        method.build_filter(params, benchmark),
+        inflator=method.build_inflator(params, benchmark),
+        rotate=method.rotate,
+        context=benchmark.context() if method.context else None,
+    )
+    initial = benchmark.ssm.initial_ensemble(k_ens, method.n_ensemble)
+    return _run_method(ensemble_filter, initial, benchmark, keys, twin, full)
+
+
+def _run_cycled(
+    method: MethodConfig, benchmark: Benchmark, params: Mapping[str, Any], keys, twin, full: bool
+) -> Trajectory:
+    _, k_init, _ = keys
+    initial = method.build_initial(k_init, params, benchmark)
+    return _run_method(method.build_filter(params, benchmark), initial, benchmark, keys, twin, full)
+
+
+def _run_method(cycled: Any, initial: Any, benchmark: Benchmark, keys, twin, full: bool):
+    # Every leaderboard row runs through the one driver of cycled methods; the benchmark's
+    # StateSpaceModel is the model (its process noise is drawn per member by the driver).
+    from filterax.filters import run
+
+    result = run(
+        cycled,
+        benchmark.ssm,
+        initial,
+        twin.observations,
+        twin.times,
+        key=keys[2],
+        save="ensembles" if full else "stats",
+        throw=False,
+    )
+    return _trajectory(result, full)
+
+
 def _run_parametric(
     method: MethodConfig, benchmark: Benchmark, params: Mapping[str, Any], keys, twin, full: bool
 ) -> Trajectory:
-    del keys, full
+    del full
+    from filterax.filters import run
+
     model = benchmark.ssm
+    _, _, k_da = keys
+    # The Kalman filter is run by the one driver, as every cycled method is (the initial
+    # condition is the pair (mean, cov), i.e. filt.init(mean, cov)); with the default
+    # save="stats" the per-cycle variances (for the Gaussian CRPS) are its diagnostics.
     filt = method.build_filter(params, benchmark)
-    result = filt.filter(
-        model.x0_mean,
-        model.x0_cov,
-        twin.observations,
-        twin.times,
-        model.dynamics,
-        model.obs_op,
-        model.obs_noise,
-        model.process_noise,
-        model.t0,
-        save_cov="diagonal",
-    )
-    variances = result.cov
+    initial = (model.x0_mean, model.x0_cov)
+    result = run(filt, model, initial, twin.observations, twin.times, key=k_da, throw=False)
     return Trajectory(
-        analysis_mean=result.mean,
+        analysis_mean=result.analysis_mean,
         forecast_mean=result.forecast_mean,
-        variances=variances,
+        variances=result.diagnostics.analysis_variance,
         log_likelihood=result.log_likelihood,
-        nonfinite=~jnp.all(jnp.isfinite(result.mean)),
+        nonfinite=result.status == result.NONFINITE,
     )
 
 
@@ -260,6 +270,8 @@ def cell_function(
             traj = method.runner(keys, benchmark, twin, params)
         elif method.kind == "parametric":
             traj = _run_parametric(method, benchmark, params, keys, twin, full)
+        elif method.kind == "cycled":
+            traj = _run_cycled(method, benchmark, params, keys, twin, full)
         else:
             traj = _run_ensemble(method, benchmark, params, keys, twin, full)
         climatology = model.climatology_rmse(twin.truth)
