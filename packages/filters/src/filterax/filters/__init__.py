@@ -20,8 +20,10 @@ from ._letkf import LETKF as LETKF, LETKFInfo as LETKFInfo
 from ._run import (
     RunResult as RunResult,
     as_cycled_method as as_cycled_method,
+    check_run_arguments as check_run_arguments,
     cycle_keys as cycle_keys,
     run as run,
+    run_cycles as run_cycles,
     time_mean_scores as time_mean_scores,
 )
 from ._ensemble_filter import (
@@ -35,6 +37,8 @@ from ._assimilate import AssimilationResult as AssimilationResult, assimilate as
 from ._kalman import (
     AbstractKalmanFilter as AbstractKalmanFilter,
     ExtendedKF as ExtendedKF,
+    GaussianDiagnostics as GaussianDiagnostics,
+    GaussianFilter as GaussianFilter,
     GaussianState as GaussianState,
     KalmanFilter as KalmanFilter,
     KalmanResult as KalmanResult,

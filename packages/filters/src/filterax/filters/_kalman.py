@@ -2,14 +2,18 @@
 
 These carry a mean and a covariance (or its Cholesky factor) instead of an ensemble, so on a
 linear-Gaussian problem they are the exact filtering distribution: the ground truth every
-ensemble filter is tested against (tutorial Parts 0.B and 2.E). The API follows the
-``init``/``step`` pattern of STYLE.md:
+ensemble filter is tested against (tutorial Parts 0.B and 2.E). The kernels are
+``init`` / ``predict`` / ``update``; `GaussianFilter` makes a cycled method of them
+(`filterax.primitives.AbstractCycledMethod`), run by the one driver `filterax.filters.run`
+like every other cycled method (model first, one argument order for all):
 
 ```python
 kf = KalmanFilter()
 state = kf.init(mean0, cov0)
 state = kf.predict(state, dynamics, process_noise, t0, t1)
 state, loglik = kf.update(state, obs, obs_op, obs_noise)
+out = run(kf, model, GaussianState(mean0, cov0), observations, obs_times, key=key)
+# the legacy convenience form (the same numbers, repackaged as a KalmanResult):
 result = kf.filter(mean0, cov0, observations, obs_times, dynamics, obs_op, obs_noise)
 ```
 
@@ -25,7 +29,7 @@ from __future__ import annotations
 
 import abc
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import equinox as eqx
 import jax
@@ -33,8 +37,19 @@ import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 import lineax as lx
 import numpy as np
-from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree, Real, Scalar, ScalarLike
+from jaxtyping import (
+    Array,
+    ArrayLike,
+    Float,
+    Int,
+    PRNGKeyArray,
+    PyTree,
+    Real,
+    Scalar,
+    ScalarLike,
+)
 
+import filterax.primitives as fxp
 from filterax.primitives import (
     AbstractSequentialFilter,
     Analysis,
@@ -45,10 +60,13 @@ from filterax.primitives import (
 )
 
 from ._assimilate import _needs_key as needs_key
+from ._run import STATUS_DIVERGED, STATUS_NONFINITE, STATUS_OK, run_cycles
 
 __all__ = [
     "AbstractKalmanFilter",
     "ExtendedKF",
+    "GaussianDiagnostics",
+    "GaussianFilter",
     "GaussianState",
     "KalmanFilter",
     "KalmanResult",
@@ -235,9 +253,10 @@ class SqrtGaussianState(eqx.Module):
     chol: Float[Array, "N_x N_x"]
 
     @property
-    def cov(self) -> Float[Array, "N_x N_x"]:
-        """The covariance ``chol @ chol.T`` (positive semidefinite by construction)."""
-        return _mm(self.chol, self.chol.T)
+    def cov(self) -> Float[Array, "*T N_x N_x"]:
+        """The covariance ``chol @ chol.T`` (positive semidefinite by construction); also
+        for a stack of states (the saved beliefs of a `run`)."""
+        return _mm(self.chol, jnp.swapaxes(self.chol, -1, -2))
 
 
 class KalmanResult(eqx.Module):
@@ -251,7 +270,12 @@ class KalmanResult(eqx.Module):
     - `forecast_mean`, `forecast_cov`: the same for the forecasts (predictions).
     - `log_likelihood`: ``(T,)`` log marginal likelihoods ``log p(y_t | y_{1:t-1})``; their sum
       is the log evidence of the whole sequence.
-    - `final_state`: the last analysis state (to continue filtering).
+    - `final_state`: the last analysis state (to continue filtering); the last finite one if
+      the run failed.
+    - `cycle_status`, `status`, `first_failure`: the driver's status (see
+      `filterax.filters.RunResult`): per cycle ``0`` ok / ``1`` non-finite (that cycle and
+      every later one are not assimilated, their rows are NaN); overall status; the first
+      failing cycle (``-1`` if none). ``None`` for a result built by hand.
     """
 
     mean: Float[Array, "T N_x"]
@@ -260,6 +284,13 @@ class KalmanResult(eqx.Module):
     forecast_cov: Float[Array, "T N_x N_x"] | Float[Array, "T N_x"]
     log_likelihood: Float[Array, " T"]
     final_state: PyTree
+    cycle_status: Int[Array, " T"] | None = None
+    status: Int[Array, ""] | None = None
+    first_failure: Int[Array, ""] | None = None
+
+    OK: ClassVar[int] = STATUS_OK
+    NONFINITE: ClassVar[int] = STATUS_NONFINITE
+    DIVERGED: ClassVar[int] = STATUS_DIVERGED
 
     def scores(self, truth: Float[ArrayLike, "T N_x"], burn_in_cycles: int = 0) -> dict[str, Array]:
         """Time-mean DAPPER scores after `burn_in_cycles`: ``rmse_a``, ``rmse_f``, ``spread_a``,
@@ -304,11 +335,18 @@ def _check_save_cov(save_cov: Any) -> None:
 
 
 class AbstractKalmanFilter(AbstractSequentialFilter):
-    """A parametric Gaussian filter: ``init`` / ``predict`` / ``update`` and a scan driver.
+    """A parametric Gaussian filter: the ``init`` / ``predict`` / ``update`` kernels.
 
-    Subclasses implement the four abstract methods; `filter` (one `lax.scan` over observation
-    times) and `analysis` (the ensemble contract of `AbstractSequentialFilter`) are shared.
+    Subclasses implement the four abstract methods. Shared: `as_cycled_method` (the
+    `GaussianFilter` that `filterax.filters.run` cycles), `filter` (the legacy convenience
+    form of that run, returning a `KalmanResult`) and `analysis` (the ensemble contract of
+    `AbstractSequentialFilter`).
     """
+
+    def as_cycled_method(self) -> GaussianFilter:
+        """``GaussianFilter(self)``: this filter as a cycled method, so that
+        ``run(KalmanFilter(), model, GaussianState(mean0, cov0), ...)`` works."""
+        return GaussianFilter(self)
 
     @abc.abstractmethod
     def init(self, mean: Float[ArrayLike, " N_x"], cov: Any) -> PyTree:
@@ -350,8 +388,16 @@ class AbstractKalmanFilter(AbstractSequentialFilter):
         t0: ScalarLike = 0.0,
         *,
         save_cov: str = "full",
+        throw: bool = False,
     ) -> KalmanResult:
-        """Run predict/update over all observation times as one `lax.scan`.
+        """Run predict/update over all observation times as one `lax.scan` (legacy form).
+
+        The legacy convenience form of ``run(GaussianFilter(self), model, self.init(mean0,
+        cov0), observations, obs_times, key=..., save="forecast_and_analysis")`` with the
+        model given as separate arguments (and matrices accepted as dynamics), repackaged as
+        a `KalmanResult`: the same numbers, bit for bit. New code should call
+        `filterax.filters.run`, whose argument order (model first) is the one every cycled
+        method shares.
 
         Window ``k`` predicts from ``t_{k-1}`` to ``t_k`` (with ``t_{-1} = t0``; DAPPER's
         convention: no observation at ``t0``) and then updates on ``observations[k]``.
@@ -366,6 +412,9 @@ class AbstractKalmanFilter(AbstractSequentialFilter):
         - `t0`: the time of the prior.
         - `save_cov`: ``"full"`` stacks ``(T, N_x, N_x)`` covariances, ``"diagonal"`` only
           the variances ``(T, N_x)``.
+        - `throw`: raise (`eqx.error_if`) when a cycle becomes non-finite. Default ``False``:
+          as before, a failing run returns, its rows from the failing cycle on are NaN and
+          `KalmanResult.status` / `.first_failure` say so.
 
         **Returns:**
 
@@ -384,34 +433,18 @@ class AbstractKalmanFilter(AbstractSequentialFilter):
                 f"obs_times must have shape (T,) = ({observations.shape[0]},) to match "
                 f"observations {observations.shape}; got {obs_times.shape}."
             )
+        if jnp.ndim(t0) != 0:
+            raise ValueError(f"t0 must be a scalar time; got shape {jnp.shape(t0)}.")
         state0 = self.init(mean0, cov0)
-        dtype = state0.mean.dtype
-        observations = observations.astype(dtype)
-        if not jnp.issubdtype(obs_times.dtype, jnp.floating):
-            obs_times = obs_times.astype(dtype)
-        t_start = jnp.asarray(t0, dtype=obs_times.dtype)[None]
-        t_prev = jnp.concatenate([t_start, obs_times[:-1]])
-
-        def keep(state):
-            cov = state.cov
-            return cov if save_cov == "full" else jnp.diagonal(cov)
-
-        def cycle(state, inputs):
-            obs, t_a, t_b = inputs
-            forecast = self.predict(state, dynamics, process_noise, t_a, t_b)
-            analysis, loglik = self.update(forecast, obs, obs_op, obs_noise)
-            rows = (forecast.mean, keep(forecast), analysis.mean, keep(analysis), loglik)
-            return analysis, rows
-
-        final, rows = jax.lax.scan(cycle, state0, (observations, t_prev, obs_times))
-        forecast_mean, forecast_cov, mean, cov, loglik = rows
-        return KalmanResult(
-            mean=mean,
-            cov=cov,
-            forecast_mean=forecast_mean,
-            forecast_cov=forecast_cov,
-            log_likelihood=loglik,
-            final_state=final,
+        model = _KalmanModel(dynamics, obs_op, obs_noise, process_noise, t0)
+        return _filter_jit(
+            _CovarianceBeliefs(GaussianFilter(self), save_cov),
+            model,
+            state0,
+            observations,
+            obs_times,
+            bool(throw),
+            f"{type(self).__name__}.filter",
         )
 
     def analysis(
@@ -792,3 +825,256 @@ class SquareRootKF(AbstractKalmanFilter):
         half_logdet = jnp.sum(jnp.log(jnp.diagonal(s_half)))
         loglik = _gaussian_loglik(jnp.sum(mask), half_logdet, whitened)
         return SqrtGaussianState(mean=mean_a, chol=chol_a), loglik
+
+
+# --- the cycled form: a Kalman filter run by `filterax.filters.run` ---------------------------
+
+
+class GaussianDiagnostics(eqx.Module):
+    """The per-cycle diagnostics of a `GaussianFilter` (stacked by `run` in
+    `RunResult.diagnostics` whatever `save` is: ``O(N_x)`` per cycle).
+
+    **Fields:**
+
+    - `forecast_variance`, `analysis_variance`: ``(N_x,)`` the diagonals of ``P^f`` and
+      ``P^a`` (e.g. for the Gaussian CRPS of each state component).
+    """
+
+    forecast_variance: Float[Array, " N_x"]
+    analysis_variance: Float[Array, " N_x"]
+
+
+def _predicted_obs(obs_op: Any, mean: Array) -> Array:
+    """``H(mean)`` in the mean's dtype, computed as the update computes it."""
+    dtype = mean.dtype
+    if isinstance(obs_op, lx.AbstractLinearOperator | jax.Array | np.ndarray):
+        matrix = obs_op.as_matrix() if isinstance(obs_op, lx.AbstractLinearOperator) else obs_op
+        return _mm(jnp.asarray(matrix).astype(dtype), mean)
+    matrix_method = getattr(obs_op, "matrix", None)
+    if callable(matrix_method):
+        return _mm(jnp.asarray(matrix_method(mean.shape[0], dtype)).astype(dtype), mean)
+    return jnp.asarray(obs_op(mean)).astype(dtype)
+
+
+def _rms_spread(variance: Array) -> Array:
+    # DAPPER's rmv of a Gaussian: sqrt(mean_i P_ii) (clipped: round-off may make a variance
+    # of a nearly-degenerate covariance slightly negative).
+    return jnp.sqrt(jnp.maximum(jnp.mean(variance, axis=-1), 0.0))
+
+
+def _checked_state(initial: Any, mean: Array) -> GaussianState | SqrtGaussianState:
+    n = mean.shape[0]
+    name = "cov" if isinstance(initial, GaussianState) else "chol"
+    matrix = jnp.asarray(getattr(initial, name))
+    if matrix.shape != (n, n):
+        raise ValueError(
+            f"the initial {type(initial).__name__}.{name} must be an (N_x, N_x) = ({n}, {n}) "
+            f"matrix like its mean; got shape {matrix.shape}."
+        )
+    return type(initial)(mean, matrix.astype(mean.dtype))
+
+
+def _initial_state(kernel: AbstractKalmanFilter, initial: Any) -> PyTree:
+    """The kernel's state for `initial` (a Gaussian state of either form or ``(mean, cov)``)."""
+    if isinstance(initial, GaussianState | SqrtGaussianState):
+        mean = _check_mean(initial.mean)
+        # The state type the kernel works with, found without computing anything.
+        kind = type(jax.eval_shape(lambda m: kernel.init(m, 1.0), mean))
+        if isinstance(initial, kind):
+            return _checked_state(initial, mean)
+        if isinstance(initial, SqrtGaussianState):
+            return kernel.init_sqrt(mean, initial.chol)
+        return kernel.init(mean, initial.cov)
+    if isinstance(initial, tuple | list) and len(initial) == 2:
+        return kernel.init(*initial)
+    raise TypeError(
+        "the initial condition of a Kalman filter is a Gaussian: pass GaussianState(mean, cov), "
+        "SqrtGaussianState(mean, chol) or a (mean, cov) pair (cov as a matrix, variances, a "
+        f"scalar or a lineax operator); got {type(initial).__name__}. An ensemble filter "
+        "takes an (N_e, N_x) ensemble instead."
+    )
+
+
+class GaussianFilter(fxp.AbstractCycledMethod):
+    r"""A parametric Kalman filter as a cycled method: the Gaussian belief carried by `run`.
+
+    Cycle ``k`` (``t_{k-1} \to t_k``, observation ``y_k``) is the kernel's predict then
+    update, with the model's dynamics, process noise, observation operator and noise:
+
+    $$\mathcal N(\bar x^f, P^f) = \text{kernel.predict}(\mathcal N(\bar x^a_{k-1},
+    P^a_{k-1}),\ \mathcal M,\ Q,\ t_{k-1}, t_k),$$
+    $$(\mathcal N(\bar x^a_k, P^a_k),\ \log p(y_k\mid y_{<k})) = \text{kernel.update}(
+    \mathcal N(\bar x^f, P^f),\ y_k,\ H,\ R).$$
+
+    The State is the kernel's state (`GaussianState`, or `SqrtGaussianState` for
+    `SquareRootKF`). Each cycle reports (`filterax.primitives.CycleInfo`) the forecast and
+    analysis means, their spreads ``sqrt(mean_i P_ii)`` (DAPPER's ``rmv``), the
+    log-likelihood, the innovation ``y_k - H(\bar x^f)``, whether everything stayed finite,
+    the full forecast and analysis states as the beliefs (``save="forecast_and_analysis"``
+    stacks them, so ``out.forecasts.cov`` is ``(T, N_x, N_x)``) and, always, the diagonal
+    variances as `GaussianDiagnostics`. The key is not used (the filter is deterministic).
+
+    `run` accepts a Kalman filter directly (``run(KalmanFilter(), ...)`` wraps it in this
+    class through `AbstractKalmanFilter.as_cycled_method`). The model's dynamics must be
+    deterministic (give the covariance of additive noise as ``process_noise``); a callable
+    is linearised at the mean as `predict` does.
+
+    **Arguments:**
+
+    - `kernel`: an `AbstractKalmanFilter` (`KalmanFilter()`, `SquareRootKF()`,
+      `ExtendedKF(infl=...)`).
+
+    **Initial condition** (the ``initial`` of `run`): a `GaussianState`, a
+    `SqrtGaussianState` (converted to the kernel's form when it uses the other one) or a
+    ``(mean, cov)`` pair (``kernel.init(mean, cov)``).
+
+    **Example:**
+
+    ```python
+    import jax
+    import jax.numpy as jnp
+    import filterax.filters as ff
+    import filterax.primitives as fxp
+
+    A = jnp.array([[0.9, 0.2], [0.0, 0.8]])
+    model = fxp.Model(dynamics=lambda x, t0, t1: A @ x, obs_op=jnp.eye(2),
+                      obs_noise=0.5, process_noise=0.1)
+    ys, times = jnp.ones((50, 2)), jnp.arange(1.0, 51.0)
+    out = ff.run(ff.GaussianFilter(ff.KalmanFilter()), model,
+                 ff.GaussianState(jnp.zeros(2), jnp.eye(2)), ys, times,
+                 key=jax.random.key(0))
+    out.log_likelihood.sum()           # the log evidence
+    out.diagnostics.analysis_variance  # (T, N_x)
+    ```
+
+    DAPPER equivalent: ``dapper.da_methods.extended.ExtKF`` run by ``xp.assimilate``.
+    """
+
+    kernel: AbstractKalmanFilter
+
+    def __check_init__(self) -> None:
+        if not isinstance(self.kernel, AbstractKalmanFilter):
+            raise TypeError(
+                "GaussianFilter wraps a parametric Kalman filter, an AbstractKalmanFilter "
+                "(KalmanFilter(), SquareRootKF(), ExtendedKF(...)); got "
+                f"{type(self.kernel).__name__}. Ensemble analysis kernels go in EnsembleFilter."
+            )
+
+    def init(self, key: PRNGKeyArray, initial: Any, model: fxp.AbstractModel) -> PyTree:
+        """The kernel's state for `initial` (see the class docstring)."""
+        del key, model
+        return _initial_state(self.kernel, initial)
+
+    def step(
+        self,
+        key: PRNGKeyArray,
+        state: PyTree,
+        model: fxp.AbstractModel,
+        t_prev: Real[Array, ""],
+        t: Real[Array, ""],
+        obs: Float[Array, " N_y"],
+    ) -> tuple[PyTree, fxp.CycleInfo]:
+        """Predict from ``t_prev`` to ``t``, update on `obs` (see the class docstring)."""
+        del key
+        forecast = self.kernel.predict(state, model.dynamics, model.process_noise, t_prev, t)
+        analysis, loglik = self.kernel.update(forecast, obs, model.obs_op, model.obs_noise)
+        dtype = forecast.mean.dtype
+        innovation = jnp.asarray(obs).astype(dtype) - _predicted_obs(model.obs_op, forecast.mean)
+        loglik = jnp.asarray(loglik).astype(dtype)
+        var_f = jnp.diagonal(forecast.cov)
+        var_a = jnp.diagonal(analysis.cov)
+        info = fxp.CycleInfo(
+            forecast_mean=forecast.mean,
+            forecast_spread=_rms_spread(var_f),
+            analysis_mean=analysis.mean,
+            analysis_spread=_rms_spread(var_a),
+            log_likelihood=loglik,
+            innovation=innovation,
+            finite=fxp.is_finite(forecast, analysis, loglik),
+            forecast=forecast,
+            analysis=analysis,
+            diagnostics=GaussianDiagnostics(var_f, var_a),
+        )
+        return analysis, info
+
+
+class _CovarianceBeliefs(fxp.AbstractCycledMethod):
+    """`GaussianFilter` with its beliefs replaced by their covariances (``save_cov="full"``)
+    or variances (``"diagonal"``), computed inside the cycle as `filter` always did."""
+
+    method: GaussianFilter
+    save_cov: str = eqx.field(static=True)
+
+    def init(self, key: PRNGKeyArray, initial: Any, model: fxp.AbstractModel) -> PyTree:
+        return self.method.init(key, initial, model)
+
+    def step(
+        self,
+        key: PRNGKeyArray,
+        state: PyTree,
+        model: fxp.AbstractModel,
+        t_prev: Real[Array, ""],
+        t: Real[Array, ""],
+        obs: Float[Array, " N_y"],
+    ) -> tuple[PyTree, fxp.CycleInfo]:
+        state, info = self.method.step(key, state, model, t_prev, t, obs)
+
+        def keep(belief):
+            cov = belief.cov
+            return cov if self.save_cov == "full" else jnp.diagonal(cov)
+
+        beliefs = (keep(info.forecast), keep(info.analysis))
+        return state, eqx.tree_at(lambda i: (i.forecast, i.analysis), info, beliefs)
+
+
+class _KalmanModel(fxp.AbstractModel):
+    """The model `filter` builds from its arguments: like `filterax.primitives.Model`, but
+    the dynamics may also be a matrix or a lineax operator (as `predict` accepts)."""
+
+    dynamics: Any
+    obs_op: Any
+    obs_noise: Any
+    process_noise: Any
+    t0: Any
+    state_coords: None = None
+    obs_coords: None = None
+    distance: None = None
+
+
+def _filter(
+    method: _CovarianceBeliefs,
+    model: _KalmanModel,
+    state0: PyTree,
+    observations: Array,
+    obs_times: Array,
+    throw: bool,
+    owner: str,
+) -> KalmanResult:
+    # The filter is deterministic: the driver's keys are never used.
+    out = run_cycles(
+        method,
+        model,
+        state0,
+        observations,
+        obs_times,
+        jax.random.key(0),
+        model.t0,
+        "forecast_and_analysis",
+        throw,
+        None,
+        owner,
+    )
+    return KalmanResult(
+        mean=out.analysis_mean,
+        cov=out.analyses,
+        forecast_mean=out.forecast_mean,
+        forecast_cov=out.forecasts,
+        log_likelihood=out.log_likelihood,
+        final_state=out.state,
+        cycle_status=out.cycle_status,
+        status=out.status,
+        first_failure=out.first_failure,
+    )
+
+
+_filter_jit = eqx.filter_jit(_filter)
