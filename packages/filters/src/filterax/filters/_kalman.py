@@ -59,7 +59,6 @@ from filterax.primitives import (
     rmse,
 )
 
-from ._assimilate import _needs_key as needs_key
 from ._run import STATUS_DIVERGED, STATUS_NONFINITE, STATUS_OK, run_cycles
 
 __all__ = [
@@ -144,11 +143,11 @@ def _linearize_dynamics(
             "dynamics must be an (N_x, N_x) matrix, a lineax operator or a callable "
             f"dynamics(x, t0, t1) -> x; got {type(dynamics).__name__}."
         )
-    if needs_key(dynamics):
+    if isinstance(dynamics, fxp.AbstractStochasticDynamics):
         raise TypeError(
-            "this dynamics draws its own noise (it requires key=...), which a parametric filter "
-            "cannot propagate. Pass the deterministic part (e.g. StochasticDynamics.dynamics) "
-            "and give its covariance as process_noise."
+            "this dynamics draws its own noise (an AbstractStochasticDynamics), which a "
+            "parametric filter cannot propagate. Pass the deterministic part (e.g. "
+            "StochasticDynamics.dynamics) and give its covariance as process_noise."
         )
 
     def flow(x):
