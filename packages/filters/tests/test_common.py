@@ -7,16 +7,15 @@ import sys
 import jax
 import jax.numpy as jnp
 import jaxtyping
+import lineax as lx
 import numpy as np
 import pytest
 
+import filterax.filters as ff
 import filterax.primitives as fxp
-from filterax.filters._common import (
-    prepare_analysis,
-    require_diagonal_noise,
-    require_key,
-)
-from filterax.filters._transforms import sqrt_transform, symmetric_matrix_function
+from filterax.filters import prepare_analysis, sqrt_transform
+from filterax.filters._common import require_diagonal_noise, require_key
+from filterax.primitives import symmetric_matrix_function
 
 
 def _load_helpers():
@@ -184,13 +183,13 @@ def _degenerate_gram(t):
     return (basis * (t * lam)[None, :]) @ basis.T
 
 
-@pytest.mark.parametrize("kind", ["inv_sqrt", "inv_sqrt_push"])
+@pytest.mark.parametrize("kind", ["inv_sqrt_one_plus", "inv_sqrt_one_plus_push"])
 def test_spectral_function_values_and_gradient_at_repeated_eigenvalues(kind):
     m = _degenerate_gram(2.0)
     lam, u = np.linalg.eigh(np.asarray(m))
     lam = np.clip(lam, 0, None)
     a = np.sqrt(1 + lam)
-    f = 1 / a if kind == "inv_sqrt" else -1 / (a * (1 + a))
+    f = 1 / a if kind == "inv_sqrt_one_plus" else -1 / (a * (1 + a))
     np.testing.assert_allclose(symmetric_matrix_function(m, kind), (u * f) @ u.T, atol=ATOL)
 
     weights = jnp.asarray(np.random.default_rng(6).standard_normal((5, 5)))
@@ -225,3 +224,92 @@ def test_sqrt_transform_is_symmetric_inverse_square_root(shape):
     np.testing.assert_allclose(T @ np.ones(shape[0]), np.ones(shape[0]), atol=ATOL)
     eig = np.linalg.eigvalsh(T)
     assert np.all(eig > 0)  # the principal (positive-definite) root
+
+
+# --- observation operators in every form ------------------------------------------------------
+
+
+@pytest.mark.parametrize("form", ["matrix", "numpy_matrix", "lineax"])
+def test_matrix_and_lineax_obs_op_equal_the_callable(form):
+    problem = helpers.make_linear_problem(11, 6, 5, 4, noise="dense", missing=(1,))
+    H = {
+        "matrix": jnp.asarray(problem.H),
+        "numpy_matrix": np.asarray(problem.H),
+        "lineax": lx.MatrixLinearOperator(jnp.asarray(problem.H)),
+    }[form]
+    ref = _prepare(problem)
+    got = prepare_analysis(
+        jnp.asarray(problem.forecast), jnp.asarray(problem.obs), H, problem.obs_noise()
+    )
+    for field in ("observed", "whitened_anomalies", "whitened_innovation", "log_likelihood"):
+        np.testing.assert_allclose(getattr(got, field), getattr(ref, field), atol=1e-12)
+
+
+@pytest.mark.usefixtures("no_runtime_typecheck")
+def test_obs_op_of_the_wrong_size_is_a_clear_error():
+    X = jnp.ones((5, 3)) + jnp.arange(5.0)[:, None]
+    with pytest.raises(ValueError, match=r"matrix must have shape \(N_y, N_x\) = \(N_y, 3\)"):
+        prepare_analysis(X, jnp.zeros(2), jnp.ones((2, 4)), 1.0)
+    with pytest.raises(ValueError, match="takes vectors of size 4 but the state has N_x=3"):
+        prepare_analysis(X, jnp.zeros(2), lx.MatrixLinearOperator(jnp.ones((2, 4))), 1.0)
+
+
+# --- a noise structure filterax does not know, added through the registry --------------------
+
+
+class TaggedDenseNoise(lx.AbstractLinearOperator):
+    """A user's own covariance type (here a dense matrix in disguise)."""
+
+    matrix: jax.Array
+
+    def mv(self, vector):
+        return self.matrix @ vector
+
+    def as_matrix(self):
+        return self.matrix
+
+    def transpose(self):
+        return self
+
+    def in_structure(self):
+        return jax.ShapeDtypeStruct((self.matrix.shape[0],), self.matrix.dtype)
+
+    def out_structure(self):
+        return self.in_structure()
+
+
+@lx.is_symmetric.register(TaggedDenseNoise)
+def _(op):
+    return True
+
+
+@lx.is_diagonal.register(TaggedDenseNoise)
+def _(op):
+    return False
+
+
+WHITENED = []
+
+
+@fxp.noise_whitening.register(TaggedDenseNoise)
+def _(op, dtype=None):
+    WHITENED.append(op)
+    return fxp.Whitening.build(fxp.CholeskyRoot(jnp.linalg.cholesky(op.matrix)))
+
+
+@fxp.mask_noise.register(TaggedDenseNoise)
+def _(op, mask):
+    keep = mask[:, None] & mask[None, :]
+    return TaggedDenseNoise(jnp.where(keep, op.matrix, jnp.eye(op.matrix.shape[0])))
+
+
+def test_registered_noise_structure_is_used_by_the_filters():
+    problem = helpers.make_linear_problem(12, 6, 5, 4, noise="dense", missing=(2,))
+    args = (jnp.asarray(problem.forecast), jnp.asarray(problem.obs), problem.obs_op)
+    WHITENED.clear()
+    got = ff.ETKF().analysis(None, *args, TaggedDenseNoise(jnp.asarray(problem.noise_cov)))
+    assert WHITENED and all(isinstance(op, TaggedDenseNoise) for op in WHITENED)
+    ref = ff.ETKF().analysis(None, *args, jnp.asarray(problem.noise_cov))
+    # Same Cholesky whitening reached through the registry: equal to round-off.
+    np.testing.assert_allclose(got.particles, ref.particles, atol=1e-12)
+    np.testing.assert_allclose(got.log_likelihood, ref.log_likelihood, atol=1e-12)

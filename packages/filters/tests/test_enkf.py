@@ -14,6 +14,7 @@ import sys
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import lineax as lx
 import numpy as np
 import pytest
 
@@ -235,3 +236,18 @@ def test_bad_shapes_are_clear_errors(getkey):
         ff.StochasticEnKF().analysis(
             getkey(), jnp.zeros((1, 6)), jnp.zeros(4), fxp.IdentityObs(), 1.0
         )
+
+
+@pytest.mark.parametrize("form", ["matrix", "lineax"])
+def test_matrix_and_lineax_obs_op_equal_the_callable(form):
+    problem = helpers.make_linear_problem(240, 7, 9, 5, noise="dense", missing=(2,))
+    H = jnp.asarray(problem.H)
+    obs_op = H if form == "matrix" else lx.MatrixLinearOperator(H)
+    X, y = jnp.asarray(problem.forecast), jnp.asarray(problem.obs)
+    key = jax.random.key(7)
+    filt = ff.StochasticEnKF()
+    ref = _analysis(filt, key, X, y, problem.obs_op, problem.obs_noise())
+    out = _analysis(filt, key, X, y, obs_op, problem.obs_noise())
+    # Same key, same float64 products H x: equal to round-off.
+    np.testing.assert_allclose(out.particles, ref.particles, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(out.log_likelihood, ref.log_likelihood, rtol=0, atol=1e-12)

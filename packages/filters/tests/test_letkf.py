@@ -19,6 +19,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jaxtyping
+import lineax as lx
 import numpy as np
 import pytest
 
@@ -299,7 +300,7 @@ def test_newton_transform_equals_eigh(noise_scale):
 
 
 def test_newton_matrix_function_edge_cases():
-    from filterax.filters._transforms import symmetric_matrix_function
+    from filterax.primitives import symmetric_matrix_function
 
     rng = np.random.default_rng(21)
     A = rng.standard_normal((7, 3))
@@ -309,17 +310,17 @@ def test_newton_matrix_function_edge_cases():
         "huge": 1e8 * (A @ A.T) + np.eye(7),  # condition ~1e8
     }
     for name, m in cases.items():
-        got = symmetric_matrix_function(jnp.asarray(m), "inv_sqrt", "newton")
-        ref = symmetric_matrix_function(jnp.asarray(m), "inv_sqrt", "eigh")
+        got = symmetric_matrix_function(jnp.asarray(m), "inv_sqrt_one_plus", "newton")
+        ref = symmetric_matrix_function(jnp.asarray(m), "inv_sqrt_one_plus", "eigh")
         # (I + M)^{-1/2} is only determined to ~eps * cond(I + M) by M in floating point (the
         # Daleckii-Krein bound with |f'| <= 1/2), for either algorithm.
         cond = np.linalg.cond(np.eye(len(m)) + m)
         np.testing.assert_allclose(got, ref, atol=max(1e-13, 1e-15 * cond), err_msg=name)
     # A non-finite input ends the loop (NaN out) instead of iterating forever.
-    bad = symmetric_matrix_function(jnp.full((4, 4), jnp.nan), "inv_sqrt", "newton")
+    bad = symmetric_matrix_function(jnp.full((4, 4), jnp.nan), "inv_sqrt_one_plus", "newton")
     assert np.all(np.isnan(bad))
-    with pytest.raises(ValueError, match="inv_sqrt"):
-        symmetric_matrix_function(jnp.eye(3), "inv_sqrt_push", "newton")
+    with pytest.raises(ValueError, match="inv_sqrt_one_plus"):
+        symmetric_matrix_function(jnp.eye(3), "inv_sqrt_one_plus_push", "newton")
 
 
 def test_newton_transform_gradients_equal_eigh_gradients():
@@ -728,3 +729,25 @@ def test_bad_inputs_are_clear_errors(no_runtime_typecheck):
         ff.LETKF(radius=1.0, selection="nearest")
     with pytest.raises(ValueError, match="cutoff"):
         ff.LETKF(radius=1.0, cutoff=1.5)
+
+
+@pytest.mark.parametrize("form", ["matrix", "lineax"])
+def test_matrix_and_lineax_obs_op_equal_the_callable(form):
+    X, H, r, y, sc, oc = _problem(740, 6, 10, 8, missing=(3,))
+    filt = ff.LETKF(radius=3.0, max_local_obs=5)
+    ref = _analysis(filt, X, H, r, y, sc, oc)
+    H = jnp.asarray(H)
+    obs_op = H if form == "matrix" else lx.MatrixLinearOperator(H)
+    out = _jitted_analysis(
+        filt,
+        jnp.asarray(X),
+        jnp.asarray(y),
+        obs_op,
+        fxp.diagonal_noise(jnp.asarray(r)),
+        jnp.asarray(sc),
+        jnp.asarray(oc),
+        {},
+    )
+    # The same float64 products H x: equal to round-off.
+    np.testing.assert_allclose(out.particles, ref.particles, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(out.log_likelihood, ref.log_likelihood, rtol=0, atol=1e-12)

@@ -13,6 +13,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import jaxtyping
+import lineax as lx
 import numpy as np
 import pytest
 
@@ -410,3 +411,36 @@ def test_livings_needs_a_key():
 def test_filters_are_sequential_filters():
     for filt in FILTERS.values():
         assert isinstance(filt, fxp.AbstractSequentialFilter)
+
+
+# --- one analysis for the whole transform family; every observation-operator form ---------------
+
+TRANSFORM_FILTERS = {**FILTERS, "EnKF_N": ff.EnKF_N()}
+
+
+def test_transform_filters_share_one_analysis():
+    # The analysis body is written once (AbstractTransformFilter); filters only supply (w, T).
+    for filt in TRANSFORM_FILTERS.values():
+        assert isinstance(filt, ff.AbstractTransformFilter)
+        assert type(filt).analysis is ff.AbstractTransformFilter.analysis
+
+
+@pytest.mark.parametrize("form", ["matrix", "numpy_matrix", "lineax"])
+@pytest.mark.parametrize("name", list(TRANSFORM_FILTERS))
+def test_matrix_and_lineax_obs_op_equal_the_callable(name, form):
+    problem = helpers.make_linear_problem(140, N_E, N_X, 5, noise="variances", missing=(1,))
+    H = {
+        "matrix": jnp.asarray(problem.H),
+        "numpy_matrix": np.asarray(problem.H),
+        "lineax": lx.MatrixLinearOperator(jnp.asarray(problem.H)),
+    }[form]
+    filt = TRANSFORM_FILTERS[name]
+    args = (jnp.asarray(problem.forecast), jnp.asarray(problem.obs))
+    key = jax.random.key(5)
+    ref = filt.analysis(key, *args, problem.obs_op, problem.obs_noise())
+    out = filt.analysis(key, *args, H, problem.obs_noise())
+    # The same float64 products H x (full precision in every form): equal to round-off.
+    np.testing.assert_allclose(out.particles, ref.particles, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(out.log_likelihood, ref.log_likelihood, rtol=0, atol=1e-12)
+    jitted = jax.jit(lambda X, y: filt.analysis(key, X, y, H, problem.obs_noise()).particles)
+    np.testing.assert_allclose(jitted(*args), ref.particles, rtol=0, atol=1e-12)

@@ -2,9 +2,12 @@
 
 import jax
 import jax.numpy as jnp
+import jaxtyping
+import lineax as lx
 import numpy as np
 import pytest
 
+import filterax.primitives as fxp
 from filterax.primitives import (
     AbstractObsOperator,
     IdentityObs,
@@ -185,3 +188,42 @@ def test_index_obs_out_of_range_traced_raises_at_run_time():
 def test_every_nth_rejects_bad_arguments(kwargs, error):
     with pytest.raises(error):
         every_nth(**kwargs)
+
+
+# --- apply_obs: the one observation-operator dispatcher -----------------------------------------
+
+
+def test_apply_obs_forms_agree():
+    H = np.random.default_rng(0).standard_normal((3, 5))
+    x = jnp.asarray(np.random.default_rng(1).standard_normal(5))
+    expected = H @ np.asarray(x)
+    forms = {
+        "callable": lambda v: jnp.asarray(H) @ v,
+        "linear_obs": fxp.LinearObs(jnp.asarray(H)),
+        "lineax": lx.MatrixLinearOperator(jnp.asarray(H)),
+        "jax_matrix": jnp.asarray(H),
+        "numpy_matrix": H,
+    }
+    for name, op in forms.items():
+        # float64 matvec of O(1) numbers: exact to ~1e-15.
+        np.testing.assert_allclose(fxp.apply_obs(op, x), expected, atol=1e-13, err_msg=name)
+        batched = jax.vmap(lambda v, op=op: fxp.apply_obs(op, v))(jnp.stack([x, 2 * x]))
+        np.testing.assert_allclose(batched[1], 2 * expected, atol=1e-13, err_msg=name)
+        jitted = jax.jit(lambda v, op=op: fxp.apply_obs(op, v))(x)
+        np.testing.assert_allclose(jitted, expected, atol=1e-13, err_msg=name)
+
+
+@pytest.fixture
+def no_runtime_typecheck():
+    """Disable jaxtyping's runtime check so the library's own (production) errors surface."""
+    jaxtyping.config.update("jaxtyping_disable", True)
+    yield
+    jaxtyping.config.update("jaxtyping_disable", False)
+
+
+@pytest.mark.usefixtures("no_runtime_typecheck")
+def test_apply_obs_rejects_bad_forms():
+    with pytest.raises(ValueError, match=r"\(N_y, N_x\) matrix"):
+        fxp.apply_obs(jnp.ones(3), jnp.ones(3))
+    with pytest.raises(TypeError, match="callable"):
+        fxp.apply_obs("identity", jnp.ones(3))

@@ -3,7 +3,21 @@
 from ._version import __version__ as __version__
 
 # --- deterministic square-root family (ETKF, EnSRF, DEnKF, ESTKF, ETKF_Livings) ---
-from ._common import AnalysisInputs as AnalysisInputs, prepare_analysis as prepare_analysis
+from ._common import (
+    AnalysisInputs as AnalysisInputs,
+    check_obs_noise as check_obs_noise,
+    prepare_analysis as prepare_analysis,
+)
+from ._transform_filter import (
+    AbstractTransformFilter as AbstractTransformFilter,
+    finish_transform_analysis as finish_transform_analysis,
+)
+from ._transforms import (
+    apply_transform as apply_transform,
+    full_transform as full_transform,
+    matmul as matmul,
+    sqrt_transform as sqrt_transform,
+)
 from ._denkf import DEnKF as DEnKF
 from ._ensrf import EnSRF as EnSRF, EnSRF_Serial as EnSRF_Serial
 from ._estkf import ESTKF as ESTKF

@@ -12,111 +12,38 @@ and the forecast log-likelihood ``log N(d; 0, C^HH + R)``. Missing (NaN) observa
 their rows/columns of ``R`` are the identity's, so every downstream quantity equals that of the
 observed subset and no NaN reaches arithmetic or gradients.
 
-The whitening ``G`` depends on the structure of ``R`` (never densifying what need not be dense):
+The whitening ``G`` is `filterax.primitives.noise_whitening` of the masked ``R``, chosen by the
+operator's type (never densifying what need not be dense): diagonal ``G = diag(r^{-1/2})``;
+dense ``G = L^{-1}`` (Cholesky, triangular solves); low-rank-plus-diagonal ``R = D + U U^T``
+``G = (I + W W^T)^{-1/2} D^{-1/2}``, ``W = D^{-1/2} U``, through the gradient-safe spectral
+function (a ``min(k, N_y)``-sized eigenproblem); any structure registered with
+``noise_whitening.register``.
 
-- diagonal ``R = diag(r)``: ``G = diag(r^{-1/2})``;
-- dense ``R = L L^T`` (Cholesky): ``G = L^{-1}`` (triangular solves);
-- low-rank-plus-diagonal ``R = D + U U^T``: ``G = (I + W W^T)^{-1/2} D^{-1/2}`` with
-  ``W = D^{-1/2} U``, computed as ``I + W g(W^T W) W^T`` through the gradient-safe spectral
-  function of `_transforms` (a ``k x k`` eigenproblem, ``k`` the rank of ``U``).
+The observation operator may be anything `filterax.primitives.apply_obs` accepts: a callable
+on ONE state, a lineax operator, or an ``(N_y, N_x)`` matrix.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import jax.scipy.linalg as jsl
 import lineax as lx
+import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray
 
 import filterax.primitives as fxp
 
-from ._transforms import (
-    TransformInfo,
-    apply_transform,
-    full_transform,
-    matmul,
-    symmetric_matrix_function,
-)
-
 __all__ = [
     "AnalysisInputs",
-    "Whitener",
-    "finish_transform_analysis",
+    "check_obs_noise",
     "prepare_analysis",
     "require_diagonal_noise",
     "require_key",
 ]
-
-
-class Whitener(eqx.Module):
-    r"""A square whitening operator ``G`` with ``G^T G = R^{-1}`` for a (masked) noise ``R``.
-
-    Apply with `rows` (to each row of an ``(m, N_y)`` array: ``Z G^T``) or `vector`
-    (``G v``). Built by `prepare_analysis`; see the module docstring for the per-structure
-    choice of ``G``. At missing entries ``G`` acts as the identity and does not mix them with
-    observed entries, so zeroed anomalies and innovations stay zero.
-
-    **Fields:**
-
-    - `structure`: ``"diagonal"``, ``"low_rank"`` or ``"dense"`` (static).
-    - `inv_sqrt_diag`: ``r^{-1/2}`` (diagonal) or ``D^{-1/2}`` (low rank), else ``None``.
-    - `chol`: the lower Cholesky factor of ``R`` (dense), else ``None``.
-    - `factor`, `core`: ``W`` and ``g(W^T W)`` (low rank), else ``None``.
-    """
-
-    structure: str = eqx.field(static=True)
-    inv_sqrt_diag: Array | None = None
-    chol: Array | None = None
-    factor: Array | None = None
-    core: Array | None = None
-
-    def rows(self, z: Float[Array, "m N_y"]) -> Float[Array, "m N_y"]:
-        """``Z G^T``: whiten every row of ``z``."""
-        if self.structure == "dense":
-            return jsl.solve_triangular(self.chol, z.T, lower=True).T
-        z = z * self.inv_sqrt_diag[None, :]
-        if self.structure == "diagonal":
-            return z
-        # G^T = D^{-1/2} (I + W core W^T); the middle factor is symmetric.
-        return z + matmul(matmul(z, self.factor), matmul(self.core, self.factor.T))
-
-    def vector(self, v: Float[Array, " N_y"]) -> Float[Array, " N_y"]:
-        """``G v``: whiten one vector."""
-        if self.structure == "dense":
-            return jsl.solve_triangular(self.chol, v, lower=True)
-        if self.structure == "diagonal":
-            return v * self.inv_sqrt_diag
-        # G = (I + W core W^T) D^{-1/2}.
-        z = v * self.inv_sqrt_diag
-        return z + matmul(self.factor, matmul(self.core, matmul(self.factor.T, z)))
-
-
-def _build_whitener(noise: lx.AbstractLinearOperator, dtype: Any) -> Whitener:
-    structure = fxp.noise_structure(noise)
-    if structure == "diagonal":
-        d = jnp.asarray(lx.diagonal(noise), dtype=dtype)
-        return Whitener("diagonal", inv_sqrt_diag=1.0 / jnp.sqrt(d))
-    if structure == "low_rank":
-        assert isinstance(noise, fxp.LowRankUpdate)
-        inv_sqrt = 1.0 / jnp.sqrt(jnp.asarray(noise.diagonal, dtype=dtype))
-        w = jnp.asarray(noise.factor, dtype=dtype) * inv_sqrt[:, None]
-        n, k = w.shape
-        if k < n:
-            core = symmetric_matrix_function(matmul(w.T, w), "inv_sqrt_push")
-            return Whitener("low_rank", inv_sqrt_diag=inv_sqrt, factor=w, core=core)
-        # k >= n: the n x n form (I + W W^T)^{-1/2} is the smaller eigenproblem.
-        core = symmetric_matrix_function(matmul(w, w.T), "inv_sqrt") - jnp.eye(n, dtype=dtype)
-        return Whitener(
-            "low_rank", inv_sqrt_diag=inv_sqrt, factor=jnp.eye(n, dtype=dtype), core=core
-        )
-    matrix = jnp.asarray(noise.as_matrix(), dtype=dtype)
-    return Whitener("dense", chol=jnp.linalg.cholesky(matrix))
 
 
 class AnalysisInputs(eqx.Module):
@@ -138,7 +65,7 @@ class AnalysisInputs(eqx.Module):
     - `mask`: ``True`` where observed.
     - `innovation`: ``d``, zero at missing entries.
     - `noise`: ``R`` as a lineax operator of the user's structure, masked (`fxp.mask_noise`).
-    - `whitener`: the `Whitener` ``G`` of the masked ``R``.
+    - `whitener`: the `fxp.Whitening` of the masked ``R`` (``G`` is its `whiten`).
     - `whitened_anomalies`: ``S``, ``(N_e, N_y)``, zero columns at missing entries.
     - `whitened_innovation`: ``delta``, ``(N_y,)``, zero at missing entries.
     - `log_likelihood`: ``log N(d; 0, C^HH + R)`` over the observed entries (`fxp.log_likelihood`).
@@ -155,7 +82,7 @@ class AnalysisInputs(eqx.Module):
     mask: Bool[Array, " N_y"]
     innovation: Float[Array, " N_y"]
     noise: lx.AbstractLinearOperator
-    whitener: Whitener
+    whitener: fxp.Whitening
     whitened_anomalies: Float[Array, "N_e N_y"]
     whitened_innovation: Float[Array, " N_y"]
     log_likelihood: Float[Array, ""]
@@ -221,15 +148,28 @@ def _check_obs(obs: Any, where: str, dtype: Any) -> Array:
 
 
 def _observe(forecast: Array, obs_op: Any, observed: Any, where: str, n_y: int) -> Array:
-    n_e = forecast.shape[0]
+    n_e, n_x = forecast.shape
     if observed is None:
-        if not callable(obs_op):
+        if isinstance(obs_op, jax.Array | np.ndarray):
+            if jnp.ndim(obs_op) != 2 or jnp.shape(obs_op)[1] != n_x:
+                raise ValueError(
+                    f"{where}: an observation operator given as a matrix must have shape "
+                    f"(N_y, N_x) = (N_y, {n_x}); got {jnp.shape(obs_op)}."
+                )
+        elif isinstance(obs_op, lx.AbstractLinearOperator):
+            if obs_op.in_size() != n_x:
+                raise ValueError(
+                    f"{where}: the lineax observation operator takes vectors of size "
+                    f"{obs_op.in_size()} but the state has N_x={n_x}; pass an operator of shape "
+                    f"(N_y, {n_x})."
+                )
+        elif not callable(obs_op):
             raise TypeError(
                 f"{where}: `obs_op` must be a callable mapping ONE state (N_x,) to its "
-                f"observation (N_y,) (e.g. filterax.primitives.IdentityObs()); got "
-                f"{type(obs_op).__name__}."
+                "observation (N_y,) (e.g. filterax.primitives.IdentityObs()), a lineax operator "
+                f"or an (N_y, N_x) matrix; got {type(obs_op).__name__}."
             )
-        observed = jax.vmap(obs_op)(forecast)
+        observed = jax.vmap(lambda x: fxp.apply_obs(obs_op, x))(forecast)
     shape = jnp.shape(observed)
     if len(shape) != 2 or shape[0] != n_e:
         raise ValueError(
@@ -245,18 +185,50 @@ def _observe(forecast: Array, obs_op: Any, observed: Any, where: str, n_y: int) 
     return jnp.asarray(observed).astype(forecast.dtype)
 
 
-def _as_noise(obs_noise: Any, n_y: int, dtype: Any, where: str) -> lx.AbstractLinearOperator:
+def check_obs_noise(
+    obs_noise: fxp.NoiseLike, n_y: int, dtype: Any, name: str = "filter"
+) -> lx.AbstractLinearOperator:
+    r"""Validate an observation-noise argument and return it as an ``(N_y, N_y)`` operator.
+
+    $$R \in \mathbb R^{N_y \times N_y},\ R = R^\top \succ 0 .$$
+
+    `fxp.as_noise_operator` with messages that name the caller, plus the check that a
+    `fxp.LowRankUpdate` has the positive diagonal the whitening needs.
+
+    **Arguments:**
+
+    - `obs_noise`: ``R`` in any form `fxp.as_noise_operator` accepts.
+    - `n_y`: the number of observations (static int).
+    - `dtype`: the ensemble dtype (array noise is cast to it).
+    - `name`: the caller, used in error messages.
+
+    **Returns:** the lineax operator.
+
+    **Raises:** `ValueError` for a size mismatch or a low-rank ``R`` without a diagonal;
+    `TypeError` for an unsupported type.
+
+    **Reference:** DAPPER ``GaussRV(C=...)`` accepts the same forms.
+
+    !!! Example
+
+        ```python
+        import jax.numpy as jnp
+        from filterax.filters import check_obs_noise
+
+        check_obs_noise(0.5, 3, jnp.float64, "my_filter")  # isotropic 0.5 I_3
+        ```
+    """
     try:
         noise = fxp.as_noise_operator(obs_noise, n_y, dtype=dtype)
     except ValueError as err:
         raise ValueError(
-            f"{where}: `obs_noise` does not match the {n_y} observations: {err}"
+            f"{name}: `obs_noise` does not match the {n_y} observations: {err}"
         ) from err
     except TypeError as err:
-        raise TypeError(f"{where}: bad `obs_noise`: {err}") from err
+        raise TypeError(f"{name}: bad `obs_noise`: {err}") from err
     if isinstance(noise, fxp.LowRankUpdate) and noise.diagonal is None:
         raise ValueError(
-            f"{where}: low-rank observation noise needs a positive diagonal (U U^T alone is "
+            f"{name}: low-rank observation noise needs a positive diagonal (U U^T alone is "
             "singular). Pass filterax.primitives.low_rank_noise(factor, diagonal)."
         )
     return noise
@@ -265,7 +237,7 @@ def _as_noise(obs_noise: Any, n_y: int, dtype: Any, where: str) -> lx.AbstractLi
 def prepare_analysis(
     forecast: Float[ArrayLike, "N_e N_x"],
     obs: Float[ArrayLike, " N_y"],
-    obs_op: Callable[..., Any] | None,
+    obs_op: Any,
     obs_noise: Any,
     *,
     name: str = "filter",
@@ -284,8 +256,9 @@ def prepare_analysis(
     - `forecast`: the forecast ensemble ``(N_e, N_x)``, ``N_e >= 2``, float32 or float64 (this
         dtype is used throughout: `obs`, ``Y`` and array noise are cast to it).
     - `obs`: the observation vector ``(N_y,)``, NaN where missing.
-    - `obs_op`: a callable (or `fxp.AbstractObsOperator`) acting on ONE state; vmapped over
-        members. Ignored when `observed` is given.
+    - `obs_op`: the observation operator in any form `fxp.apply_obs` accepts: a callable (or
+        `fxp.AbstractObsOperator`) acting on ONE state, a lineax operator or an ``(N_y, N_x)``
+        matrix; vmapped over members. Ignored when `observed` is given.
     - `obs_noise`: ``R`` in any form `fxp.as_noise_operator` accepts (scalar variance,
         variances, covariance matrix, lineax operator, `fxp.LowRankUpdate`).
     - `name`: the caller's name, used in error messages (e.g. ``"ETKF.analysis"``).
@@ -294,8 +267,8 @@ def prepare_analysis(
     **Returns:** an `AnalysisInputs`.
 
     **Raises:** `ValueError` for a non-2-D forecast, ``N_e < 2``, non-1-D `obs`, an `obs_op`
-    output or `obs_noise` inconsistent with `obs`; `TypeError` for non-float ensembles or a
-    non-callable `obs_op`.
+    output or `obs_noise` inconsistent with `obs`; `TypeError` for non-float ensembles or an
+    `obs_op` that is neither callable, a lineax operator nor a matrix.
 
     **Reference:** DAPPER ``EnKF_analysis`` preamble (``mu = mean(E)``, ``A = E - mu``,
     ``Eo = obs(E)``, ``Y = Eo - xo``, ``dy = y - xo``; whitening by ``R.sym_sqrt_inv``).
@@ -304,7 +277,7 @@ def prepare_analysis(
 
         ```python
         import jax, jax.numpy as jnp
-        from filterax.filters._common import prepare_analysis
+        from filterax.filters import prepare_analysis
 
         X = jax.random.normal(jax.random.key(0), (10, 4))
         inputs = prepare_analysis(X, jnp.array([0.1, jnp.nan]), lambda x: x[:2], 0.5)
@@ -318,7 +291,7 @@ def prepare_analysis(
     n_e = forecast.shape[0]
     n_y = obs.shape[0]
     Y = _observe(forecast, obs_op, observed, where, n_y)
-    noise_full = _as_noise(obs_noise, n_y, dtype, where)
+    noise_full = check_obs_noise(obs_noise, n_y, dtype, where)
 
     mean = jnp.mean(forecast, axis=0)
     anomalies = forecast - mean[None, :]
@@ -329,7 +302,7 @@ def prepare_analysis(
     innovation = jnp.where(mask, obs_filled - obs_mean, jnp.zeros((), dtype))
 
     noise = fxp.mask_noise(noise_full, mask)
-    whitener = _build_whitener(noise, dtype)
+    whitener = fxp.noise_whitening(noise, dtype)
     whitened_anomalies = whitener.rows(obs_anomalies) / math.sqrt(n_e - 1)
     whitened_innovation = whitener.vector(innovation)
     loglik = jnp.asarray(fxp.log_likelihood(Y, obs, noise_full), dtype=dtype)
@@ -369,26 +342,3 @@ def require_diagonal_noise(inputs: AnalysisInputs, name: str, alternatives: str)
             f"observation errors); got {inputs.noise_structure} R. Use {alternatives}, which "
             "support correlated R by whitening."
         )
-
-
-def finish_transform_analysis(
-    inputs: AnalysisInputs,
-    weights: Float[Array, " N_e"],
-    transform: Float[Array, "N_e N_e"],
-) -> fxp.Analysis:
-    r"""Build the `fxp.Analysis` of an ensemble-transform filter from ``(w, T)``.
-
-    $$X^a = \mathbf 1(\bar x + X'^\top w/\sqrt{N_e-1})^\top + T X',$$
-
-    with ``info`` a `TransformInfo` (weights, transform, the full ensemble transform ``E`` with
-    ``X^a = E X^f``, the innovation and the observed count).
-    """
-    particles = apply_transform(inputs.forecast_mean, inputs.anomalies, weights, transform)
-    info = TransformInfo(
-        weights=weights,
-        transform=transform,
-        ensemble_transform=full_transform(weights, transform),
-        innovation=inputs.innovation,
-        n_obs=inputs.n_obs,
-    )
-    return fxp.Analysis(particles, inputs.log_likelihood, info)

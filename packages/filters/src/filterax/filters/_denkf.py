@@ -6,11 +6,10 @@ from typing import Any
 
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
-from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+from jaxtyping import Array, Float, PRNGKeyArray
 
-import filterax.primitives as fxp
-
-from ._common import finish_transform_analysis, prepare_analysis
+from ._common import AnalysisInputs
+from ._transform_filter import AbstractTransformFilter
 from ._transforms import matmul
 
 
@@ -40,7 +39,7 @@ def denkf_weights_and_transform(
     return weights, transform
 
 
-class DEnKF(fxp.AbstractSequentialFilter):
+class DEnKF(AbstractTransformFilter):
     r"""Deterministic EnKF (Sakov & Oke 2008): full gain for the mean, half gain for anomalies.
 
     $$\bar x^a = \bar x + K d, \qquad X'^a = X' - \tfrac12\, Y' K^\top,
@@ -77,19 +76,12 @@ class DEnKF(fxp.AbstractSequentialFilter):
         ```
     """
 
-    def analysis(
-        self,
-        key: PRNGKeyArray | None,
-        forecast: Float[ArrayLike, "N_e N_x"],
-        obs: Float[ArrayLike, " N_y"],
-        obs_op: Any,
-        obs_noise: Any,
-        **context: Any,
-    ) -> fxp.Analysis:
-        """Assimilate `obs` into `forecast` (see the class docstring)."""
-        del key, context
-        inputs = prepare_analysis(forecast, obs, obs_op, obs_noise, name="DEnKF.analysis")
+    def weights_and_transform(
+        self, inputs: AnalysisInputs, key: PRNGKeyArray | None
+    ) -> tuple[Float[Array, " N_e"], Float[Array, "N_e N_e"], dict[str, Any]]:
+        """`denkf_weights_and_transform` of the whitened anomalies and innovation."""
+        del key
         weights, transform = denkf_weights_and_transform(
             inputs.whitened_anomalies, inputs.whitened_innovation
         )
-        return finish_transform_analysis(inputs, weights, transform)
+        return weights, transform, {}

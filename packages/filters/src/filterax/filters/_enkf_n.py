@@ -35,14 +35,14 @@ plus the implicit-function correction ``-(\varphi - \mathrm{sg}(\varphi)) /
 \mathrm{sg}(\varphi')``, which has value zero and derivative ``-\partial_\theta\varphi /
 \varphi'`` (implicit function theorem). ``\varphi`` and the hyperprior's
 ``\mathrm{tr}((I + S S^\top)^{-1})`` are evaluated by Cholesky solves on the smaller Gram
-matrix (no eigenvectors), and the ETKF transform by the gradient-safe spectral function of
-`_transforms`, so gradients with respect to the forecast, the observations, ``R`` and ``xN``
-are finite.
+matrix (no eigenvectors), and the ETKF transform by the gradient-safe spectral function
+`filterax.primitives.symmetric_matrix_function`, so gradients with respect to the forecast,
+the observations, ``R`` and ``xN`` are finite.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -50,11 +50,10 @@ import jax.scipy.linalg as jsl
 from jax import lax
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Scalar
 
-import filterax.primitives as fxp
-
-from ._common import prepare_analysis
+from ._common import AnalysisInputs
 from ._etkf import etkf_weights_and_transform
-from ._transforms import apply_transform, full_transform, matmul
+from ._transform_filter import AbstractTransformFilter
+from ._transforms import matmul
 
 __all__ = ["EnKF_N", "EnKFNInfo", "enkf_n_hyperprior", "enkf_n_inflation"]
 
@@ -259,7 +258,7 @@ class EnKFNInfo(eqx.Module):
     n_obs: Int[Array, ""]
 
 
-class EnKF_N(fxp.AbstractSequentialFilter):
+class EnKF_N(AbstractTransformFilter):
     r"""The finite-size ensemble Kalman filter EnKF-N (Bocquet 2011), dual form, inflation-free.
 
     Each analysis estimates an inflation factor ``l_1`` from the innovation (see the module
@@ -288,9 +287,10 @@ class EnKF_N(fxp.AbstractSequentialFilter):
         differentiated; default 1.0).
     - `g`: DAPPER's ``g`` (static int, default 0).
 
-    `analysis(key, forecast, obs, obs_op, obs_noise, **context)`: `key` is unused (may be
-    ``None``), `context` is ignored. Any structure of ``R`` is supported (whitening from
-    `_common`); NaN observations are skipped exactly.
+    `analysis(key, forecast, obs, obs_op, obs_noise, **context)` (from
+    `AbstractTransformFilter`): `key` is unused (may be ``None``), `context` is ignored; `obs_op`
+    is a callable, a lineax operator or a matrix. Any structure of ``R`` is supported
+    (`filterax.primitives.noise_whitening`); NaN observations are skipped exactly.
 
     **Returns** (of `analysis`): `fxp.Analysis(particles, log_likelihood, info)` with
     ``log_likelihood = log N(d; 0, C^HH + R)`` on the (uninflated) forecast and ``info`` an
@@ -319,6 +319,7 @@ class EnKF_N(fxp.AbstractSequentialFilter):
 
     xN: Float[ArrayLike, ""] = eqx.field(default=1.0, converter=_as_float)
     g: int = eqx.field(static=True, default=0)
+    info_type: ClassVar[type] = EnKFNInfo
 
     def __check_init__(self) -> None:
         if not isinstance(self.g, int) or isinstance(self.g, bool) or self.g < 0:
@@ -336,31 +337,17 @@ class EnKF_N(fxp.AbstractSequentialFilter):
                 f"Lorenz-96 setting); got {concrete}."
             )
 
-    def analysis(
-        self,
-        key: PRNGKeyArray | None,
-        forecast: Float[ArrayLike, "N_e N_x"],
-        obs: Float[ArrayLike, " N_y"],
-        obs_op: Any,
-        obs_noise: Any,
-        **context: Any,
-    ) -> fxp.Analysis:
-        """Assimilate `obs` into `forecast` with the adaptive EnKF-N inflation (see the class)."""
-        del key, context
-        inputs = prepare_analysis(forecast, obs, obs_op, obs_noise, name="EnKF_N.analysis")
+    def weights_and_transform(
+        self, inputs: AnalysisInputs, key: PRNGKeyArray | None
+    ) -> tuple[Float[Array, " N_e"], Float[Array, "N_e N_e"], dict[str, Any]]:
+        """The dual-form inflation ``l1`` (`enkf_n_inflation`), then the ETKF of ``l1 S``.
+
+        Returns ``(l1 w, l1 T, {"inflation": l1})``.
+        """
+        del key
         S = inputs.whitened_anomalies
         delta = inputs.whitened_innovation
         xN = jnp.asarray(self.xN, dtype=inputs.dtype)
         l1 = enkf_n_inflation(S, delta, xN, self.g)
         weights, transform = etkf_weights_and_transform(l1 * S, delta)
-        weights, transform = l1 * weights, l1 * transform
-        particles = apply_transform(inputs.forecast_mean, inputs.anomalies, weights, transform)
-        info = EnKFNInfo(
-            inflation=l1,
-            weights=weights,
-            transform=transform,
-            ensemble_transform=full_transform(weights, transform),
-            innovation=inputs.innovation,
-            n_obs=inputs.n_obs,
-        )
-        return fxp.Analysis(particles, inputs.log_likelihood, info)
+        return l1 * weights, l1 * transform, {"inflation": l1}

@@ -7,28 +7,26 @@ from typing import Any
 
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
-import lineax as lx
 from jax import lax
-from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+from jaxtyping import Array, Float, PRNGKeyArray
 
-import filterax.primitives as fxp
-
-from ._common import (
-    AnalysisInputs,
-    finish_transform_analysis,
-    prepare_analysis,
-    require_diagonal_noise,
-)
+from ._common import AnalysisInputs, require_diagonal_noise
+from ._transform_filter import AbstractTransformFilter
 from ._transforms import matmul
 
 
 def _noise_cholesky(inputs: AnalysisInputs) -> Array:
-    """A lower-triangular square root of the (masked) ``R``: ``sqrt`` if diagonal, else Cholesky."""
-    noise = inputs.noise
+    """A lower-triangular square root of the (masked) ``R``, as a dense matrix.
+
+    The whitening's root ``L`` when ``R = L L^T`` (diagonal: ``diag(sqrt(r))``; dense: its
+    Cholesky factor; a registered structure: its root, densified); with a low-rank residual
+    (``R = L (I + U~ U~^T) L^T``) the Cholesky factor of the dense ``R``.
+    """
+    whitening = inputs.whitener
     dtype = inputs.dtype
-    if inputs.noise_structure == "diagonal":
-        return jnp.diag(jnp.sqrt(jnp.asarray(lx.diagonal(noise), dtype=dtype)))
-    return jnp.linalg.cholesky(jnp.asarray(noise.as_matrix(), dtype=dtype))
+    if whitening.factor is None:
+        return whitening.root.mv(jnp.eye(inputs.n_obs_total, dtype=dtype))
+    return jnp.linalg.cholesky(jnp.asarray(inputs.noise.as_matrix(), dtype=dtype))
 
 
 def ensrf_batch_weights_and_transform(
@@ -58,7 +56,7 @@ def ensrf_batch_weights_and_transform(
     return weights, transform
 
 
-class EnSRF(fxp.AbstractSequentialFilter):
+class EnSRF(AbstractTransformFilter):
     r"""Batch ensemble square-root filter, left-multiplying form (Whitaker & Hamill 2002).
 
     Mean by the Kalman gain, anomalies by the reduced gain ``K~``:
@@ -102,20 +100,13 @@ class EnSRF(fxp.AbstractSequentialFilter):
         ```
     """
 
-    def analysis(
-        self,
-        key: PRNGKeyArray | None,
-        forecast: Float[ArrayLike, "N_e N_x"],
-        obs: Float[ArrayLike, " N_y"],
-        obs_op: Any,
-        obs_noise: Any,
-        **context: Any,
-    ) -> fxp.Analysis:
-        """Assimilate `obs` into `forecast` (see the class docstring)."""
-        del key, context
-        inputs = prepare_analysis(forecast, obs, obs_op, obs_noise, name="EnSRF.analysis")
+    def weights_and_transform(
+        self, inputs: AnalysisInputs, key: PRNGKeyArray | None
+    ) -> tuple[Float[Array, " N_e"], Float[Array, "N_e N_e"], dict[str, Any]]:
+        """`ensrf_batch_weights_and_transform` of the prepared inputs."""
+        del key
         weights, transform = ensrf_batch_weights_and_transform(inputs)
-        return finish_transform_analysis(inputs, weights, transform)
+        return weights, transform, {}
 
 
 def ensrf_serial_weights_and_transform(
@@ -149,7 +140,7 @@ def ensrf_serial_weights_and_transform(
     return weights, transform
 
 
-class EnSRF_Serial(fxp.AbstractSequentialFilter):
+class EnSRF_Serial(AbstractTransformFilter):
     r"""Serial ensemble square-root filter: scalar observations one at a time (Potter scheme).
 
     Each observation ``j`` (in index order) updates the mean and anomalies with its scalar
@@ -192,18 +183,11 @@ class EnSRF_Serial(fxp.AbstractSequentialFilter):
         ```
     """
 
-    def analysis(
-        self,
-        key: PRNGKeyArray | None,
-        forecast: Float[ArrayLike, "N_e N_x"],
-        obs: Float[ArrayLike, " N_y"],
-        obs_op: Any,
-        obs_noise: Any,
-        **context: Any,
-    ) -> fxp.Analysis:
-        """Assimilate `obs` into `forecast` (see the class docstring)."""
-        del key, context
-        inputs = prepare_analysis(forecast, obs, obs_op, obs_noise, name="EnSRF_Serial.analysis")
+    def weights_and_transform(
+        self, inputs: AnalysisInputs, key: PRNGKeyArray | None
+    ) -> tuple[Float[Array, " N_e"], Float[Array, "N_e N_e"], dict[str, Any]]:
+        """`ensrf_serial_weights_and_transform` of the whitened anomalies and innovation."""
+        del key
         require_diagonal_noise(
             inputs,
             "EnSRF_Serial",
@@ -212,4 +196,4 @@ class EnSRF_Serial(fxp.AbstractSequentialFilter):
         weights, transform = ensrf_serial_weights_and_transform(
             inputs.whitened_anomalies, inputs.whitened_innovation
         )
-        return finish_transform_analysis(inputs, weights, transform)
+        return weights, transform, {}

@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import jax.numpy as jnp
-from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+from jaxtyping import Array, Float, PRNGKeyArray
 
-import filterax.primitives as fxp
-
-from ._common import finish_transform_analysis, prepare_analysis
+from ._common import AnalysisInputs
+from ._transform_filter import AbstractTransformFilter
 from ._transforms import matmul, mean_preserving_basis, sqrt_transform
 
 
@@ -32,7 +31,7 @@ def estkf_weights_and_transform(
     return weights, transform
 
 
-class ESTKF(fxp.AbstractSequentialFilter):
+class ESTKF(AbstractTransformFilter):
     r"""Error-subspace transform Kalman filter (Nerger, Janjić, Schröter & Hiller 2012).
 
     Works in the ``(N_e - 1)``-dimensional error subspace spanned by ``L = X^T Omega`` with
@@ -72,19 +71,12 @@ class ESTKF(fxp.AbstractSequentialFilter):
         ```
     """
 
-    def analysis(
-        self,
-        key: PRNGKeyArray | None,
-        forecast: Float[ArrayLike, "N_e N_x"],
-        obs: Float[ArrayLike, " N_y"],
-        obs_op: Any,
-        obs_noise: Any,
-        **context: Any,
-    ) -> fxp.Analysis:
-        """Assimilate `obs` into `forecast` (see the class docstring)."""
-        del key, context
-        inputs = prepare_analysis(forecast, obs, obs_op, obs_noise, name="ESTKF.analysis")
+    def weights_and_transform(
+        self, inputs: AnalysisInputs, key: PRNGKeyArray | None
+    ) -> tuple[Float[Array, " N_e"], Float[Array, "N_e N_e"], dict[str, Any]]:
+        """`estkf_weights_and_transform` of the whitened anomalies and innovation."""
+        del key
         weights, transform = estkf_weights_and_transform(
             inputs.whitened_anomalies, inputs.whitened_innovation
         )
-        return finish_transform_analysis(inputs, weights, transform)
+        return weights, transform, {}

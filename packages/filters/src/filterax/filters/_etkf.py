@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+from jaxtyping import Array, Float, PRNGKeyArray
 
-import filterax.primitives as fxp
-
-from ._common import finish_transform_analysis, prepare_analysis
+from ._common import AnalysisInputs
+from ._transform_filter import AbstractTransformFilter
 from ._transforms import matmul, sqrt_transform
 
 
@@ -26,7 +25,7 @@ def etkf_weights_and_transform(
     return weights, transform
 
 
-class ETKF(fxp.AbstractSequentialFilter):
+class ETKF(AbstractTransformFilter):
     r"""Ensemble transform Kalman filter, symmetric square root (Bishop 2001; Hunt et al. 2007).
 
     With anomalies ``X'``, whitened normalised observed anomalies
@@ -52,8 +51,9 @@ class ETKF(fxp.AbstractSequentialFilter):
     `obs` are skipped exactly (same result as assimilating the observed subset). Cost
     ``O(N_e^2 N_y + min(N_e, N_y)^3 + N_e^2 N_x)`` for diagonal ``R``.
 
-    **Arguments:** none (a stateless, deterministic filter). `analysis` takes
-    ``(key, forecast, obs, obs_op, obs_noise, **context)``; `key` is unused (may be ``None``)
+    **Arguments:** none (a stateless, deterministic filter). `analysis` (from
+    `AbstractTransformFilter`) takes ``(key, forecast, obs, obs_op, obs_noise, **context)``;
+    `obs_op` is a callable, a lineax operator or a matrix; `key` is unused (may be ``None``)
     and `context` is ignored.
 
     **Returns** (of `analysis`): `fxp.Analysis(particles, log_likelihood, info)` with
@@ -78,19 +78,12 @@ class ETKF(fxp.AbstractSequentialFilter):
         ```
     """
 
-    def analysis(
-        self,
-        key: PRNGKeyArray | None,
-        forecast: Float[ArrayLike, "N_e N_x"],
-        obs: Float[ArrayLike, " N_y"],
-        obs_op: Any,
-        obs_noise: Any,
-        **context: Any,
-    ) -> fxp.Analysis:
-        """Assimilate `obs` into `forecast` (see the class docstring)."""
-        del key, context
-        inputs = prepare_analysis(forecast, obs, obs_op, obs_noise, name="ETKF.analysis")
+    def weights_and_transform(
+        self, inputs: AnalysisInputs, key: PRNGKeyArray | None
+    ) -> tuple[Float[Array, " N_e"], Float[Array, "N_e N_e"], dict[str, Any]]:
+        """`etkf_weights_and_transform` of the whitened anomalies and innovation."""
+        del key
         weights, transform = etkf_weights_and_transform(
             inputs.whitened_anomalies, inputs.whitened_innovation
         )
-        return finish_transform_analysis(inputs, weights, transform)
+        return weights, transform, {}

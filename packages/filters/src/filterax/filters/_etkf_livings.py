@@ -4,23 +4,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from jaxtyping import ArrayLike, Float, PRNGKeyArray
+from jaxtyping import Array, Float, PRNGKeyArray
 
 import filterax.primitives as fxp
 
-from ._common import finish_transform_analysis, prepare_analysis, require_key
+from ._common import AnalysisInputs, require_key
 from ._etkf import etkf_weights_and_transform
-from ._transforms import matmul, random_mean_preserving_rotation
+from ._transform_filter import AbstractTransformFilter
+from ._transforms import matmul
 
 
-class ETKF_Livings(fxp.AbstractSequentialFilter):
+class ETKF_Livings(AbstractTransformFilter):
     r"""ETKF with a random, mean-preserving orthogonal rotation of the analysis anomalies.
 
     $$X'^a = \Theta\, T X', \qquad \Theta^\top\Theta = I, \quad \Theta\mathbf 1 = \mathbf 1,
-    \quad \Theta = \tfrac1{N_e}\mathbf 1\mathbf 1^\top + \Omega Q \Omega^\top,$$
+    \quad \Theta = \tfrac1{N_e}\mathbf 1\mathbf 1^\top + V Q V^\top,$$
 
-    with ``T`` the symmetric ETKF transform, ``Omega`` an orthonormal basis of ``1^\perp`` and
-    ``Q`` Haar-distributed on ``O(N_e - 1)`` (drawn from `key`). The analysis mean and sample
+    with ``T`` the symmetric ETKF transform, ``V`` an orthonormal basis of ``1^\perp`` and
+    ``Q`` Haar-distributed on ``O(N_e - 1)`` (drawn from `key`): `fxp.random_rotation`, the
+    same rotation as ``assimilate(..., rotate=True)``. The analysis mean and sample
     covariance are those of the ETKF (``Theta`` is orthogonal and keeps the anomalies centred:
     Livings et al. 2008 show a transform must have ``1`` as an eigenvector to stay unbiased),
     while the individual members differ. Rotating every cycle breaks the ETKF's tendency to
@@ -53,21 +55,13 @@ class ETKF_Livings(fxp.AbstractSequentialFilter):
         ```
     """
 
-    def analysis(
-        self,
-        key: PRNGKeyArray | None,
-        forecast: Float[ArrayLike, "N_e N_x"],
-        obs: Float[ArrayLike, " N_y"],
-        obs_op: Any,
-        obs_noise: Any,
-        **context: Any,
-    ) -> fxp.Analysis:
-        """Assimilate `obs` into `forecast` and rotate (see the class docstring)."""
-        del context
+    def weights_and_transform(
+        self, inputs: AnalysisInputs, key: PRNGKeyArray | None
+    ) -> tuple[Float[Array, " N_e"], Float[Array, "N_e N_e"], dict[str, Any]]:
+        """The ETKF ``(w, T)`` with ``T`` rotated by `fxp.random_rotation` drawn from `key`."""
         key = require_key(key, "ETKF_Livings.analysis (random rotation)")
-        inputs = prepare_analysis(forecast, obs, obs_op, obs_noise, name="ETKF_Livings.analysis")
         weights, transform = etkf_weights_and_transform(
             inputs.whitened_anomalies, inputs.whitened_innovation
         )
-        rotation = random_mean_preserving_rotation(key, inputs.n_ensemble, inputs.dtype)
-        return finish_transform_analysis(inputs, weights, matmul(rotation, transform))
+        rotation = fxp.random_rotation(key, inputs.n_ensemble, inputs.dtype)
+        return weights, matmul(rotation, transform), {}

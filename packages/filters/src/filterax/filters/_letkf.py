@@ -14,11 +14,11 @@ from jax.sharding import Mesh
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
 import filterax.primitives as fxp
+from filterax.primitives import matmul, symmetric_matrix_function
 
 from ._common import prepare_analysis, require_diagonal_noise
 from ._local import SELECTION_MODES, ObsSelector, safe_sqrt
 from ._sharding import map_over_grid, mesh_axes
-from ._transforms import matmul, symmetric_matrix_function
 
 __all__ = ["LETKF", "LETKFInfo", "letkf_local_update"]
 
@@ -54,8 +54,9 @@ def letkf_local_update(
     $$T a = a + S\, g(G)\, S^\top a,\qquad w^\top a = \delta^\top (I + G)^{-1} S^\top a,$$
 
     (``g(l) = ((1 + l)^{-1/2} - 1)/l``, the push-through identity); otherwise on the
-    ``N_e x N_e`` matrix ``S S^T``. Both use the gradient-safe spectral function of
-    `_transforms` (finite derivatives at repeated eigenvalues, which tapering to zero creates).
+    ``N_e x N_e`` matrix ``S S^T``. Both use the gradient-safe spectral function
+    `filterax.primitives.symmetric_matrix_function` (finite derivatives at repeated
+    eigenvalues, which tapering to zero creates).
     The choice is static (``L`` is a shape). On the ``N_e x N_e`` path ``T`` is computed by a
     coupled Newton–Schulz iteration (`method="newton"`, the default: batched matmuls, several
     times faster on CPU than a batched LAPACK `eigh` of small matrices) or by `eigh`
@@ -79,7 +80,7 @@ def letkf_local_update(
     if n_local < n_e:
         gram = matmul(S.T, S)
         u = matmul(S.T, anomaly)
-        core = symmetric_matrix_function(gram, "inv_sqrt_push")
+        core = symmetric_matrix_function(gram, "inv_sqrt_one_plus_push")
         transformed = anomaly + matmul(S, matmul(core, u))
         # (I + G)^{-1} = F^2 with F = (I + G)^{-1/2} = I + G g(G): reuse the one eigh. (A
         # separate batched Cholesky would also be independent of it, and two concurrent
@@ -87,7 +88,7 @@ def letkf_local_update(
         inv_sqrt = jnp.eye(n_local, dtype=dtype) + matmul(gram, core)
         mean_weight = jnp.dot(delta, matmul(inv_sqrt, matmul(inv_sqrt, u)))
     else:
-        transform = symmetric_matrix_function(matmul(S, S.T), "inv_sqrt", method)
+        transform = symmetric_matrix_function(matmul(S, S.T), "inv_sqrt_one_plus", method)
         transformed = matmul(transform, anomaly)
         # w^T a = (S delta)^T T^2 a (T symmetric): reuses T a.
         mean_weight = jnp.dot(matmul(S, delta), matmul(transform, transformed))

@@ -17,9 +17,10 @@ D_{ij} = \frac{f(\lambda_i) - f(\lambda_j)}{\lambda_i - \lambda_j}\ (\lambda_i \
 \quad D_{ii} = f'(\lambda_i).$$
 
 Only the *eigenvalue divided differences* appear, never ``1 / (lambda_i - lambda_j)`` on its
-own. `symmetric_matrix_function` is a `jax.custom_jvp` that returns exactly this derivative,
-and for the two functions the filters need the divided differences have closed forms with no
-cancellation (write ``a = sqrt(1 + lambda)``):
+own. `filterax.primitives.symmetric_matrix_function` is the one `jax.custom_jvp` that returns
+exactly this derivative, and for the two functions the filters need (kinds
+``"inv_sqrt_one_plus"`` and ``"inv_sqrt_one_plus_push"``) the divided differences have closed
+forms with no cancellation (write ``a = sqrt(1 + lambda)``):
 
 - ``f(l) = (1 + l)^{-1/2}``: ``D_ij = -1 / (a_i a_j (a_i + a_j))``;
 - ``g(l) = ((1 + l)^{-1/2} - 1) / l = -1 / (a (1 + a))`` (the "push-through" function):
@@ -51,159 +52,22 @@ Szunyogh (2007), *Physica D* 230; Nerger et al. (2012), *MWR* 140; Livings, Danc
 
 from __future__ import annotations
 
-import functools
 import math
-from typing import Literal
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
-from jax import lax
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, Float
 
-_HIGHEST = lax.Precision.HIGHEST
+from filterax.primitives import matmul, symmetric_matrix_function
 
-SpectralKind = Literal["inv_sqrt", "inv_sqrt_push"]
-
-
-def matmul(a: Array, b: Array) -> Array:
-    # Explicit precision: on GPUs the default may be TF32, far too coarse for covariances.
-    return jnp.matmul(a, b, precision=_HIGHEST)
-
-
-def _values(kind: str, lam: Array) -> Array:
-    # f and g are analytic on lambda > -1; the clamp only keeps round-off in a near-singular
-    # Gram matrix from ever reaching the branch point (inputs are PSD, so it is inactive).
-    a = jnp.sqrt(1.0 + jnp.maximum(lam, -0.5))
-    if kind == "inv_sqrt":
-        return 1.0 / a
-    if kind == "inv_sqrt_push":
-        return -1.0 / (a * (1.0 + a))
-    raise ValueError(f"unknown spectral function kind {kind!r}.")
-
-
-def _divided_differences(kind: str, lam: Array) -> Array:
-    # f and g are analytic on lambda > -1; the clamp only keeps round-off in a near-singular
-    # Gram matrix from ever reaching the branch point (inputs are PSD, so it is inactive).
-    a = jnp.sqrt(1.0 + jnp.maximum(lam, -0.5))
-    ai, aj = a[:, None], a[None, :]
-    if kind == "inv_sqrt":
-        return -1.0 / (ai * aj * (ai + aj))
-    if kind == "inv_sqrt_push":
-        return (1.0 + ai + aj) / ((ai + aj) * ai * (1.0 + ai) * aj * (1.0 + aj))
-    raise ValueError(f"unknown spectral function kind {kind!r}.")
-
-
-def _symmetrise(m: Array) -> Array:
-    return 0.5 * (m + m.T)
-
-
-def _newton_schulz_inv_sqrt(m: Array) -> Array:
-    # Coupled Newton-Schulz iteration (Higham 2008, eq. (6.35), stable unlike the uncoupled
-    # one for condition numbers > ~2.4) for A^{1/2}, A^{-1/2} with A = alpha^2 (I + M):
-    #   P = (3I - Z Y)/2,  Y <- Y P,  Z <- P Z,  Y_0 = A, Z_0 = I.
-    # With b = ||M||_F >= lambda_max(M) (M is PSD) and alpha^2 = 2 / (2 + b) the spectrum of A
-    # lies in [2/(2+b), 2(1+b)/(2+b)], inside (0, 2), where the iteration converges (any b;
-    # quadratically once ||I - Z Y|| < 1; about log_{2.25}(b) + 4 steps). Stop once
-    # max|I - Z Y| <= sqrt(eps) and take one last Z-step: error ~ 0.75 (sqrt(eps))^2 < eps.
-    # Three batched matmuls a step: for small matrices far cheaper on CPU than LAPACK syevd,
-    # whose per-matrix cost dominates batched `eigh` (LETKF: one N_e x N_e matrix per point).
-    n = m.shape[-1]
-    dtype = m.dtype
-    eye = jnp.eye(n, dtype=dtype)
-    m = _symmetrise(m)
-    b = jnp.sqrt(jnp.sum(m * m))
-    alpha2 = 2.0 / (2.0 + b)
-    a = alpha2 * (eye + m)
-    stop = math.sqrt(float(jnp.finfo(dtype).eps))
-
-    def error(w: Array) -> Array:
-        return jnp.max(jnp.abs(w - eye))
-
-    def cond(state):
-        _, _, w, k = state
-        # NaN input: the comparison is False and the loop ends (NaN propagates to the output).
-        return (error(w) > stop) & (k < _NEWTON_MAX_STEPS)
-
-    def body(state):
-        y, z, w, k = state
-        p = 1.5 * eye - 0.5 * w
-        y, z = matmul(y, p), matmul(p, z)
-        return y, z, matmul(z, y), k + 1
-
-    _, z, w, _ = lax.while_loop(cond, body, (a, eye, a, jnp.zeros((), jnp.int32)))
-    z = matmul(1.5 * eye - 0.5 * w, z)
-    return jnp.sqrt(alpha2) * _symmetrise(z)
-
-
-# Enough for b up to ~1e20 (the smallest eigenvalue of A grows by ~2.25 a step).
-_NEWTON_MAX_STEPS = 80
-
-SpectralMethod = Literal["eigh", "newton"]
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
-def _spectral(kind: str, method: str, m: Array) -> Array:
-    if method == "newton":
-        if kind != "inv_sqrt":
-            raise ValueError(f"method='newton' supports kind='inv_sqrt' only; got {kind!r}.")
-        return _newton_schulz_inv_sqrt(m)
-    lam, u = jnp.linalg.eigh(_symmetrise(m), symmetrize_input=False)
-    return matmul(u * _values(kind, lam)[None, :], u.T)
-
-
-@_spectral.defjvp
-def _spectral_jvp(kind: str, method: str, primals: tuple[Array], tangents: tuple[Array]):
-    # Whatever computed the primal, the derivative is Daleckii-Krein's from one eigh: the
-    # Newton-Schulz loop (a while_loop) is never differentiated, so it is gradient-safe.
-    del method
-    (m,), (dm,) = primals, tangents
-    lam, u = jnp.linalg.eigh(_symmetrise(m), symmetrize_input=False)
-    out = matmul(u * _values(kind, lam)[None, :], u.T)
-    inner = matmul(u.T, matmul(_symmetrise(dm), u))
-    dout = matmul(u, matmul(_divided_differences(kind, lam) * inner, u.T))
-    return out, dout
-
-
-def symmetric_matrix_function(
-    m: Float[Array, "n n"], kind: SpectralKind = "inv_sqrt", method: SpectralMethod = "eigh"
-) -> Float[Array, "n n"]:
-    r"""A gradient-safe function of a symmetric positive-semidefinite matrix.
-
-    $$F(M) = U f(\Lambda) U^\top, \quad M = U \Lambda U^\top,$$
-
-    with ``f(l) = (1 + l)^{-1/2}`` (`kind="inv_sqrt"`) or
-    ``g(l) = ((1 + l)^{-1/2} - 1) / l`` (`kind="inv_sqrt_push"`, continuous at ``l = 0``
-    where ``g = -1/2``). The derivative is the Daleckii–Krein formula with closed-form divided
-    differences (see the module docstring), so it is finite and exact even when ``M`` has
-    repeated eigenvalues; a plain `eigh` gives NaN there.
-
-    **Arguments:**
-
-    - `m`: a symmetric PSD matrix (it is symmetrised; the functions are analytic for
-        eigenvalues > -1, so round-off below zero is harmless).
-    - `kind`: which function (static).
-    - `method`: how the value is computed (static): ``"eigh"`` (default), or ``"newton"``
-        (``kind="inv_sqrt"`` only): a coupled Newton–Schulz iteration run to round-off
-        (``lax.while_loop``, three matmuls a step, about ``log(||M||) + 4`` steps), much faster
-        than a batched `eigh` of many small matrices on CPU. Derivatives are the same
-        eigh-based Daleckii–Krein JVP for both methods (the loop is never differentiated).
-
-    **Returns:** ``F(M)``, same shape.
-
-    **Reference:** Daleckii & Krein (1965); Higham (2008), *Functions of Matrices*, Thm 3.11.
-
-    !!! Example
-
-        ```python
-        import jax, jax.numpy as jnp
-        from filterax.filters._transforms import symmetric_matrix_function
-
-        m = jnp.zeros((3, 3))  # triple eigenvalue 0: eigh's own gradient is NaN here
-        jax.grad(lambda t: symmetric_matrix_function(t * m + t * jnp.eye(3)).sum())(1.0)
-        ```
-    """
-    return _spectral(kind, method, m)
+__all__ = [
+    "TransformInfo",
+    "apply_transform",
+    "full_transform",
+    "matmul",
+    "mean_preserving_basis",
+    "sqrt_transform",
+]
 
 
 def sqrt_transform(S: Float[Array, "N_e m"]) -> Float[Array, "N_e N_e"]:
@@ -212,8 +76,10 @@ def sqrt_transform(S: Float[Array, "N_e m"]) -> Float[Array, "N_e N_e"]:
     $$T = \begin{cases} I + S\, g(S^\top S)\, S^\top & m < N_e \\
     f(S S^\top) & m \ge N_e \end{cases}$$
 
-    with ``f``, ``g`` as in `symmetric_matrix_function`. Eigen-work is on the smaller of the
-    two Gram matrices, ``min(m, N_e)^3``, and gradients are finite at repeated singular values.
+    with ``f(l) = (1 + l)^{-1/2}`` and ``g(l) = (f(l) - 1)/l`` the kinds
+    ``"inv_sqrt_one_plus"`` / ``"inv_sqrt_one_plus_push"`` of
+    `filterax.primitives.symmetric_matrix_function`. Eigen-work is on the smaller of the two
+    Gram matrices, ``min(m, N_e)^3``, and gradients are finite at repeated singular values.
 
     **Arguments:**
 
@@ -224,12 +90,22 @@ def sqrt_transform(S: Float[Array, "N_e m"]) -> Float[Array, "N_e N_e"]:
 
     **Reference:** Hunt, Kostelich & Szunyogh (2007), eq. (24); DAPPER ``EnKF_analysis``
     (``upd_a="Sqrt"``, ``'svd'`` branch): ``T = (V * d**(-0.5)) @ V.T * sqrt(N1)``.
+
+    !!! Example
+
+        ```python
+        import jax
+        from filterax.filters import sqrt_transform
+
+        S = jax.random.normal(jax.random.key(0), (10, 3))
+        T = sqrt_transform(S - S.mean(axis=0))  # (10, 10), T @ 1 = 1
+        ```
     """
     n_e, m = S.shape
     if m < n_e:
-        core = symmetric_matrix_function(matmul(S.T, S), "inv_sqrt_push")
+        core = symmetric_matrix_function(matmul(S.T, S), "inv_sqrt_one_plus_push")
         return jnp.eye(n_e, dtype=S.dtype) + matmul(S, matmul(core, S.T))
-    return symmetric_matrix_function(matmul(S, S.T), "inv_sqrt")
+    return symmetric_matrix_function(matmul(S, S.T), "inv_sqrt_one_plus")
 
 
 def apply_transform(
@@ -251,6 +127,17 @@ def apply_transform(
     **Returns:** the ``(N_e, N_x)`` analysis ensemble.
 
     **Reference:** DAPPER ``EnKF_analysis``: ``E = mu + w @ A + T @ A``.
+
+    !!! Example
+
+        ```python
+        import jax.numpy as jnp
+        from filterax.filters import apply_transform
+
+        X = jnp.arange(6.0).reshape(3, 2)
+        mean = X.mean(axis=0)
+        apply_transform(mean, X - mean, jnp.zeros(3), jnp.eye(3))  # == X
+        ```
     """
     n_e = anomalies.shape[0]
     mean_a = mean + matmul(weights, anomalies) / math.sqrt(n_e - 1)
@@ -267,6 +154,22 @@ def full_transform(
     \mathbf 1^\top.$$
 
     Smoothers apply the same ``E`` to lagged ensembles (the EnKS / "ensemble transform" view).
+
+    **Arguments:** `weights` ``w`` and `transform` ``T`` as in `apply_transform`.
+
+    **Returns:** ``E``, ``(N_e, N_e)``.
+
+    **Reference:** Evensen & van Leeuwen (2000), *MWR* 128 (the EnKS as a right-multiplication);
+    DAPPER ``EnKS`` applies the same ``T`` to the lagged ensembles.
+
+    !!! Example
+
+        ```python
+        import jax.numpy as jnp
+        from filterax.filters import full_transform
+
+        full_transform(jnp.zeros(3), jnp.eye(3))  # identity: no update
+        ```
     """
     n_e = transform.shape[0]
     dtype = transform.dtype
@@ -292,20 +195,6 @@ def mean_preserving_basis(n: int, dtype) -> Float[Array, "n n_minus_1"]:
     top = jnp.eye(n - 1, dtype=dtype) - c
     bottom = jnp.full((1, n - 1), -1.0 / math.sqrt(n), dtype=dtype)
     return jnp.concatenate([top, bottom], axis=0)
-
-
-def random_mean_preserving_rotation(key: PRNGKeyArray, n: int, dtype) -> Float[Array, "n n"]:
-    r"""A Haar-random orthogonal ``n x n`` matrix ``Theta`` with ``Theta 1 = 1``.
-
-    $$\Theta = \tfrac1n \mathbf 1 \mathbf 1^\top + \Omega\, Q\, \Omega^\top, \qquad
-    Q \sim \mathrm{Haar}(O(n-1)).$$
-
-    **Reference:** Livings, Dance & Nichols (2008); DAPPER ``genOG_1`` (``V @ block_diag(1, Q)
-    @ V.T`` with ``V`` a basis whose first vector is ``1/sqrt(n)``).
-    """
-    omega = mean_preserving_basis(n, dtype)
-    q = jax.random.orthogonal(key, n - 1, dtype=dtype)
-    return jnp.full((n, n), 1.0 / n, dtype=dtype) + matmul(omega, matmul(q, omega.T))
 
 
 class TransformInfo(eqx.Module):

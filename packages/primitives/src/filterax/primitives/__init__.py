@@ -36,7 +36,20 @@ from ._statistics import (
     ensemble_covariance as ensemble_covariance,
     ensemble_mean as ensemble_mean,
 )
-from ._lowrank import LowRankUpdate as LowRankUpdate, Woodbury as Woodbury
+from ._lowrank import (
+    LowRankUpdate as LowRankUpdate,
+    Woodbury as Woodbury,
+    WoodburySolver as WoodburySolver,
+)
+from ._whitening import (
+    AbstractNoiseRoot as AbstractNoiseRoot,
+    CholeskyRoot as CholeskyRoot,
+    DiagonalRoot as DiagonalRoot,
+    Whitening as Whitening,
+    noise_whitening as noise_whitening,
+    whitened_noise_sample as whitened_noise_sample,
+    whitened_noise_solve as whitened_noise_solve,
+)
 from ._noise import (
     NoiseLike as NoiseLike,
     as_noise_operator as as_noise_operator,
@@ -103,7 +116,15 @@ from ._inflation import (
 from ._validation import concrete_value as concrete_value
 from ._rotation import random_rotation as random_rotation, rotate_ensemble as rotate_ensemble
 from ._shrinkage import ledoit_wolf_shrinkage as ledoit_wolf_shrinkage
-from ._spectral import inverse_sqrt_one_plus as inverse_sqrt_one_plus
+from ._linalg import matmul as matmul
+from ._spectral import (
+    SpectralKind as SpectralKind,
+    default_pinv_rcond as default_pinv_rcond,
+    inverse_sqrt_one_plus as inverse_sqrt_one_plus,
+    pinv_psd as pinv_psd,
+    sqrt_psd as sqrt_psd,
+    symmetric_matrix_function as symmetric_matrix_function,
+)
 from ._patches import (
     Patches as Patches,
     assign_obs_to_patches as assign_obs_to_patches,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import lineax as lx
 import numpy as np
@@ -13,7 +12,8 @@ from ._lowrank import LowRankUpdate, Woodbury
 from ._missing import mask_anomalies, mask_noise, observation_mask
 from ._noise import _DENSE_TAGS, NoiseLike, _noise_diagonal, as_noise_operator, noise_structure
 from ._statistics import ensemble_anomalies
-from ._validation import check_ensemble, check_same_members, check_vector
+from ._validation import check_ensemble, check_same_members, check_vector, concrete_value
+from ._whitening import noise_whitening
 
 _HIGHEST = lax.Precision.HIGHEST
 
@@ -33,15 +33,15 @@ def _require_positive_definite(noise: lx.AbstractLinearOperator) -> None:
     Traced values cannot be inspected at trace time and pass through.
     """
     structure = noise_structure(noise)
-    try:
-        if structure == "diagonal":
-            values = np.asarray(_noise_diagonal(noise))
-        elif structure == "low_rank":
-            assert isinstance(noise, LowRankUpdate)
-            values = np.asarray(_require_positive_diagonal(noise))
-        else:
-            values = np.linalg.eigvalsh(np.asarray(noise.as_matrix()))
-    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+    if structure == "diagonal":
+        values = concrete_value(_noise_diagonal(noise))
+    elif structure == "low_rank":
+        assert isinstance(noise, LowRankUpdate)
+        values = concrete_value(_require_positive_diagonal(noise))
+    else:
+        values = concrete_value(noise.as_matrix())
+        values = None if values is None else np.linalg.eigvalsh(values)
+    if values is None:
         return
     if np.any(values <= 0):
         raise ValueError(
@@ -78,22 +78,12 @@ def _innovation_woodbury(
 ) -> Woodbury:
     """Factorise ``S = A^T A + R`` as ``L (I + W W^T) L^T`` with ``A`` leading the factor.
 
-    Diagonal ``R``: ``L = sqrt(R)``, ``F = A^T``. Low-rank ``R = D + U U^T``: ``L = sqrt(D)``,
-    ``F = [A^T, U]``. Dense ``R``: ``L = chol(R)``, ``F = A^T``. The first ``N_e`` columns of
-    ``F`` are always the ensemble's, which `Woodbury.gain_rows` relies on.
+    ``R = L (I + U~ U~^T) L^T`` is the noise's `Whitening` (chosen by operator type through the
+    `noise_whitening` registry: diagonal, low-rank plus diagonal, dense, or any registered
+    structure), and ``W = [L^{-1} A^T, U~]``. The first ``N_e`` columns of ``W`` are always the
+    ensemble's, which `Woodbury.gain_rows` relies on.
     """
-    dtype = anomalies.dtype
-    structure = noise_structure(noise)
-    if structure == "diagonal":
-        d = _noise_diagonal(noise).astype(dtype)
-        return Woodbury.build(anomalies.T, sqrt_diag=jnp.sqrt(d))
-    if structure == "low_rank":
-        assert isinstance(noise, LowRankUpdate)
-        d = _require_positive_diagonal(noise).astype(dtype)
-        factor = jnp.concatenate([anomalies.T, noise.factor.astype(dtype)], axis=1)
-        return Woodbury.build(factor, sqrt_diag=jnp.sqrt(d))
-    matrix = jnp.asarray(noise.as_matrix(), dtype=dtype)
-    return Woodbury.build(anomalies.T, chol=jnp.linalg.cholesky(matrix))
+    return Woodbury.from_whitening(noise_whitening(noise, anomalies.dtype), anomalies.T)
 
 
 def _innovation_operator(

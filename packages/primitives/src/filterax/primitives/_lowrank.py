@@ -8,22 +8,26 @@ determinant lemma instead of ``O(n^3)``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 import lineax as lx
 from jax import lax
-from jaxtyping import Array, ArrayLike, Float, Scalar
+from jaxtyping import Array, ArrayLike, Float, PyTree, Scalar
 
+from ._linalg import matmul as _matmul
+from ._spectral import symmetric_matrix_function
 from ._validation import check_nonnegative
-
-_HIGHEST = lax.Precision.HIGHEST
-
-
-def _matmul(a: Array, b: Array) -> Array:
-    # Explicit precision: on GPUs the default may be TF32, far too coarse for covariances.
-    return jnp.matmul(a, b, precision=_HIGHEST)
+from ._whitening import (
+    AbstractNoiseRoot,
+    CholeskyRoot,
+    DiagonalRoot,
+    Whitening,
+    noise_whitening,
+)
 
 
 def _float_dtype(*arrays: ArrayLike) -> jnp.dtype:
@@ -45,9 +49,11 @@ class LowRankUpdate(lx.AbstractLinearOperator):
     d \in \mathbb{R}^n_{\ge 0}.$$
 
     It is a genuine `lineax` operator (`mv`, `as_matrix`, `transpose`, all structural
-    queries; `lx.linear_solve` works on it through a dense Cholesky), and adds structure-aware
-    `logdet` (matrix determinant lemma) and `solve` (Woodbury identity), both
-    ``O(n k^2 + k^3)`` and never forming an ``n x n`` matrix. The sample covariance of an
+    queries), and adds structure-aware `logdet` (matrix determinant lemma) and `solve`
+    (Woodbury identity), both ``O(n k^2 + k^3)`` and never forming an ``n x n`` matrix.
+    `lx.linear_solve(op, b, solver=WoodburySolver())` uses the same Woodbury solve (and is
+    differentiable through lineax); lineax's default `AutoLinearSolver` cannot be taught new
+    structures and would densify it (Cholesky). The sample covariance of an
     ensemble is ``LowRankUpdate(X'^T / sqrt(N_e - 1))``; the innovation covariance with diagonal
     noise is ``LowRankUpdate(Y'^T / sqrt(N_e - 1), r)``.
 
@@ -72,12 +78,12 @@ class LowRankUpdate(lx.AbstractLinearOperator):
         ```python
         import jax.numpy as jnp
         import lineax as lx
-        from filterax.primitives import LowRankUpdate
+        from filterax.primitives import LowRankUpdate, WoodburySolver
 
         op = LowRankUpdate(jnp.ones((5, 2)), jnp.full(5, 0.5))
         op.mv(jnp.ones(5))                    # (diag(d) + U U^T) @ 1
         op.logdet(), op.solve(jnp.ones(5))    # O(n k^2) via Woodbury
-        lx.linear_solve(op, jnp.ones(5)).value  # same solve through lineax (dense Cholesky)
+        lx.linear_solve(op, jnp.ones(5), solver=WoodburySolver()).value  # same, via lineax
         ```
     """
 
@@ -200,30 +206,24 @@ class LowRankUpdate(lx.AbstractLinearOperator):
         return self.woodbury().solve(b)
 
 
-def _whiten(x: Array, sqrt_diag: Array | None, chol: Array | None) -> Array:
-    if sqrt_diag is not None:
-        scale = sqrt_diag if x.ndim == 1 else sqrt_diag[:, None]
-        return x / scale
-    return jsl.solve_triangular(chol, x, lower=True)
-
-
 class Woodbury(eqx.Module):
     r"""A factorised ``S = L (I + W W^T) L^T``, ready for solves, log-determinants and whitening.
 
     $$S = L L^\top + F F^\top = L (I_n + W W^\top) L^\top, \qquad W = L^{-1} F,$$
 
-    with ``L`` diagonal (``sqrt_diag``) or lower-triangular (``chol``) and ``cap_chol`` the
-    lower Cholesky factor of the ``k x k`` capacitance matrix ``I_k + W^T W``. Its eigenvalues
-    are ``>= 1``, so the factorisation is always well conditioned and differentiable, and every
-    operation below costs ``O(n k^2 + k^3)`` on top of applying ``L^{-1}``. The gain and the
-    likelihood build one per analysis; filters (ETKF-style transforms, iterative smoothers) can
-    reuse it. Usually obtained from `LowRankUpdate.woodbury()` or `Woodbury.build`.
+    with ``L`` any `AbstractNoiseRoot` (diagonal ``sqrt_diag``, lower-triangular ``chol``, or a
+    registered structure's root) and ``cap_chol`` the lower Cholesky factor of the ``k x k``
+    capacitance matrix ``I_k + W^T W``. Its eigenvalues are ``>= 1``, so the factorisation is
+    always well conditioned and differentiable, and every operation below costs
+    ``O(n k^2 + k^3)`` on top of applying ``L^{-1}``. The gain and the likelihood build one per
+    analysis; filters (ETKF-style transforms, iterative smoothers) can reuse it. Usually
+    obtained from `LowRankUpdate.woodbury()`, `Woodbury.build` or `Woodbury.from_whitening`.
 
     **Arguments:** (of `Woodbury.build`)
 
     - `factor`: ``F``, shape ``(n, k)``.
-    - `sqrt_diag`: ``(n,)`` square roots of a positive diagonal ``L L^T``; or
-    - `chol`: ``(n, n)`` lower Cholesky factor ``L`` of a dense positive-definite ``L L^T``.
+    - exactly one of `sqrt_diag` (``(n,)`` square roots of a positive diagonal ``L L^T``),
+        `chol` (``(n, n)`` lower Cholesky factor ``L``) or `root` (an `AbstractNoiseRoot`).
 
     **Returns:** the factorisation, with methods `solve`, `logdet`, `inv_quad`, `whiten`,
     `gain_rows`, `inverse_diagonal` and `inv_sqrt`.
@@ -244,36 +244,60 @@ class Woodbury(eqx.Module):
 
     w: Array
     cap_chol: Array
-    sqrt_diag: Array | None = None
-    chol: Array | None = None
+    root: AbstractNoiseRoot
 
     @classmethod
     def build(
-        cls, factor: Array, *, sqrt_diag: Array | None = None, chol: Array | None = None
+        cls,
+        factor: Array,
+        *,
+        sqrt_diag: Array | None = None,
+        chol: Array | None = None,
+        root: AbstractNoiseRoot | None = None,
     ) -> Woodbury:
-        """Factorise ``L L^T + F F^T``, ``F = factor``, ``L = diag(sqrt_diag)`` or ``chol``."""
-        if (sqrt_diag is None) == (chol is None):
-            raise ValueError("Woodbury.build needs exactly one of `sqrt_diag` or `chol`.")
-        w = _whiten(factor, sqrt_diag, chol)
+        """Factorise ``L L^T + F F^T`` (``F = factor``; ``L``: `sqrt_diag`, `chol` or `root`)."""
+        given = [x is not None for x in (sqrt_diag, chol, root)]
+        if sum(given) != 1:
+            raise ValueError("Woodbury.build needs exactly one of `sqrt_diag`, `chol` or `root`.")
+        if sqrt_diag is not None:
+            root = DiagonalRoot(sqrt_diag)
+        elif chol is not None:
+            root = CholeskyRoot(chol)
+        assert root is not None
+        return cls.from_root(root, root.solve(factor))
+
+    @classmethod
+    def from_root(cls, root: AbstractNoiseRoot, w: Array) -> Woodbury:
+        """Factorise ``L (I + W W^T) L^T`` from ``L = root`` and the whitened factor ``W``."""
         k = w.shape[1]
         capacitance = jnp.eye(k, dtype=w.dtype) + _matmul(w.T, w)
-        cap_chol = jnp.linalg.cholesky(capacitance)
-        return cls(w, cap_chol, sqrt_diag, chol)
+        return cls(w, jnp.linalg.cholesky(capacitance), root)
+
+    @classmethod
+    def from_whitening(cls, whitening: Whitening, leading: Array) -> Woodbury:
+        r"""Factorise ``F F^T + R`` for ``R`` given by its `Whitening`.
+
+        $$F F^\top + R = L\big(I + [L^{-1}F,\ \tilde U][L^{-1}F,\ \tilde U]^\top\big)L^\top,$$
+
+        so the columns of ``W`` are the whitened `leading` ``(n, m)`` columns first, then the
+        noise's own residual ``U~`` (the gain relies on that order, see `gain_rows`).
+        """
+        w = whitening.root.solve(leading)
+        if whitening.factor is not None:
+            w = jnp.concatenate([w, whitening.factor.astype(w.dtype)], axis=1)
+        return cls.from_root(whitening.root, w)
 
     def whiten(self, x: Array) -> Array:
         """``L^{-1} x`` for ``x`` of shape ``(n,)`` or ``(n, m)``."""
-        return _whiten(x, self.sqrt_diag, self.chol)
+        return self.root.solve(x)
 
     def whiten_transpose(self, x: Array) -> Array:
         """``L^{-T} x`` for ``x`` of shape ``(n,)`` or ``(n, m)``."""
-        if self.sqrt_diag is not None:
-            return self.whiten(x)
-        return jsl.solve_triangular(self.chol, x, lower=True, trans=1)
+        return self.root.solve_transpose(x)
 
     def logdet_base(self) -> Scalar:
         """``log|L L^T|``."""
-        diag = self.sqrt_diag if self.sqrt_diag is not None else jnp.diagonal(self.chol)
-        return 2.0 * jnp.sum(jnp.log(diag))
+        return self.root.logdet()
 
     def logdet(self) -> Scalar:
         """``log|S| = log|L L^T| + log|I_k + W^T W|`` (matrix determinant lemma)."""
@@ -304,12 +328,16 @@ class Woodbury(eqx.Module):
         return jnp.sum(r * r) + jnp.sum(a * a)
 
     def inverse_diagonal(self) -> Array:
-        """``diag(S^{-1})`` in ``O(n k^2)`` (only for diagonal ``L``)."""
-        if self.sqrt_diag is None:
-            raise ValueError("inverse_diagonal needs a diagonal base (sqrt_diag).")
+        """``diag(S^{-1})`` in ``O(n k^2)`` (only for a diagonal ``L``, a `DiagonalRoot`)."""
+        if not isinstance(self.root, DiagonalRoot):
+            raise ValueError(
+                "Woodbury.inverse_diagonal needs a diagonal base (built with sqrt_diag=...); "
+                f"this one has a {type(self.root).__name__}. Use solve(jnp.eye(n)) instead."
+            )
+        sqrt_diag = self.root.sqrt_diag
         # diag(W (I + W^T W)^{-1} W^T) = row sums of squares of W cap_chol^{-T}.
         m = jsl.solve_triangular(self.cap_chol, self.w.T, lower=True)
-        return (1.0 - jnp.sum(m * m, axis=0)) / (self.sqrt_diag * self.sqrt_diag)
+        return (1.0 - jnp.sum(m * m, axis=0)) / (sqrt_diag * sqrt_diag)
 
     def gain_rows(self, n_rows: int) -> Array:
         """The first `n_rows` rows of ``F^T S^{-1} = (I + W^T W)^{-1} W^T L^{-1}``, ``(n_rows, n)``.
@@ -323,19 +351,88 @@ class Woodbury(eqx.Module):
     def inv_sqrt(self, v: Array) -> Array:
         r"""A whitening ``(I + W W^T)^{-1/2} L^{-1} v`` (``= S^{-1/2} v`` when ``L = c I``).
 
-        Uses ``(I + W W^T)^{-1/2} = I + W P f(\Lambda) P^T W^T`` with ``W^T W = P \Lambda P^T``
-        and ``f(s) = -1 / (sqrt(1 + s) (1 + sqrt(1 + s)))``, smooth at ``s = 0``. The symmetric
-        eigendecomposition has no useful derivative at repeated eigenvalues (always present
-        when ``k > n`` or the ensemble is rank deficient), so this is computed under
-        `lax.stop_gradient`: a diagnostic, not a training signal.
+        Uses ``(I + W W^T)^{-1/2} = I + W g(W^T W) W^T`` with the push-through function
+        ``g(s) = -1 / (sqrt(1 + s) (1 + sqrt(1 + s)))`` of `symmetric_matrix_function`
+        (``kind="inv_sqrt_one_plus_push"``). Computed under `lax.stop_gradient`: a diagnostic,
+        not a training signal.
         """
         w = lax.stop_gradient(self.w)
         z = lax.stop_gradient(self.whiten(v))
-        eigvals, eigvecs = jnp.linalg.eigh(_matmul(w.T, w))
-        root = jnp.sqrt(1.0 + jnp.maximum(eigvals, 0.0))
-        f = -1.0 / (root * (1.0 + root))
-        coeff = _matmul(eigvecs.T, _matmul(w.T, z))
-        return z + _matmul(w, _matmul(eigvecs, f * coeff))
+        core = symmetric_matrix_function(_matmul(w.T, w), "inv_sqrt_one_plus_push")
+        return z + _matmul(w, _matmul(core, _matmul(w.T, z)))
+
+
+class WoodburySolver(lx.AbstractLinearSolver):
+    r"""A lineax solver for `LowRankUpdate` by the Woodbury identity (no ``n x n`` matrix).
+
+    $$(D + UU^\top)^{-1} b = D^{-1}b - D^{-1}U(I_k + U^\top D^{-1}U)^{-1}U^\top D^{-1} b.$$
+
+    Use it as ``lx.linear_solve(op, b, solver=WoodburySolver())``: ``init`` factorises the
+    ``k x k`` capacitance once (`LowRankUpdate.woodbury`), ``compute`` costs ``O(n k)``, and
+    lineax differentiates the solve (JVP/VJP with respect to ``b`` and the operator) through
+    its own rules, reusing the state (the operator is symmetric, so ``transpose`` is free).
+    lineax's default `AutoLinearSolver` picks its solver from a fixed list of structural
+    predicates (diagonal, triangular, PSD -> Cholesky, ...) and cannot be extended, so without
+    this argument a `LowRankUpdate` is densified.
+
+    **Arguments:** none.
+
+    **Reference:** Woodbury (1950); lineax's ``AbstractLinearSolver`` protocol (``init``,
+    ``compute``, ``transpose``, ``conj``, ``assume_full_rank``).
+
+    !!! Example
+
+        ```python
+        import jax.numpy as jnp
+        import lineax as lx
+        from filterax.primitives import LowRankUpdate, WoodburySolver
+
+        op = LowRankUpdate(jnp.ones((1000, 3)), jnp.full(1000, 0.5))
+        x = lx.linear_solve(op, jnp.ones(1000), solver=WoodburySolver()).value
+        ```
+    """
+
+    def init(self, operator: lx.AbstractLinearOperator, options: dict[str, Any]) -> Woodbury:
+        del options
+        if not isinstance(operator, LowRankUpdate):
+            raise TypeError(
+                "WoodburySolver solves LowRankUpdate operators (diag(d) + U U^T) only; got "
+                f"{type(operator).__name__}. Use lx.AutoLinearSolver(well_posed=True) for "
+                "other operators."
+            )
+        return operator.woodbury()
+
+    def compute(
+        self, state: Woodbury, vector: PyTree[Array], options: dict[str, Any]
+    ) -> tuple[PyTree[Array], lx.RESULTS, dict[str, Any]]:
+        del options
+        return state.solve(vector), lx.RESULTS.successful, {}
+
+    def transpose(self, state: Woodbury, options: dict[str, Any]) -> tuple[Woodbury, dict]:
+        # diag(d) + U U^T is symmetric.
+        return state, options
+
+    def conj(self, state: Woodbury, options: dict[str, Any]) -> tuple[Woodbury, dict]:
+        # Real operator.
+        return state, options
+
+    def assume_full_rank(self) -> bool:
+        # A positive diagonal makes the operator positive definite (woodbury() checks it).
+        return True
+
+
+@noise_whitening.register(LowRankUpdate)
+def _(op: LowRankUpdate, dtype: Any = None) -> Whitening:
+    # R = diag(d) + U U^T = L (I + U~ U~^T) L^T with L = diag(sqrt(d)), U~ = L^{-1} U.
+    if op.diagonal is None:
+        raise ValueError(
+            "low-rank noise needs a positive diagonal to be whitened (U U^T alone is "
+            "singular). Pass filterax.primitives.low_rank_noise(factor, diagonal)."
+        )
+    dtype = op.factor.dtype if dtype is None else dtype
+    root = DiagonalRoot(jnp.sqrt(jnp.asarray(op.diagonal, dtype=dtype)))
+    factor = jnp.asarray(op.factor, dtype=dtype) * root.inv_sqrt_diag[:, None]
+    return Whitening.build(root, factor)
 
 
 # --- lineax registrations -------------------------------------------------------------------

@@ -15,12 +15,14 @@ values nor gradients (the `jnp.where` NaN-gradient trap) can be poisoned.
 
 from __future__ import annotations
 
+import functools
+
 import jax.numpy as jnp
 import lineax as lx
 from jaxtyping import Array, ArrayLike, Bool, Float
 
 from ._lowrank import LowRankUpdate
-from ._noise import _DENSE_TAGS, _noise_diagonal, noise_structure
+from ._noise import _DENSE_TAGS, _noise_diagonal
 from ._validation import check_vector
 
 
@@ -116,6 +118,7 @@ def mask_anomalies(
     return jnp.where(jnp.asarray(mask)[None, :], anomalies, jnp.zeros((), anomalies.dtype))
 
 
+@functools.singledispatch
 def mask_noise(
     noise: lx.AbstractLinearOperator, mask: Bool[ArrayLike, " N_y"]
 ) -> lx.AbstractLinearOperator:
@@ -124,7 +127,10 @@ def mask_noise(
     $$R_{ij} \leftarrow m_i m_j R_{ij} + (1 - m_i)\,\delta_{ij}.$$
 
     Structure is kept: diagonal ``-> d_i = 1``; `LowRankUpdate` ``-> U_{i,:} = 0, d_i = 1``;
-    dense ``->`` zero row/column with a unit diagonal entry.
+    dense ``->`` zero row/column with a unit diagonal entry. The rule is chosen by the
+    operator's type (a `functools.singledispatch` registry): register one for a new noise
+    structure with ``@mask_noise.register(MyOperator)`` to keep it structured (see
+    `noise_whitening`); unregistered types are masked in their dense form.
 
     **Arguments:**
 
@@ -145,23 +151,31 @@ def mask_noise(
         # diag([2., 1.])
         ```
     """
+    if not isinstance(noise, lx.AbstractLinearOperator):
+        raise TypeError(
+            f"mask_noise needs a lineax operator; got {type(noise).__name__}. Convert arrays with "
+            "filterax.primitives.as_noise_operator(noise, n) first."
+        )
     n = noise.in_size()
     check_vector(mask, "mask", n)
     mask = jnp.asarray(mask)
-    structure = noise_structure(noise)
-    if structure == "diagonal":
+    if lx.is_diagonal(noise):
         d = _noise_diagonal(noise)
         return lx.DiagonalLinearOperator(jnp.where(mask, d, jnp.ones((), d.dtype)))
-    if structure == "low_rank":
-        assert isinstance(noise, LowRankUpdate)
-        factor = jnp.where(mask[:, None], noise.factor, jnp.zeros((), noise.factor.dtype))
-        one = jnp.ones((), noise.factor.dtype)
-        if noise.diagonal is None:
-            diagonal = jnp.where(mask, jnp.zeros((), one.dtype), one)
-        else:
-            diagonal = jnp.where(mask, noise.diagonal, one)
-        return LowRankUpdate(factor, diagonal)
     matrix = noise.as_matrix()
     keep = mask[:, None] & mask[None, :]
     eye = jnp.eye(n, dtype=matrix.dtype)
     return lx.MatrixLinearOperator(jnp.where(keep, matrix, eye), _DENSE_TAGS)
+
+
+@mask_noise.register(LowRankUpdate)
+def _(noise: LowRankUpdate, mask: Bool[ArrayLike, " N_y"]) -> LowRankUpdate:
+    check_vector(mask, "mask", noise.in_size())
+    mask = jnp.asarray(mask)
+    factor = jnp.where(mask[:, None], noise.factor, jnp.zeros((), noise.factor.dtype))
+    one = jnp.ones((), noise.factor.dtype)
+    if noise.diagonal is None:
+        diagonal = jnp.where(mask, jnp.zeros((), one.dtype), one)
+    else:
+        diagonal = jnp.where(mask, noise.diagonal, one)
+    return LowRankUpdate(factor, diagonal)

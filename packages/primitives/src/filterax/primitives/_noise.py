@@ -8,6 +8,7 @@ dispatch on that structure so they never densify what need not be dense.
 
 from __future__ import annotations
 
+import functools
 from typing import Literal, TypeAlias
 
 import jax
@@ -17,7 +18,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Real, ScalarLike
 
 from ._lowrank import LowRankUpdate, _float_dtype
-from ._validation import check_nonnegative, check_vector
+from ._validation import check_nonnegative, check_vector, concrete_value
 
 NoiseLike: TypeAlias = lx.AbstractLinearOperator | Real[ArrayLike, "..."]
 """What every ``obs_noise`` argument accepts: a lineax operator, a scalar variance (isotropic,
@@ -291,6 +292,7 @@ def _noise_diagonal(op: lx.AbstractLinearOperator) -> Array:
     return jnp.asarray(lx.diagonal(op), dtype=_operator_dtype(op))
 
 
+@functools.singledispatch
 def noise_sqrt(op: lx.AbstractLinearOperator) -> lx.AbstractLinearOperator:
     r"""A square root ``L`` of a noise covariance: ``L L^T = R``, chosen by structure.
 
@@ -298,6 +300,10 @@ def noise_sqrt(op: lx.AbstractLinearOperator) -> lx.AbstractLinearOperator:
     - ``R = diag(d) + U U^T``: the rectangular ``L = [diag(sqrt(d)), U]`` (``n x (n + k)``),
       applied matrix-free; without a diagonal, ``L = U`` (``n x k``);
     - dense ``R``: the lower Cholesky factor (``R`` must be positive definite).
+
+    The rule is chosen by the operator's type (a `functools.singledispatch` registry, like
+    `noise_whitening`): ``@noise_sqrt.register(MyOperator)`` adds one for a new structure;
+    unregistered types use the diagonal rule when `lx.is_diagonal`, else the dense one.
 
     Draw ``epsilon ~ N(0, R)`` as ``L.mv(z)`` with ``z ~ N(0, I_m)``, ``m = L.in_size()``.
 
@@ -321,34 +327,38 @@ def noise_sqrt(op: lx.AbstractLinearOperator) -> lx.AbstractLinearOperator:
         eps = L.mv(jax.random.normal(jax.random.key(0), (L.in_size(),)))
         ```
     """
-    structure = noise_structure(op)
-    if structure == "diagonal":
-        return lx.DiagonalLinearOperator(jnp.sqrt(_noise_diagonal(op)))
-    if structure == "low_rank":
-        assert isinstance(op, LowRankUpdate)
-        if op.diagonal is None:
-            return lx.MatrixLinearOperator(op.factor)
-        n, k = op.factor.shape
-        sqrt_diag = jnp.sqrt(op.diagonal)
-        factor = op.factor
-
-        def root(z):
-            return sqrt_diag * z[:n] + jnp.matmul(
-                factor, z[n:], precision=jax.lax.Precision.HIGHEST
-            )
-
-        in_structure = jax.ShapeDtypeStruct((n + k,), op.factor.dtype)
-        return lx.FunctionLinearOperator(root, in_structure)
-    matrix = op.as_matrix()
-    try:
-        eigenvalues = np.linalg.eigvalsh(np.asarray(matrix))
-    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-        eigenvalues = None  # traced: cannot be checked at trace time
-    if eigenvalues is not None and eigenvalues.min() <= 0:
-        raise ValueError(
-            "noise_sqrt needs a positive-definite dense covariance (it takes a Cholesky factor); "
-            f"the smallest eigenvalue is {eigenvalues.min():.3g}. For a singular covariance pass "
-            "low_rank_noise(factor, diagonal) or add a small positive jitter to the diagonal."
+    if not isinstance(op, lx.AbstractLinearOperator):
+        raise TypeError(
+            f"noise_sqrt needs a lineax operator; got {type(op).__name__}. Convert arrays with "
+            "as_noise_operator(noise, n) first."
         )
+    if lx.is_diagonal(op):
+        return lx.DiagonalLinearOperator(jnp.sqrt(_noise_diagonal(op)))
+    matrix = op.as_matrix()
+    concrete = concrete_value(matrix)
+    if concrete is not None:
+        eigenvalues = np.linalg.eigvalsh(concrete)
+        if eigenvalues.min() <= 0:
+            raise ValueError(
+                "noise_sqrt needs a positive-definite dense covariance (it takes a Cholesky "
+                f"factor); the smallest eigenvalue is {eigenvalues.min():.3g}. For a singular "
+                "covariance pass low_rank_noise(factor, diagonal) or add a small positive "
+                "jitter to the diagonal."
+            )
     chol = jnp.linalg.cholesky(matrix)
     return lx.MatrixLinearOperator(chol, lx.lower_triangular_tag)
+
+
+@noise_sqrt.register(LowRankUpdate)
+def _(op: LowRankUpdate) -> lx.AbstractLinearOperator:
+    if op.diagonal is None:
+        return lx.MatrixLinearOperator(op.factor)
+    n, k = op.factor.shape
+    sqrt_diag = jnp.sqrt(op.diagonal)
+    factor = op.factor
+
+    def root(z):
+        return sqrt_diag * z[:n] + jnp.matmul(factor, z[n:], precision=jax.lax.Precision.HIGHEST)
+
+    in_structure = jax.ShapeDtypeStruct((n + k,), op.factor.dtype)
+    return lx.FunctionLinearOperator(root, in_structure)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import lineax as lx
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from ._missing import fill_missing, observation_mask
-from ._noise import NoiseLike, _noise_diagonal, as_noise_operator, noise_sqrt, noise_structure
+from ._noise import NoiseLike, as_noise_operator, noise_sqrt
 from ._validation import check_vector
 
 
@@ -78,12 +79,13 @@ def perturbed_observations(
     n_obs = obs.shape[0]
     dtype = obs.dtype if jnp.issubdtype(obs.dtype, jnp.floating) else jnp.result_type(float)
     noise = as_noise_operator(obs_noise, n_obs, dtype=dtype)
-    if noise_structure(noise) == "diagonal":
-        std = jnp.sqrt(_noise_diagonal(noise)).astype(dtype)
+    root = noise_sqrt(noise)
+    if lx.is_diagonal(root):
+        # Elementwise fast path (no vmapped matvec): eps_k = z_k sqrt(R_kk).
+        std = jnp.asarray(lx.diagonal(root)).astype(dtype)
         z = jax.random.normal(key, (n_ensemble, n_obs), dtype)
         eps = z * std[None, :]
     else:
-        root = noise_sqrt(noise)
         z = jax.random.normal(key, (n_ensemble, root.in_size()), dtype)
         eps = jax.vmap(root.mv)(z).astype(dtype)
     if center:

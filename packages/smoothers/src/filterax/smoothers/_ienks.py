@@ -73,10 +73,14 @@ from jax import lax
 from jaxtyping import Array, ArrayLike, PRNGKeyArray, Real
 
 import filterax.primitives as fxp
-from filterax.filters import cycle_keys, rotate_ensemble
+from filterax.filters import (
+    check_obs_noise as _as_noise,
+    cycle_keys,
+    rotate_ensemble,
+    sqrt_transform,
+)
 from filterax.filters._assimilate import check_run_inputs
-from filterax.filters._common import _as_noise, _build_whitener
-from filterax.filters._transforms import matmul, sqrt_transform
+from filterax.primitives import matmul, noise_whitening as _build_whitener
 
 from ._result import SmootherResult
 

@@ -32,6 +32,7 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, Real
 
 import filterax.filters as ff
 from filterax.filters._assimilate import _needs_key
+from filterax.primitives import matmul, pinv_psd, sqrt_psd
 
 from ._base import (
     AbstractEnsembleSmoother,
@@ -41,7 +42,6 @@ from ._base import (
     where_rows,
 )
 from ._result import SmootherResult
-from ._transforms import matmul, psd_pinv, psd_sqrt
 
 __all__ = ["EnsembleRTS", "EnsembleSqrtSmoother", "GaussianSmoothResult", "rts_smooth"]
 
@@ -142,10 +142,11 @@ class EnsembleRTS(_AbstractRegressionSmoother):
     D\, G_k^\top = D\, F^\top (F F^\top)^+ A,$$
 
     with ``A`` the anomalies of ``X^a_k``, ``F`` those of ``X^f_{k+1}`` and ``(F F^T)^+``
-    the ``N_e x N_e`` pseudo-inverse (`psd_pinv`): eigenvalues of ``F F^T`` below
-    ``rcond * lambda_max`` count as zero (default ``rcond = 10 N_e eps``, i.e. singular values
-    of ``F`` below ~``sqrt(10 N_e eps)`` of the largest; the constant vector ``1`` is always
-    in the null space). Starting from ``X^s_{T-1} = X^a_{T-1}``; one reverse `lax.scan`.
+    the ``N_e x N_e`` pseudo-inverse (`filterax.primitives.pinv_psd`): eigenvalues of
+    ``F F^T`` below ``rcond * lambda_max`` count as zero (default ``rcond = 10 N_e eps``, i.e.
+    singular values of ``F`` below ~``sqrt(10 N_e eps)`` of the largest; the constant vector
+    ``1`` is always in the null space). Starting from ``X^s_{T-1} = X^a_{T-1}``; one reverse
+    `lax.scan`.
 
     It needs no filter, observations or key: `smooth` ignores `filt`, `observations`,
     `obs_op`, `obs_noise`, `key` and `context` (they may be ``None``), so it also smooths runs
@@ -208,7 +209,7 @@ class EnsembleRTS(_AbstractRegressionSmoother):
         _, a = _centre(analysis)
         _, f = _centre(forecast_next)
         d = jnp.where(valid_next, smoothed_next - forecast_next, 0.0)
-        gram_pinv = psd_pinv(matmul(f, f.T), self.rcond)
+        gram_pinv = pinv_psd(matmul(f, f.T), self.rcond)
         coefficients = matmul(matmul(d, f.T), gram_pinv)
         return analysis + self.decorr * matmul(coefficients, a)
 
@@ -230,8 +231,8 @@ class EnsembleSqrtSmoother(_AbstractRegressionSmoother):
     space of ``F F^T``), so the symmetric root keeps the anomalies centred; ``Lambda`` is PSD
     by construction. Unlike `EnsembleRTS`, the anomaly update is deterministic and does not
     depend on the members' pairing across times, so it matches the RTS covariance also with
-    model noise. The pseudo-inverse is `psd_pinv` (threshold as in `EnsembleRTS`); the
-    square root is `psd_sqrt`: eigendecomposition with negative round-off clipped to zero and
+    model noise. The pseudo-inverse is `pinv_psd` (threshold as in `EnsembleRTS`); the
+    square root is `sqrt_psd`: eigendecomposition with negative round-off clipped to zero and
     a Daleckii–Krein derivative, finite at the repeated eigenvalue ``1`` of ``I - Pi``.
 
     It needs no filter, observations or key (`smooth` ignores them; they may be ``None``).
@@ -271,13 +272,13 @@ class EnsembleSqrtSmoother(_AbstractRegressionSmoother):
         mean_f, f = _centre(forecast_next)
         mean_s, s = _centre(jnp.where(valid_next, smoothed_next, forecast_next))
         gram = matmul(f, f.T)
-        gram_pinv = psd_pinv(gram, self.rcond)
+        gram_pinv = pinv_psd(gram, self.rcond)
         c = jnp.asarray(self.decorr, a.dtype)
         mean = mean_a + c * matmul(matmul(matmul(f, mean_s - mean_f), gram_pinv), a)
         z = matmul(gram_pinv, matmul(f, s.T))  # K_e S^T
         projector = matmul(gram_pinv, gram)
         lam = jnp.eye(n_e, dtype=a.dtype) - c**2 * (projector - matmul(z, z.T))
-        anomalies = matmul(psd_sqrt(lam), a)
+        anomalies = matmul(sqrt_psd(lam), a)
         anomalies = anomalies - jnp.mean(anomalies, axis=0)[None, :]
         return mean[None, :] + anomalies
 
