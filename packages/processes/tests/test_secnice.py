@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import filterax.processes as fpr
-from filterax.processes._base import correlation_std
+from filterax.processes._localizers import correlation_std
 
 
 def numpy_corr_std(r: float, n_ensemble: float) -> float:

@@ -180,3 +180,33 @@ def test_rts_smoothers_beat_the_filter_on_lorenz96_without_inflation():
     for name, s in scores.items():
         assert s["rmse_s"] < 0.9 * s["rmse_a"], (name, s)
     assert abs(scores["EnsembleRTS"]["rmse_s"] - scores["EnKS"]["rmse_s"]) < 1e-3
+
+
+class _ETKFWithLocalizer(fxp.AbstractSequentialFilter):
+    """An ETKF whose analysis takes (and records the type of) a localizer keyword."""
+
+    def analysis(self, key, forecast, obs, obs_op, obs_noise, *, localizer=None):
+        if not isinstance(localizer, fxp.GaspariCohnLocalizer):
+            raise TypeError(f"the localizer did not arrive: {localizer!r}")
+        return ff.ETKF().analysis(key, forecast, obs, obs_op, obs_noise)
+
+
+def test_driver_localizer_reaches_the_filter_analysis():
+    # Regression: assimilate() no longer takes localizer=...; assimilate_and_smooth still
+    # does and hands it to filt.analysis through context (an ETKF that ignores it otherwise).
+    problem = refs.make_linear_gaussian(0, n_times=5)
+    ens0 = problem.exact_ensemble(8)
+    localizer = fxp.GaspariCohnLocalizer(1.0)
+    rest = (problem.observations, problem.times)
+    smoother = fs.EnsembleRTS()
+    out = fs.assimilate_and_smooth(
+        smoother, *_args(problem, ens0, _ETKFWithLocalizer()), *rest, key=jax.random.key(0),
+        localizer=localizer,
+    )  # fmt: skip
+    plain = fs.assimilate_and_smooth(smoother, *_args(problem, ens0), *rest, key=jax.random.key(0))
+    np.testing.assert_array_equal(out.smoothed_mean, plain.smoothed_mean)
+    with pytest.raises(ValueError, match="either"):
+        fs.assimilate_and_smooth(
+            smoother, *_args(problem, ens0, _ETKFWithLocalizer()), *rest, key=jax.random.key(0),
+            localizer=localizer, context={"localizer": localizer},
+        )  # fmt: skip

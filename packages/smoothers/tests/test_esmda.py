@@ -7,6 +7,8 @@
   perturbations to 1e-9; with N_e = 20000 the final ensemble matches the posterior within a
   Monte-Carlo tolerance (see `MC_FACTOR`).
 - Driver: init/update stepping == run; same key => identical; vmap over keys; bad input.
+- ESMDA is a process of `filterax.processes`: `calibrate` drives it through the same loop as
+  `run` (1e-12) and lands on the analytic posterior (sqrt, 1e-9).
 """
 
 import importlib.util
@@ -21,6 +23,7 @@ import numpy as np
 import pytest
 
 import filterax.primitives as fxp
+import filterax.processes as fpr
 from filterax.smoothers import ESMDA, InversionResult, InversionState
 
 
@@ -370,3 +373,37 @@ def test_bad_inputs_raise(getkey, no_runtime_typecheck):
         method.run(lambda th: jnp.zeros(5), prior, y, 1.0, key=getkey())
     with pytest.raises(TypeError, match="callable"):
         method.run(None, prior, y, 1.0, key=getkey())
+
+
+# calibrate and run execute the same loop, compiled in different programs: round-off only.
+TOL_SAME = 1e-12
+
+
+def test_smoothers_reexport_the_processes_objects():
+    assert ESMDA is fpr.ESMDA and InversionState is fpr.InversionState
+    assert InversionResult is fpr.InversionResult
+
+
+@pytest.mark.parametrize("noise", ["diagonal", "dense"])
+@pytest.mark.parametrize("variant", ["pertobs", "sqrt"])
+def test_calibrate_equals_run_and_sqrt_reaches_the_exact_posterior(variant, noise, getkey):
+    problem = refs.linear_problem(1, n_params=6, n_obs=12, noise=noise)
+    prior = jnp.asarray(refs.exact_moment_ensemble(2, problem.m0, problem.C0, n_ensemble=20))
+    y, noise_arg = jnp.asarray(problem.y), _noise_arg(problem, noise)
+    method = ESMDA(alphas=(2.0, 4.0, 8.0, 8.0), variant=variant)
+    key = getkey()
+    ran = method.run(_forward(problem), prior, y, noise_arg, key=key)
+    result = fpr.calibrate(
+        method, _forward(problem), prior, y, noise_arg, key=key, until_converged=True
+    )
+    assert result.n_iterations == 4 and result.converged
+    np.testing.assert_allclose(result.history.time[-1], 1.0, rtol=1e-14)
+    np.testing.assert_allclose(result.history.parameters, ran.history, atol=TOL_SAME, rtol=0)
+    np.testing.assert_allclose(
+        np.mean(np.asarray(result.history.misfits), axis=1), ran.misfit, rtol=TOL_SAME
+    )
+    if variant == "sqrt":
+        mean, cov = refs.sample_mean_cov(np.asarray(result.ensemble))
+        m_post, s_post = problem.posterior()
+        np.testing.assert_allclose(mean, m_post, atol=TOL64, rtol=0)
+        np.testing.assert_allclose(cov, s_post, atol=TOL64, rtol=0)

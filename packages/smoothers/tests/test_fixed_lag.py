@@ -4,6 +4,7 @@ import importlib.util
 import pathlib
 import sys
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -196,3 +197,112 @@ def test_online_refuses_localised_filters_and_bad_shapes(l63):
             ff.ETKF(), ssm.dynamics, ssm.obs_op, ssm.obs_noise, ens0, xp.observations,
             xp.times[:3], key=jax.random.key(0),
         )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------
+# the online smoother as a cycled method of the one driver (filterax.filters.run)
+# ----------------------------------------------------------------------------------------
+
+_RESULT_FIELDS = (
+    "forecast_mean",
+    "analysis_mean",
+    "smoothed_mean",
+    "forecast_spread",
+    "analysis_spread",
+    "smoothed_spread",
+    "log_likelihood",
+    "smoothed_ensembles",
+    "particles",
+    "times",
+    "status",
+    "first_failure",
+)
+
+
+def _assert_same_bits(a, b):
+    for name in _RESULT_FIELDS:
+        x, y = getattr(a, name), getattr(b, name)
+        assert (x is None) == (y is None), name
+        if x is not None:
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=name)
+
+
+@pytest.mark.parametrize(
+    "filt, inflator, rotate, lag, save",
+    [
+        (ff.ETKF(), fxp.MultiplicativeInflator(1.02), True, 3, False),
+        (ff.StochasticEnKF(), fxp.RTPS(0.5), False, 0, True),
+        (ff.ETKF(), fxp.AdaptiveInflator(), False, 2, True),
+        (ff.DEnKF(), None, True, 39, False),
+    ],
+)
+def test_run_of_the_online_method_is_run_online_bit_for_bit(l63, filt, inflator, rotate, lag, save):
+    # run_online is a thin wrapper of run(OnlineFixedLagSmoother(...)): same program, same bits.
+    ssm, xp, ens0 = l63
+    key = jax.random.key(4)
+    online = fs.FixedLagSmoother(lag).run_online(
+        filt, ssm.dynamics, ssm.obs_op, ssm.obs_noise, ens0, xp.observations, xp.times,
+        key=key, inflator=inflator, rotate=rotate, save_ensembles=save,
+    )  # fmt: skip
+    method = fs.FixedLagSmoother(lag).online(
+        ff.EnsembleFilter(filt, inflator=inflator, rotate=rotate), save_ensembles=save
+    )
+    assert isinstance(method, fs.OnlineFixedLagSmoother)
+    out = ff.run(method, ssm, ens0, xp.observations, xp.times, key=key)
+    # Compiled like run_online's (op-by-op the flushed rows may differ in the last bit).
+    _assert_same_bits(eqx.filter_jit(method.smoother_result)(out), online)
+    # The smoothed row of cycle j is emitted by cycle j + lag: only O(N_x) rows are stacked.
+    assert out.analyses is None and out.forecasts is None
+    n_emitted = xp.times.shape[0] - lag
+    np.testing.assert_array_equal(
+        out.diagnostics.smoothed_mean[lag:], online.smoothed_mean[:n_emitted]
+    )
+
+
+def test_online_fixed_lag_rotation_in_the_post_chain_reaches_the_buffer():
+    # A RandomRotation anywhere in the filter's post chain relabels the members; the buffered
+    # past ensembles must get the same relabelling, or W_k would mix unpaired members. On a
+    # linear-Gaussian problem the ETKF's moments do not depend on the rotations, so the
+    # smoothed moments are still the numpy fixed-lag smoother's (algebraic identity, TOL).
+    problem = refs.make_linear_gaussian(0, n_state=5, n_obs=3, n_times=7, missing=((2, 1),))
+    lag = 2
+    method = fs.OnlineFixedLagSmoother(
+        ff.EnsembleFilter(ff.ETKF(), post=(fxp.RandomRotation(),)), lag, save_ensembles=True
+    )
+    model = fxp.Model(problem.dynamics, problem.obs_op, problem.obs_noise)
+    out = ff.run(
+        method, model, problem.exact_ensemble(9), problem.observations, problem.times,
+        key=jax.random.key(0),
+    )  # fmt: skip
+    smoothed = method.smoother_result(out)
+    mean, cov = refs.sample_moments(smoothed.smoothed_ensembles)
+    ref_mean, ref_cov = refs.fixed_lag(problem, lag)
+    assert refs.rel_err(mean, ref_mean) < TOL
+    assert refs.rel_err(cov, ref_cov) < TOL
+
+
+def test_online_fixed_lag_reports_divergence_like_the_filters(l63):
+    # New with the one driver: divergence_threshold and status 2, exactly as assimilate's.
+    ssm, xp, ens0 = l63
+    args = (ff.ETKF(), ssm.dynamics, ssm.obs_op, ssm.obs_noise, ens0, xp.observations, xp.times)
+    kwargs = dict(key=jax.random.key(0), divergence_threshold=1.5)
+    online = fs.FixedLagSmoother(2).run_online(*args, **kwargs, throw=False)
+    history = ff.assimilate(*args, **kwargs, throw=False)
+    assert int(history.status) == ff.AssimilationResult.DIVERGED  # the threshold bites
+    assert int(online.status) == int(history.status)
+    assert int(online.first_failure) == int(history.first_failure)
+    # Diverged cycles are still assimilated: every row has an estimate.
+    assert np.all(np.isfinite(np.asarray(online.smoothed_mean)))
+    quiet = fs.FixedLagSmoother(2).run_online(*args, key=jax.random.key(0), throw=False)
+    np.testing.assert_array_equal(online.smoothed_mean, quiet.smoothed_mean)
+    with pytest.raises(Exception, match="diverged"):
+        fs.FixedLagSmoother(2).run_online(*args, **kwargs)
+
+
+def test_online_method_refuses_what_it_cannot_smooth():
+    with pytest.raises(ValueError, match="LETKF"):
+        fs.OnlineFixedLagSmoother(ff.EnsembleFilter(ff.LETKF(radius=1.0)), 2)
+    with pytest.raises(TypeError, match="EnsembleFilter"):
+        fs.OnlineFixedLagSmoother(ff.ETKF(), 2)
+    with pytest.raises(ValueError, match="lag"):
+        fs.OnlineFixedLagSmoother(ff.EnsembleFilter(ff.ETKF()), -1)

@@ -19,6 +19,7 @@ import pytest
 
 import filterax.filters as ff
 import filterax.primitives as fxp
+import filterax.smoothers as fs
 from filterax.smoothers import SmootherResult, iEnKS
 from filterax.zoo import LinearModel, presets
 
@@ -390,6 +391,115 @@ def test_save_ensembles_and_result_type():
     np.testing.assert_array_equal(res.smoothed_ensembles[-1], res.particles)
     assert res.iterations.dtype == jnp.int32 and np.all(np.asarray(res.iterations) == 2)
     assert np.all(np.isfinite(np.asarray(res.log_likelihood)))
+
+
+# ----------------------------------------------------------------------------------------
+# the iEnKS as a cycled method of the one driver (filterax.filters.run)
+# ----------------------------------------------------------------------------------------
+
+_RESULT_FIELDS = (
+    "forecast_mean",
+    "analysis_mean",
+    "smoothed_mean",
+    "forecast_spread",
+    "analysis_spread",
+    "smoothed_spread",
+    "log_likelihood",
+    "smoothed_ensembles",
+    "particles",
+    "iterations",
+    "times",
+    "status",
+    "first_failure",
+)
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        dict(variant="sqrt", lag=2, rotate=True, save_ensembles=True),
+        dict(variant="pertobs", lag=0),
+        dict(variant="sqrt", lag=3, mda=True, wtol=1e-3),
+        dict(variant="sqrt", lag=12),  # a window longer than the run
+    ],
+    ids=["sqrt-lag2-rot", "pertobs-mlef", "mda-wtol", "lag-past-the-end"],
+)
+def test_run_through_the_driver_is_ienks_run_bit_for_bit(cfg):
+    # iEnKS.run is a thin wrapper of run(iEnKS(...)) + smoother_result: the same bits.
+    ssm = presets.lorenz63_sakov2012()
+    xp = ssm.simulate(jax.random.key(0), 10)
+    ens0 = ssm.initial_ensemble(jax.random.key(1), 6)
+    infl = fxp.MultiplicativeInflator(1.03)
+    key = jax.random.key(5)
+    cfg = dict(cfg, n_iter=3)
+    run_kw = {k: cfg.pop(k) for k in ("rotate", "save_ensembles") if k in cfg}
+    direct = iEnKS(**cfg).run(
+        ssm.dynamics, ssm.obs_op, ssm.obs_noise, ens0, xp.observations, xp.times,
+        key=key, inflator=infl, **run_kw,
+    )  # fmt: skip
+    method = iEnKS(**cfg, inflator=infl, **run_kw)
+    out = ff.run(method, ssm, ens0, xp.observations, xp.times, key=key)
+    via_run = eqx.filter_jit(method.smoother_result)(out, ssm)
+    for name in _RESULT_FIELDS:
+        a, b = getattr(via_run, name), getattr(direct, name)
+        assert (a is None) == (b is None), name
+        if a is not None:
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=name)
+    assert isinstance(out.state, fs.iEnKSState)
+    assert out.state.times.shape == (cfg["lag"] + 1,)
+    # The driver's rows are the smoother's forecast/analysis rows (computed in the scan).
+    np.testing.assert_array_equal(out.analysis_mean, direct.analysis_mean)
+    np.testing.assert_array_equal(out.diagnostics.iterations, direct.iterations)
+
+
+def test_post_processing_given_to_the_constructor_or_to_run_is_the_same():
+    ssm = presets.lorenz63_sakov2012()
+    xp = ssm.simulate(jax.random.key(0), 6)
+    ens0 = ssm.initial_ensemble(jax.random.key(1), 6)
+    args = (ssm.dynamics, ssm.obs_op, ssm.obs_noise, ens0, xp.observations, xp.times)
+    infl = fxp.MultiplicativeInflator(1.05)
+    a = iEnKS(n_iter=2, inflator=infl, rotate=True).run(*args, key=jax.random.key(3))
+    b = iEnKS(n_iter=2).run(*args, key=jax.random.key(3), inflator=infl, rotate=True)
+    np.testing.assert_array_equal(a.smoothed_mean, b.smoothed_mean)
+    np.testing.assert_array_equal(a.particles, b.particles)
+    with pytest.raises(ValueError, match="both"):
+        iEnKS(n_iter=2, inflator=infl).run(*args, key=jax.random.key(3), inflator=infl)
+
+
+def test_ienks_reports_divergence_like_the_filters(linear):
+    # New with the one driver: divergence_threshold flags windows (status 2) and, with
+    # throw=True, raises; diverged windows are still assimilated (all rows finite).
+    ens0 = _exact_moment_ensemble(linear["mu0"], linear["P0"], 7, 4)
+    args = (
+        LinearModel(jnp.asarray(linear["A"])),
+        jnp.asarray(linear["H"]),
+        lx_diag(linear["r"]),
+        jnp.asarray(ens0),
+        jnp.asarray(linear["obs"]),
+        jnp.asarray(linear["times"]),
+    )
+    quiet = iEnKS(n_iter=2).run(*args, key=jax.random.key(0))
+    # The RMS innovation of every window, from the rows the result holds.
+    innovation = np.asarray(linear["obs"]) - np.asarray(quiet.forecast_mean) @ linear["H"].T
+    rms = np.sqrt(np.mean(innovation**2, axis=1))
+    threshold = float(np.median(rms))
+    flagged = iEnKS(n_iter=2).run(
+        *args, key=jax.random.key(0), throw=False, divergence_threshold=threshold
+    )
+    assert int(flagged.status) == ff.RunResult.DIVERGED
+    assert int(flagged.first_failure) == int(np.argmax(rms > threshold))
+    np.testing.assert_array_equal(flagged.smoothed_mean, quiet.smoothed_mean)
+    with pytest.raises(eqx.EquinoxRuntimeError, match="diverged"):
+        iEnKS(n_iter=2).run(*args, key=jax.random.key(0), divergence_threshold=threshold)
+
+
+def test_ienks_refuses_a_stochastic_model():
+    ssm = presets.lorenz63_sakov2012()
+    noisy = fxp.Model(ssm.dynamics, ssm.obs_op, ssm.obs_noise, process_noise=0.1)
+    ens0 = ssm.initial_ensemble(jax.random.key(1), 6)
+    obs = jnp.zeros((3, 3))
+    with pytest.raises(ValueError, match="perfect"):
+        ff.run(iEnKS(), noisy, ens0, obs, jnp.arange(1.0, 4.0), key=jax.random.key(0))
 
 
 # ----------------------------------------------------------------------------------------

@@ -10,6 +10,8 @@
 - Mildly nonlinear problem: the data misfit decreases, and IES ends with a lower mean RML cost
   and data misfit than a single ES step with the same perturbations.
 - Driver: init/update stepping == run; same key => identical; vmap over keys; bad input.
+- IES is a process of `filterax.processes`: `calibrate` drives it through the same loop as
+  `run` (1e-12), and with step length 1 its first iteration is the ES update (1e-9).
 """
 
 import importlib.util
@@ -24,6 +26,7 @@ import numpy as np
 import pytest
 
 import filterax.primitives as fxp
+import filterax.processes as fpr
 from filterax.smoothers import ESMDA, IES, ExponentialStepLength
 
 
@@ -303,3 +306,35 @@ def test_bad_inputs_raise(getkey, no_runtime_typecheck):
     esmda_state = ESMDA().init(getkey(), prior, y, 1.0)
     with pytest.raises(ValueError, match="IES.init"):
         method.update(esmda_state, jnp.zeros((10, 4)))
+
+
+# calibrate and run execute the same loop, compiled in different programs: round-off only.
+TOL_SAME = 1e-12
+
+
+def test_smoothers_reexport_the_processes_objects():
+    assert IES is fpr.IES and ExponentialStepLength is fpr.ExponentialStepLength
+
+
+@pytest.mark.parametrize("branch", list(BRANCHES))
+def test_calibrate_equals_run_and_the_first_iteration_is_es(branch, getkey):
+    n_p, n_e = BRANCHES[branch]
+    problem, prior, noise_arg, forward = _linear_setup("dense", n_p, 10, n_e, seed=3)
+    method = IES(n_iter=3, step_length=1.0)
+    key = getkey()
+    ran = method.run(forward, jnp.asarray(prior), jnp.asarray(problem.y), noise_arg, key=key)
+    result = fpr.calibrate(
+        method,
+        forward,
+        jnp.asarray(prior),
+        jnp.asarray(problem.y),
+        noise_arg,
+        key=key,
+        until_converged=True,
+    )
+    assert result.n_iterations == 3 and result.converged
+    np.testing.assert_allclose(result.history.parameters, ran.history, atol=TOL_SAME, rtol=0)
+    np.testing.assert_allclose(result.state.perturbations, ran.state.perturbations, atol=0, rtol=0)
+    eps = np.asarray(result.state.perturbations)
+    expected = refs.es_update(prior, prior @ problem.G.T, problem.y, problem.Gamma, eps)
+    np.testing.assert_allclose(result.history.parameters[1], expected, atol=TOL64, rtol=0)

@@ -394,6 +394,15 @@ def _gnki(inst: ProblemInstance):
     return fpr.GNKI(m0, c0, scheduler=fpr.FixedScheduler(0.5)), 20
 
 
+def _esmda(inst: ProblemInstance):
+    # Stops after its N_a = 4 assimilations (algorithm time sum 1/alpha_i = 1).
+    return fpr.ESMDA(n_assimilations=4), UNTIL_CONVERGED
+
+
+def _ies(inst: ProblemInstance):
+    return fpr.IES(n_iter=10), UNTIL_CONVERGED
+
+
 _METHODS: dict[str, CalibrationMethod] = {
     m.name: m
     for m in (
@@ -440,6 +449,20 @@ _METHODS: dict[str, CalibrationMethod] = {
             N_ENSEMBLE,
             _gnki,
             lambda problem: N_ENSEMBLE > problem.n_params,
+        ),
+        CalibrationMethod(
+            "ESMDA",
+            "ES-MDA (perturbed observations), 4 assimilations with alpha_i = 4",
+            "posterior",
+            N_ENSEMBLE,
+            _esmda,
+        ),
+        CalibrationMethod(
+            "IES",
+            "iterative ensemble smoother (subspace), Evensen's step length, 10 iterations",
+            "posterior",
+            N_ENSEMBLE,
+            _ies,
         ),
     )
 }

@@ -7,13 +7,10 @@ deterministic filters can be differentiated end to end.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import equinox as eqx
-import jax
-import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Real
 
 import filterax.primitives as fxp
@@ -21,7 +18,6 @@ from filterax.primitives import AdaptiveInflator
 
 from ._ensemble_filter import EnsembleFilter
 from ._run import (
-    SAVE_OPTIONS as _SAVE_OPTIONS,
     STATUS_DIVERGED,
     STATUS_NONFINITE,
     STATUS_OK,
@@ -32,34 +28,6 @@ from ._run import (
 )
 
 __all__ = ["AssimilationResult", "assimilate", "cycle_keys"]
-
-
-def _needs_key(fn: Any) -> bool:
-    """True if ``fn(x, t0, t1, ...)`` requires a ``key`` argument (stochastic dynamics).
-
-    The protocol is the keyword: `filterax.zoo.StochasticDynamics` (and anything shaped like
-    it) declares ``__call__(x, t0, t1, *, key)``. Detected from the signature so that
-    filterax.filters needs no runtime dependency on the zoo.
-    """
-    try:
-        signature = inspect.signature(fn)
-    except (TypeError, ValueError):
-        return False
-    param = signature.parameters.get("key")
-    return (
-        param is not None
-        and param.default is inspect.Parameter.empty
-        and param.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    )
-
-
-def _forecast(
-    dynamics: Any, stochastic: bool, ensemble: Array, t0: Any, t1: Any, key: PRNGKeyArray
-) -> Array:
-    if stochastic:
-        member_keys = jax.random.split(key, ensemble.shape[0])
-        return jax.vmap(lambda x, k: dynamics(x, t0, t1, key=k))(ensemble, member_keys)
-    return jax.vmap(dynamics, in_axes=(0, None, None))(ensemble, t0, t1)
 
 
 class AssimilationResult(eqx.Module):
@@ -156,127 +124,6 @@ class AssimilationResult(eqx.Module):
             truth,
             burn_in_cycles,
         )
-
-
-def _validate(
-    filt: Any,
-    dynamics: Any,
-    obs_op: Any,
-    ensemble0: Any,
-    observations: Any,
-    obs_times: Any,
-    key: Any,
-    inflator: Any,
-    save: Any,
-    divergence_threshold: Any,
-    t0: Any,
-) -> tuple[Array, Array, Array]:
-    analysis = getattr(filt, "analysis", None)
-    if not callable(analysis):
-        raise TypeError(
-            "filt must be a sequential filter with an analysis(key, forecast, obs, obs_op, "
-            "obs_noise, **context) method (an AbstractSequentialFilter); got "
-            f"{type(filt).__name__}."
-        )
-    if not callable(dynamics):
-        raise TypeError(
-            f"dynamics must be callable as dynamics(x, t0, t1) -> x; got {type(dynamics).__name__}."
-        )
-    if key is None:
-        raise TypeError(
-            "assimilate needs key=... (a JAX PRNG key, e.g. jax.random.key(0)); per-cycle keys "
-            "are derived from it with jax.random.fold_in, so the same key gives the same run."
-        )
-    if save not in _SAVE_OPTIONS:
-        raise ValueError(f"save must be one of {_SAVE_OPTIONS}; got {save!r}.")
-    if inflator is not None and not callable(inflator):
-        raise TypeError(
-            "inflator must be an AbstractInflator (e.g. MultiplicativeInflator(1.02)) or a "
-            f"callable inflator(analysis, forecast, *, key); got {type(inflator).__name__}."
-        )
-    if divergence_threshold is not None:
-        if jnp.ndim(divergence_threshold) != 0:
-            raise ValueError(
-                f"divergence_threshold must be a scalar (an RMS innovation in observation "
-                f"units); got shape {jnp.shape(divergence_threshold)}."
-            )
-        if isinstance(divergence_threshold, int | float) and not divergence_threshold > 0:
-            raise ValueError(f"divergence_threshold must be > 0; got {divergence_threshold}.")
-    return check_run_inputs(dynamics, obs_op, ensemble0, observations, obs_times, t0)
-
-
-def check_run_inputs(
-    dynamics: Any, obs_op: Any, ensemble0: Any, observations: Any, obs_times: Any, t0: Any
-) -> tuple[Array, Array, Array]:
-    """Shapes and dtypes of a cycled run's inputs (shared with the smoothers' own drivers).
-
-    Returns ``(ensemble0, observations, obs_times)`` as arrays, observations in the ensemble's
-    dtype; raises a `ValueError` / `TypeError` saying what to pass otherwise.
-    """
-    ensemble0 = jnp.asarray(ensemble0)
-    if ensemble0.ndim != 2:
-        raise ValueError(
-            f"ensemble0 must be a 2-D array (N_e, N_x) with members on the first axis; got "
-            f"shape {ensemble0.shape}. Stack the members with jnp.stack."
-        )
-    if ensemble0.shape[0] < 2:
-        raise ValueError(
-            f"ensemble0 has N_e={ensemble0.shape[0]} member(s); ensemble statistics need "
-            "N_e >= 2. Draw more members (e.g. ssm.initial_ensemble(key, 20))."
-        )
-    if not jnp.issubdtype(ensemble0.dtype, jnp.floating):
-        raise TypeError(
-            f"ensemble0 must be floating point; got dtype {ensemble0.dtype}. Cast it with "
-            ".astype(jnp.float64) or .astype(jnp.float32)."
-        )
-    dtype = ensemble0.dtype
-    observations = jnp.asarray(observations)
-    obs_times = jnp.asarray(obs_times)
-    if observations.ndim != 2:
-        raise ValueError(
-            f"observations must be a 2-D array (T, N_y), one row per observation time; got "
-            f"shape {observations.shape}. For a single time use observations[None]."
-        )
-    if obs_times.ndim != 1 or obs_times.shape[0] != observations.shape[0]:
-        raise ValueError(
-            f"obs_times must have shape (T,) = ({observations.shape[0]},), one time per row "
-            f"of observations {observations.shape}; got {obs_times.shape}."
-        )
-    if observations.shape[0] < 1:
-        raise ValueError("observations must contain at least one observation time (T >= 1).")
-    observations = observations.astype(dtype)
-    if not jnp.issubdtype(obs_times.dtype, jnp.floating):
-        obs_times = obs_times.astype(dtype)
-
-    member = ensemble0[0]
-    # The first real window, so that stepped models see an interval they can integrate.
-    t_first = jnp.asarray(t0, dtype=obs_times.dtype)
-    try:
-        x_shape = jax.eval_shape(
-            lambda x, k: _forecast(
-                dynamics, _needs_key(dynamics), x[None], t_first, obs_times[0], k
-            )[0],
-            member,
-            jax.random.key(0),
-        ).shape
-    except TypeError as err:
-        raise TypeError(
-            f"calling dynamics(x, t0, t1) on one (N_x,) member failed: {err}. Dynamics act on "
-            "ONE state; assimilate vmaps them over the ensemble."
-        ) from err
-    if x_shape != member.shape:
-        raise ValueError(
-            f"dynamics(x, t0, t1) must return a state of shape {member.shape} (like one member "
-            f"of ensemble0); it returned shape {x_shape}."
-        )
-    y_shape = jax.eval_shape(lambda x: fxp.apply_obs(obs_op, x), member).shape
-    if y_shape != (observations.shape[1],):
-        raise ValueError(
-            f"obs_op maps one member to shape {y_shape}, but observations have shape "
-            f"{observations.shape}, i.e. N_y={observations.shape[1]}. Pass observations with "
-            "one column per entry of obs_op(x), or the matching observation operator."
-        )
-    return ensemble0, observations, obs_times
 
 
 def assimilate(

@@ -271,7 +271,7 @@ def check_run_arguments(
 
 
 def run(
-    method: Any,
+    method: fxp.AbstractCycledMethod | fxp.AbstractSequentialFilter,
     model: fxp.AbstractModel,
     initial: PyTree,
     observations: Float[ArrayLike, "..."],

@@ -114,6 +114,16 @@ from ._inflation import (
     inflate_rtps as inflate_rtps,
 )
 from ._validation import concrete_value as concrete_value
+
+# --- trace-time input checks (ensembles, vectors; inverse problems: noise, obs, evaluations) ---
+from ._validation import check_ensemble as check_ensemble, check_vector as check_vector
+from ._covariance_checks import (
+    check_forward_evals as check_forward_evals,
+    check_observation_vector as check_observation_vector,
+    check_prng_key as check_prng_key,
+    floating_dtype as floating_dtype,
+    positive_definite_noise as positive_definite_noise,
+)
 from ._rotation import random_rotation as random_rotation, rotate_ensemble as rotate_ensemble
 from ._shrinkage import ledoit_wolf_shrinkage as ledoit_wolf_shrinkage
 from ._linalg import matmul as matmul

@@ -3,17 +3,26 @@
 from ._version import __version__ as __version__
 
 # --- processes, schedulers, state (EKI, ETKI, GNKI, TEKI, SparseInversion, EKS, UKI) ---
-from ._state import ProcessState as ProcessState
-from ._base import (
+from ._state import (
+    AbstractProcessState as AbstractProcessState,
+    ProcessState as ProcessState,
+)
+from ._process_base import (
+    AbstractEnsembleProcess as AbstractEnsembleProcess,
+    AbstractProcessBase as AbstractProcessBase,
+)
+from ._localizers import (
     SEC as SEC,
     AbstractCovarianceLocalizer as AbstractCovarianceLocalizer,
-    AbstractInflation as AbstractInflation,
-    AbstractProcessBase as AbstractProcessBase,
-    AdditiveInflation as AdditiveInflation,
-    MultiplicativeInflation as MultiplicativeInflation,
     SECFisher as SECFisher,
     SECNice as SECNice,
     TaperLocalizer as TaperLocalizer,
+)
+from ._inflation import (
+    AbstractInflation as AbstractInflation,
+    AdditiveInflation as AdditiveInflation,
+    InflationLike as InflationLike,
+    MultiplicativeInflation as MultiplicativeInflation,
 )
 from ._eki import EKI as EKI
 from ._etki import ETKI as ETKI
@@ -22,6 +31,15 @@ from ._teki import TEKI as TEKI
 from ._sparse import SparseInversion as SparseInversion
 from ._eks import EKS as EKS
 from ._uki import UKI as UKI, UKIState as UKIState, sigma_points as sigma_points
+
+# --- inverse-problem smoothers as processes (ES-MDA, IES; also in filterax.smoothers) ---
+from ._inversion import (
+    AbstractInverseSmoother as AbstractInverseSmoother,
+    InversionResult as InversionResult,
+    InversionState as InversionState,
+)
+from ._esmda import ESMDA as ESMDA
+from ._ies import IES as IES, ExponentialStepLength as ExponentialStepLength
 from ._schedulers import (
     DataMisfitController as DataMisfitController,
     DataMisfitControllerState as DataMisfitControllerState,

@@ -224,8 +224,12 @@ def _strengthen(state: Any) -> Any:
     return jax.tree.map(strong, state)
 
 
-def _apply(process, batches, state, full_outputs, iteration, frozen=False):
-    """Restrict to the batch, mark failures, update (unless > half failed). Traceable."""
+def _apply(process, batches, state, full_outputs, iteration, frozen=False, guard=True):
+    """Restrict to the batch, mark failures, update (unless > half failed). Traceable.
+
+    ``guard=False`` always updates and leaves failures to the process (`ESMDA.run`, `IES.run`
+    raise or skip on their own, as their ``throw`` says).
+    """
     n_e = full_outputs.shape[0]
     ok = jnp.all(jnp.isfinite(full_outputs), axis=1)
     idx, obs, noise, b = _batch(batches, iteration)
@@ -240,6 +244,8 @@ def _apply(process, batches, state, full_outputs, iteration, frozen=False):
     def do_update(s):
         return _match_dtypes(process.update(s, outputs, **kwargs), s)
 
+    if not guard:
+        return do_update(state), outputs, misfits, failed, n_failed, too_many, b
     # lax.cond, not a where: with more than half the members NaN the update itself may raise or
     # produce garbage; the driver reports the failure instead.
     new_state = jax.lax.cond(too_many | frozen, lambda s: s, do_update, state)
@@ -266,7 +272,7 @@ def _check_outputs(outputs: Any, n_e: int, n_y: int) -> Array:
 
 
 def _jax_iteration(
-    process, forward_fn, prior, batches, state, iteration, n_y, progress, frozen=False
+    process, forward_fn, prior, batches, state, iteration, n_y, progress, frozen=False, guard=True
 ):
     particles = process.particles(state)
     mean = process.mean(state)
@@ -274,7 +280,7 @@ def _jax_iteration(
     full = jax.vmap(forward_fn)(_constrain(prior, particles))
     full = _check_outputs(full, n_e, n_y).astype(particles.dtype)
     new_state, outputs, misfits, failed, n_failed, too_many, b = _apply(
-        process, batches, state, full, iteration, frozen
+        process, batches, state, full, iteration, frozen, guard
     )
     if progress:
         jax.debug.callback(
@@ -292,16 +298,32 @@ def _jax_iteration(
     return new_state, record, too_many
 
 
-@eqx.filter_jit
-def _run_scan(process, forward_fn, prior, batches, state, n_iterations, n_y, progress):
+def scan_loop(process, forward_fn, prior, batches, state, n_iterations, n_y, progress, guard=True):
+    """The compiled loop of `calibrate` (and of `ESMDA.run` / `IES.run`): traceable.
+
+    Returns ``(state, records, failed_at, particles, mean)``; ``records`` stacks one `_Record`
+    per iteration, ``failed_at`` is the first iteration where more than half the members
+    failed (-1 if none; only with ``guard``).
+    """
+
     def body(carry, iteration):
         state, failed_at = carry
         # Once too many members failed the state is frozen (the run is reported as failed);
         # a scan cannot stop early.
         new_state, record, too_many = _jax_iteration(
-            process, forward_fn, prior, batches, state, iteration, n_y, progress, failed_at >= 0
+            process,
+            forward_fn,
+            prior,
+            batches,
+            state,
+            iteration,
+            n_y,
+            progress,
+            failed_at >= 0,
+            guard,
         )
-        failed_at = jnp.where((failed_at < 0) & too_many, iteration, failed_at)
+        if guard:
+            failed_at = jnp.where((failed_at < 0) & too_many, iteration, failed_at)
         return (new_state, failed_at), record
 
     init = (state, jnp.asarray(-1, dtype=jnp.int32))
@@ -309,6 +331,9 @@ def _run_scan(process, forward_fn, prior, batches, state, n_iterations, n_y, pro
         body, init, jnp.arange(n_iterations, dtype=jnp.int32)
     )
     return state, records, failed_at, process.particles(state), process.mean(state)
+
+
+_run_scan = eqx.filter_jit(scan_loop)
 
 
 @eqx.filter_jit

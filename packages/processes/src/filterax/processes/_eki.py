@@ -8,19 +8,23 @@ from jaxtyping import Array, PRNGKeyArray
 
 import filterax.primitives as fxp
 
-from ._base import (
-    AbstractCovarianceLocalizer,
-    AbstractEnsembleProcess,
-    AbstractInflation,
-    TaperLocalizer,
-    UpdateData,
+from ._failures import check_failure_handler, masked_stats
+from ._inflation import (
+    InflationLike,
     check_inflation,
+)
+from ._kalman_update import (
+    UpdateData,
     kalman_increments,
-    localized_cross_covariance,
     normalised,
     transform_update,
 )
-from ._failures import check_failure_handler, masked_stats
+from ._localizers import (
+    AbstractCovarianceLocalizer,
+    TaperLocalizer,
+    localized_cross_covariance,
+)
+from ._process_base import AbstractEnsembleProcess
 from ._schedulers import DataMisfitController
 
 __all__ = ["EKI"]
@@ -87,7 +91,7 @@ class EKI(AbstractEnsembleProcess):
     scheduler: fxp.AbstractScheduler = eqx.field(default_factory=DataMisfitController)
     failure_handler: str = eqx.field(default="sample_succ_gauss", static=True)
     localizer: AbstractCovarianceLocalizer | None = None
-    inflation: AbstractInflation | tuple[AbstractInflation, ...] | None = None
+    inflation: InflationLike = None
 
     def __check_init__(self) -> None:
         check_failure_handler(self.failure_handler, "EKI")

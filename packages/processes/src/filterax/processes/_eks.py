@@ -9,17 +9,19 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 import filterax.primitives as fxp
 
-from ._base import (
-    AbstractEnsembleProcess,
-    AbstractInflation,
-    UpdateData,
+from ._failures import check_failure_handler, gaussian_from_anomalies, masked_stats
+from ._inflation import (
+    InflationLike,
     check_inflation,
+)
+from ._kalman_update import UpdateData
+from ._linalg import mm
+from ._process_base import (
+    AbstractEnsembleProcess,
     check_prior,
     check_prior_size,
-    mm,
     prior_operator,
 )
-from ._failures import check_failure_handler, gaussian_from_anomalies, masked_stats
 from ._schedulers import EKSStableScheduler
 
 __all__ = ["EKS"]
@@ -88,7 +90,7 @@ class EKS(AbstractEnsembleProcess):
     aldi: bool = eqx.field(default=True, static=True)
     scheduler: fxp.AbstractScheduler = eqx.field(default_factory=EKSStableScheduler)
     failure_handler: str = eqx.field(default="ignore", static=True)
-    inflation: AbstractInflation | tuple[AbstractInflation, ...] | None = None
+    inflation: InflationLike = None
 
     def __check_init__(self) -> None:
         check_failure_handler(self.failure_handler, "EKS")

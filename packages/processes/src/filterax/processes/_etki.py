@@ -8,19 +8,23 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 import filterax.primitives as fxp
 
-from ._base import (
-    AbstractEnsembleProcess,
-    AbstractInflation,
+from ._failures import check_failure_handler, masked_stats
+from ._inflation import (
+    InflationLike,
+    check_inflation,
+)
+from ._kalman_update import (
     UpdateData,
     augment_with_prior,
-    check_inflation,
-    check_prior,
-    check_prior_size,
     normalised,
-    prior_operator,
     transform_update,
 )
-from ._failures import check_failure_handler, masked_stats
+from ._process_base import (
+    AbstractEnsembleProcess,
+    check_prior,
+    check_prior_size,
+    prior_operator,
+)
 from ._schedulers import DataMisfitController
 
 __all__ = ["ETKI"]
@@ -80,7 +84,7 @@ class ETKI(AbstractEnsembleProcess):
 
     scheduler: fxp.AbstractScheduler = eqx.field(default_factory=DataMisfitController)
     failure_handler: str = eqx.field(default="sample_succ_gauss", static=True)
-    inflation: AbstractInflation | tuple[AbstractInflation, ...] | None = None
+    inflation: InflationLike = None
     prior_mean: Float[Array, " N_p"] | None = eqx.field(default=None, converter=_optional_array)
     prior_cov: fxp.NoiseLike | None = None
 

@@ -10,19 +10,19 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 import filterax.primitives as fxp
 
-from ._base import (
-    AbstractEnsembleProcess,
-    AbstractInflation,
-    UpdateData,
+from ._failures import check_failure_handler, masked_stats
+from ._inflation import (
+    InflationLike,
     check_inflation,
+)
+from ._kalman_update import UpdateData
+from ._linalg import mm
+from ._process_base import (
+    AbstractEnsembleProcess,
     check_prior,
     check_prior_size,
-    mm,
-    noise_sample,
     prior_operator,
-    woodbury_solve_rows,
 )
-from ._failures import check_failure_handler, masked_stats
 from ._schedulers import FixedScheduler
 
 __all__ = ["GNKI"]
@@ -79,7 +79,7 @@ class GNKI(AbstractEnsembleProcess):
     stochastic: bool = eqx.field(default=True, static=True)
     scheduler: fxp.AbstractScheduler = eqx.field(default_factory=FixedScheduler)
     failure_handler: str = eqx.field(default="sample_succ_gauss", static=True)
-    inflation: AbstractInflation | tuple[AbstractInflation, ...] | None = None
+    inflation: InflationLike = None
 
     def __check_init__(self) -> None:
         check_failure_handler(self.failure_handler, "GNKI")
@@ -120,9 +120,9 @@ class GNKI(AbstractEnsembleProcess):
             scale = jnp.sqrt(2.0 * dt)
             z = jax.random.normal(k_prior, (n_e, n_p), dtype)
             prior_step = prior_step + scale * mm(z, root.T)
-            data_step = data_step + scale * noise_sample(
+            data_step = data_step + scale * fxp.whitened_noise_sample(
                 k_data, n_e, data.gw.shape[1], data.whitening.factor, dtype
             )
         rhs = data_step - mm(prior_step, jac_t)
-        gain_rhs = mm(mm(woodbury_solve_rows(rhs, factor), jac_t.T), c0)
+        gain_rhs = mm(mm(fxp.whitened_noise_solve(rhs, factor), jac_t.T), c0)
         return ensemble + prior_step + gain_rhs

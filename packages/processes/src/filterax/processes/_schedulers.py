@@ -17,20 +17,14 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Scalar
 
 import filterax.primitives as fxp
 
+from ._converters import as_float
+
 __all__ = [
     "DataMisfitController",
     "DataMisfitControllerState",
     "EKSStableScheduler",
     "FixedScheduler",
 ]
-
-
-def _as_float(x: Any) -> Any:
-    # Python ints would become integer arrays; a Python float stays weakly typed and follows
-    # the dtype of the process it is used in.
-    if isinstance(x, int) and not isinstance(x, bool):
-        return float(x)
-    return x
 
 
 def _positive_concrete(value: Any, name: str, *, strict: bool = True) -> None:
@@ -73,7 +67,7 @@ class FixedScheduler(fxp.AbstractScheduler):
         ```
     """
 
-    dt: Float[ArrayLike, ""] = eqx.field(default=1.0, converter=_as_float)
+    dt: Float[ArrayLike, ""] = eqx.field(default=1.0, converter=as_float)
 
     def __check_init__(self) -> None:
         _positive_concrete(self.dt, "FixedScheduler(dt=...)", strict=False)
@@ -145,7 +139,7 @@ class DataMisfitController(fxp.AbstractScheduler):
         ```
     """
 
-    terminate_at: Float[ArrayLike, ""] = eqx.field(default=1.0, converter=_as_float)
+    terminate_at: Float[ArrayLike, ""] = eqx.field(default=1.0, converter=as_float)
     on_terminate: Literal["stop", "continue", "continue_fixed"] = eqx.field(
         default="stop", static=True
     )
@@ -235,8 +229,8 @@ class EKSStableScheduler(fxp.AbstractScheduler):
         ```
     """
 
-    alpha: Float[ArrayLike, ""] = eqx.field(default=1.0, converter=_as_float)
-    eps: Float[ArrayLike, ""] = eqx.field(default=1e-8, converter=_as_float)
+    alpha: Float[ArrayLike, ""] = eqx.field(default=1.0, converter=as_float)
+    eps: Float[ArrayLike, ""] = eqx.field(default=1e-8, converter=as_float)
 
     def __check_init__(self) -> None:
         _positive_concrete(self.alpha, "EKSStableScheduler(alpha=...)")

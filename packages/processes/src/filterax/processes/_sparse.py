@@ -10,22 +10,25 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 import filterax.primitives as fxp
 
-from ._base import (
-    AbstractCovarianceLocalizer,
-    AbstractEnsembleProcess,
-    AbstractInflation,
-    TaperLocalizer,
-    UpdateData,
-    as_float,
+from ._converters import as_float
+from ._failures import check_failure_handler, masked_stats
+from ._inflation import (
+    InflationLike,
     check_inflation,
+)
+from ._kalman_update import (
+    UpdateData,
     kalman_increments,
-    localized_cross_covariance,
-    mm,
     normalised,
     transform_update,
-    woodbury_solve_rows,
 )
-from ._failures import check_failure_handler, masked_stats
+from ._linalg import mm
+from ._localizers import (
+    AbstractCovarianceLocalizer,
+    TaperLocalizer,
+    localized_cross_covariance,
+)
+from ._process_base import AbstractEnsembleProcess
 from ._schedulers import FixedScheduler
 
 __all__ = ["SparseInversion"]
@@ -92,7 +95,7 @@ class SparseInversion(AbstractEnsembleProcess):
     scheduler: fxp.AbstractScheduler = eqx.field(default_factory=FixedScheduler)
     failure_handler: str = eqx.field(default="sample_succ_gauss", static=True)
     localizer: AbstractCovarianceLocalizer | None = None
-    inflation: AbstractInflation | tuple[AbstractInflation, ...] | None = None
+    inflation: InflationLike = None
 
     def __check_init__(self) -> None:
         check_failure_handler(self.failure_handler, "SparseInversion")
@@ -164,7 +167,7 @@ class SparseInversion(AbstractEnsembleProcess):
         # diag of the updated covariance C+ = X_a^T (I + dt Y_a N^{-1} Y_a^T)^{-1} X_a: the
         # Hessian of the per-member quadratic programme whose minimiser is the EKI step.
         x_norm = normalised(x_anomalies, count)
-        y_noise = woodbury_solve_rows(y_anomalies, data.whitening.factor)
+        y_noise = fxp.whitened_noise_solve(y_anomalies, data.whitening.factor)
         inner = jnp.eye(ensemble.shape[0], dtype=dtype) + dt * mm(y_noise, y_anomalies.T)
         factor = jsl.cho_factor(0.5 * (inner + inner.T), lower=True)
         variances = jnp.sum(x_norm * jsl.cho_solve(factor, x_norm), axis=0)

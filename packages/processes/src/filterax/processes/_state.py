@@ -1,13 +1,37 @@
 """The state every ensemble Kalman process carries between updates."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: equinox needs evaluated `AbstractVar` annotations.
 import equinox as eqx
 import lineax as lx
+from equinox import AbstractVar
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray, PyTree
 
+__all__ = ["AbstractProcessState", "ProcessState"]
 
-class ProcessState(eqx.Module):
+
+class AbstractProcessState(eqx.Module):
+    """What `calibrate` and the shared process methods read from any process's state.
+
+    `ProcessState` (the EKI family, EKS, UKI) and `InversionState` (`ESMDA`, `IES`) implement
+    it. `particles` and `misfits` read `ensemble`, `obs` and `obs_noise`; the driver records
+    `dt` and `time` and stops at `converged`.
+
+    **Fields:** `ensemble`, `obs`, `obs_noise`, `key`, `iteration`, `time`, `dt`, `n_failed`,
+    `converged`, as documented on `ProcessState`.
+    """
+
+    ensemble: AbstractVar[Float[Array, "N_e N_p"]]
+    obs: AbstractVar[Float[Array, " N_y"]]
+    obs_noise: AbstractVar[lx.AbstractLinearOperator]
+    key: AbstractVar[PRNGKeyArray]
+    iteration: AbstractVar[Int[Array, ""]]
+    time: AbstractVar[Float[Array, ""]]
+    dt: AbstractVar[Float[Array, ""]]
+    n_failed: AbstractVar[Int[Array, ""]]
+    converged: AbstractVar[Bool[ArrayLike, ""]]
+
+
+class ProcessState(AbstractProcessState):
     """What an ensemble Kalman process needs to take its next step.
 
     `init` builds it, `update` returns the next one; drivers carry it through `lax.scan`, so

@@ -8,24 +8,30 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 import filterax.primitives as fxp
 
-from ._base import (
-    AbstractCovarianceLocalizer,
-    AbstractEnsembleProcess,
-    AbstractInflation,
-    TaperLocalizer,
+from ._failures import check_failure_handler, masked_stats
+from ._inflation import (
+    InflationLike,
+    check_inflation,
+)
+from ._kalman_update import (
     UpdateData,
     augment_with_prior,
-    check_inflation,
-    check_prior,
-    check_prior_size,
     kalman_increments,
-    localized_cross_covariance,
-    mm,
     normalised,
-    prior_operator,
     transform_update,
 )
-from ._failures import check_failure_handler, masked_stats
+from ._linalg import mm
+from ._localizers import (
+    AbstractCovarianceLocalizer,
+    TaperLocalizer,
+    localized_cross_covariance,
+)
+from ._process_base import (
+    AbstractEnsembleProcess,
+    check_prior,
+    check_prior_size,
+    prior_operator,
+)
 from ._schedulers import FixedScheduler
 
 __all__ = ["TEKI"]
@@ -80,7 +86,7 @@ class TEKI(AbstractEnsembleProcess):
     scheduler: fxp.AbstractScheduler = eqx.field(default_factory=FixedScheduler)
     failure_handler: str = eqx.field(default="sample_succ_gauss", static=True)
     localizer: AbstractCovarianceLocalizer | None = None
-    inflation: AbstractInflation | tuple[AbstractInflation, ...] | None = None
+    inflation: InflationLike = None
 
     def __check_init__(self) -> None:
         check_failure_handler(self.failure_handler, "TEKI")

@@ -12,28 +12,26 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, ScalarLike
 
 import filterax.primitives as fxp
 
-from ._base import (
-    AbstractProcessBase,
+from ._converters import as_float
+from ._failures import check_failure_handler
+from ._kalman_update import (
     UpdateData,
-    Whitening,
-    as_float,
-    check_data_dimension,
-    check_forward_evals,
-    check_prior,
-    check_vector,
-    checked_noise,
-    float_dtype,
-    initial_key,
-    mm,
-    new_state,
     prepare_update,
+)
+from ._linalg import (
+    mm,
+    stack_factors,
+)
+from ._process_base import (
+    AbstractProcessBase,
+    check_data_dimension,
+    check_prior,
+    initial_key,
+    new_state,
     prior_operator,
     resolve_obs,
     schedule,
-    stack_factors,
-    woodbury_solve_rows,
 )
-from ._failures import check_failure_handler
 from ._schedulers import FixedScheduler
 from ._state import ProcessState
 
@@ -299,13 +297,20 @@ class UKI(AbstractProcessBase):
                     f"({n}, {n}) to match the prior; got {mean.shape} and {cov.shape}."
                 )
             # symmetric positive-semidefinite, checked like the prior covariance
-            checked_noise(cov, n, float_dtype(mean), "UKI.init(ensemble_or_prior=(mean, cov))")
-        dtype = float_dtype(mean)
+            fxp.positive_definite_noise(
+                cov,
+                n,
+                dtype=fxp.floating_dtype(mean, "UKI.init(ensemble_or_prior=(mean, ...))"),
+                name="UKI.init(ensemble_or_prior=(mean, cov))",
+            )
+        dtype = fxp.floating_dtype(mean, "UKI.init(ensemble_or_prior=(mean, ...))")
         mean = mean.astype(dtype)
         cov = jnp.asarray(cov).astype(dtype)
-        check_vector(obs, "UKI.init(obs=...)")
+        fxp.check_vector(obs, "UKI.init(obs=...)")
         y = jnp.asarray(obs).astype(dtype)
-        noise = checked_noise(obs_noise, y.shape[0], dtype, "UKI.init(obs_noise=...)")
+        noise = fxp.positive_definite_noise(
+            obs_noise, y.shape[0], dtype=dtype, name="UKI.init(obs_noise=...)"
+        )
         alpha_reg, _ = self._settings()
         alpha_reg = jnp.asarray(alpha_reg, dtype)
         extra = UKIState(mean=mean, cov=cov, sigma_omega=(2.0 - alpha_reg**2) * cov)
@@ -345,7 +350,7 @@ class UKI(AbstractProcessBase):
         x = state.ensemble
         n_sigma, n_p = x.shape
         dtype = x.dtype
-        g = check_forward_evals(forward_evals, n_sigma, dtype)
+        g = fxp.check_forward_evals(forward_evals, n_sigma, dtype=dtype)
         y, noise = resolve_obs(state, obs, obs_noise, dtype)
         check_data_dimension(y, g)
         data = prepare_update(g, y, noise)
@@ -392,7 +397,7 @@ class UKI(AbstractProcessBase):
         factor = data.whitening.factor
         if self.impose_prior:
             op = prior_operator(self.prior_cov, n_p, dtype, "UKI")
-            w0 = Whitening.build(op, dtype)
+            w0 = fxp.noise_whitening(op, dtype)
             ag = jnp.concatenate([ag, w0.white(ax)], axis=1)
             prior_residual = w0.white(self.prior_mean.astype(dtype) - x_mean)
             residual = jnp.concatenate([residual, prior_residual])
@@ -402,7 +407,7 @@ class UKI(AbstractProcessBase):
         f = jnp.sqrt(0.5 * dt) * ag.T
         if factor is not None:
             f = jnp.concatenate([f, factor], axis=1)
-        solved = woodbury_solve_rows(jnp.concatenate([residual[None, :], ag], axis=0), f)
+        solved = fxp.whitened_noise_solve(jnp.concatenate([residual[None, :], ag], axis=0), f)
         gain_residual = mm(ag, solved[0][:, None])[:, 0]
         mean = x_mean + 0.5 * dt * mm(ax.T, gain_residual[:, None])[:, 0]
         q = mm(solved[1:], ag.T)

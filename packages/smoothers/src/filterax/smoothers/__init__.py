@@ -9,7 +9,12 @@ from ._result import SmootherResult as SmootherResult
 from ._base import AbstractEnsembleSmoother as AbstractEnsembleSmoother
 from ._driver import assimilate_and_smooth as assimilate_and_smooth
 from ._enks import EnKS as EnKS
-from ._fixed_lag import FixedLagSmoother as FixedLagSmoother
+from ._fixed_lag import (
+    FixedLagSmoother as FixedLagSmoother,
+    OnlineFixedLagDiagnostics as OnlineFixedLagDiagnostics,
+    OnlineFixedLagSmoother as OnlineFixedLagSmoother,
+    OnlineFixedLagState as OnlineFixedLagState,
+)
 from ._rts import (
     EnsembleRTS as EnsembleRTS,
     EnsembleSqrtSmoother as EnsembleSqrtSmoother,
@@ -19,13 +24,18 @@ from ._rts import (
 from ._transforms import ensemble_transform as ensemble_transform
 
 # --- iterative ensemble Kalman smoother (iEnKS) ---
-from ._ienks import iEnKS as iEnKS
+from ._ienks import (
+    iEnKS as iEnKS,
+    iEnKSDiagnostics as iEnKSDiagnostics,
+    iEnKSState as iEnKSState,
+)
 
-# --- inverse-problem smoothers (IES, ESMDA) ---
-from ._esmda import ESMDA as ESMDA
-from ._ies import IES as IES, ExponentialStepLength as ExponentialStepLength
-from ._inverse_common import (
+# --- inverse-problem smoothers (IES, ESMDA): processes of filterax.processes (same objects) ---
+from filterax.processes import (
+    ESMDA as ESMDA,
+    IES as IES,
     AbstractInverseSmoother as AbstractInverseSmoother,
+    ExponentialStepLength as ExponentialStepLength,
     InversionResult as InversionResult,
     InversionState as InversionState,
 )

@@ -11,7 +11,7 @@ from jaxtyping import ArrayLike, Float, PRNGKeyArray, Real
 
 import filterax.filters as ff
 
-from ._base import AbstractEnsembleSmoother, check_filter
+from ._base import AbstractEnsembleSmoother, check_context, check_filter
 from ._enks import EnKS
 from ._fixed_lag import FixedLagSmoother
 from ._result import SmootherResult
@@ -43,12 +43,13 @@ def assimilate_and_smooth(
     Equivalent to
 
     ```python
+    if localizer is not None:
+        context = {**(context or {}), "localizer": localizer}
     history = assimilate(filt, dynamics, obs_op, obs_noise, ensemble0, observations,
-                         obs_times, key=key, inflator=inflator, localizer=localizer,
-                         rotate=rotate, t0=t0, context=context, throw=throw,
-                         save="forecast_and_analysis")
+                         obs_times, key=key, inflator=inflator, rotate=rotate, t0=t0,
+                         context=context, throw=throw, save="forecast_and_analysis")
     smoother.smooth(filt, history, observations, obs_op, obs_noise, key=key,
-                    context=context, save_ensembles=save_ensembles)
+                    context=context, save_ensembles=save_ensembles, rotate=rotate)
     ```
 
     inside one `eqx.filter_jit`, so a run is one program, `jax.vmap` over keys or dynamic
@@ -60,7 +61,8 @@ def assimilate_and_smooth(
 
     - `smoother`: an `AbstractEnsembleSmoother` (`EnKS`, `FixedLagSmoother`, `EnsembleRTS`,
       `EnsembleSqrtSmoother`).
-    - the rest: as `filterax.filters.assimilate` (the localizer is passed to the filter; the
+    - `localizer`: passed to ``filt.analysis`` as the keyword ``localizer=`` (in `context`:
+      give it there or here, not both); the rest: as `filterax.filters.assimilate` (the
       `EnKS` / `FixedLagSmoother` refuse localised filters, `EnsembleRTS` and
       `EnsembleSqrtSmoother` accept any filter) and `save_ensembles` as in `smooth`.
 
@@ -86,6 +88,11 @@ def assimilate_and_smooth(
     if isinstance(smoother, EnKS | FixedLagSmoother):
         # Fail before the (long) filter run rather than after it.
         check_filter(filt)
+    context = check_context(context)
+    if localizer is not None:
+        if "localizer" in context:
+            raise ValueError("pass the localizer either as localizer=... or in context, not both.")
+        context["localizer"] = localizer
     return _assimilate_and_smooth(
         smoother,
         filt,
@@ -97,7 +104,6 @@ def assimilate_and_smooth(
         obs_times,
         key,
         inflator,
-        localizer,
         bool(rotate),
         t0,
         context,
@@ -118,7 +124,6 @@ def _assimilate_and_smooth(
     obs_times: Any,
     key: PRNGKeyArray,
     inflator: Any,
-    localizer: Any,
     rotate: bool,
     t0: Any,
     context: Any,
@@ -135,16 +140,12 @@ def _assimilate_and_smooth(
         obs_times,
         key=key,
         inflator=inflator,
-        localizer=localizer,
         rotate=rotate,
         t0=t0,
         save="forecast_and_analysis",
         throw=throw,
         context=context,
     )
-    context = dict(context or {})
-    if localizer is not None:
-        context["localizer"] = localizer
     return smoother.smooth(
         filt,
         history,

@@ -59,7 +59,7 @@ filter with multiple data assimilations", Comput. Geosci. 16, 639-659. DAPPER:
 
 from __future__ import annotations
 
-import inspect
+import dataclasses
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -70,25 +70,26 @@ import jax.numpy as jnp
 import lineax as lx
 import numpy as np
 from jax import lax
-from jaxtyping import Array, ArrayLike, PRNGKeyArray, Real
+from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Real
 
+import filterax.filters as ff
 import filterax.primitives as fxp
 from filterax.filters import (
     check_obs_noise as _as_noise,
-    cycle_keys,
     rotate_ensemble,
     sqrt_transform,
 )
-from filterax.filters._assimilate import check_run_inputs
 from filterax.primitives import matmul, noise_whitening as _build_whitener
 
 from ._result import SmootherResult
 
-__all__ = ["iEnKS"]
+__all__ = ["iEnKS", "iEnKSDiagnostics", "iEnKSState"]
 
 _VARIANTS = ("sqrt", "pertobs", "order1")
 # Sakov & Bocquet's bundle scaling of the ensemble (DAPPER: EPS = 1e-4 when bundle=True).
 _BUNDLE_EPS = 1e-4
+_NONFINITE = ff.RunResult.NONFINITE
+_DIVERGED = ff.RunResult.DIVERGED
 
 _NONFINITE_MESSAGE = (
     "iEnKS.run: the ensemble became non-finite (NaN/inf) during the run. Re-run with "
@@ -104,27 +105,6 @@ def _lower(value: Any) -> Any:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int | np.integer) and not isinstance(value, bool)
-
-
-def _needs_key(fn: Any) -> bool:
-    # Stochastic dynamics declare a required `key` argument (filterax.zoo.StochasticDynamics).
-    try:
-        param = inspect.signature(fn).parameters.get("key")
-    except (TypeError, ValueError):
-        return False
-    return (
-        param is not None
-        and param.default is inspect.Parameter.empty
-        and param.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    )
-
-
-def _apply_obs(obs_op: Any, x: Array) -> Array:
-    if isinstance(obs_op, lx.AbstractLinearOperator):
-        return obs_op.mv(x)
-    if isinstance(obs_op, jax.Array):
-        return matmul(obs_op.astype(x.dtype), x)
-    return obs_op(x)
 
 
 def _mean0(z: Array) -> Array:
@@ -147,7 +127,92 @@ def _truncated_pinv(a: Array, rank: int) -> Array:
     return matmul(vt[:rank].T / s[None, :rank], u[:, :rank].T)
 
 
-class iEnKS(eqx.Module):
+def _all_finite(*arrays: Array) -> Array:
+    out = jnp.asarray(True)
+    for a in arrays:
+        out = out & jnp.all(jnp.isfinite(a))
+    return out
+
+
+def _check_ensemble(ensemble: Any, where: str) -> Array:
+    ensemble = jnp.asarray(ensemble)
+    if ensemble.ndim != 2:
+        raise ValueError(
+            f"{where}: ensemble0 must be a 2-D array (N_e, N_x) with members on the first axis; "
+            f"got shape {ensemble.shape}. Stack the members with jnp.stack."
+        )
+    if ensemble.shape[0] < 2:
+        raise ValueError(
+            f"{where}: ensemble0 has N_e={ensemble.shape[0]} member(s); ensemble statistics "
+            "need N_e >= 2. Draw more members (e.g. ssm.initial_ensemble(key, 20))."
+        )
+    if not jnp.issubdtype(ensemble.dtype, jnp.floating):
+        raise TypeError(
+            f"{where}: ensemble0 must be floating point; got dtype {ensemble.dtype}. Cast it "
+            "with .astype(jnp.float64) or .astype(jnp.float32)."
+        )
+    return ensemble
+
+
+def _forecast(model: fxp.AbstractModel, ensemble: Array, t0: Array, t1: Array) -> Array:
+    # The model is deterministic (`_check_perfect_model`): forecast_ensemble draws nothing.
+    out = fxp.forecast_ensemble(model, jax.random.key(0), ensemble, t0, t1)
+    return out.astype(ensemble.dtype)
+
+
+def _check_perfect_model(model: fxp.AbstractModel, where: str) -> None:
+    if isinstance(model.dynamics, fxp.AbstractStochasticDynamics) or (
+        model.process_noise is not None
+    ):
+        raise ValueError(
+            f"{where}: the model is stochastic (AbstractStochasticDynamics or process_noise). "
+            "The iEnKS assumes a perfect (deterministic) model, as DAPPER asserts Q = 0 (see "
+            "Sakov et al. 2018 for an iEnKF with model error). Pass the deterministic part of "
+            "the model."
+        )
+
+
+class iEnKSState(eqx.Module):
+    """The state of the `iEnKS` between cycles (windows).
+
+    Before cycle ``k`` (the window ending at observation ``k``, starting at ``k - L``):
+
+    **Fields:**
+
+    - `ensemble`: ``(N_e, N_x)`` the smoothed, post-processed ensemble of the previous
+      window, at its start (observation time ``k - L - 1``, or ``t0`` before the first); the
+      cycle first moves it one observation interval on, to the new window's start.
+    - `times`: ``(L + 1,)`` the observation times ``t_{k-L-1}, ..., t_{k-1}`` (``t_{-1} = t0``;
+      entries before that are unused) that bound the window's forecast intervals, kept at
+      the default float precision (exact for every float dtype of ``obs_times``).
+    - `cycle`: the index ``k`` of the next cycle.
+    """
+
+    ensemble: Float[Array, "N_e N_x"]
+    times: Real[Array, " n_times"]
+    cycle: Int[Array, ""]
+
+
+class iEnKSDiagnostics(eqx.Module):
+    """What `iEnKS` cycle ``k`` reports besides the forecast/analysis rows.
+
+    **Fields:**
+
+    - `smoothed_mean`, `smoothed_spread`: the smoothed estimate at the window start, cycle
+      ``k - L`` (conditioned on observations up to ``k``); meaningless for ``k < L``.
+      `iEnKS.smoother_result` puts the rows in place.
+    - `smoothed_ensemble`: the ``(N_e, N_x)`` smoothed ensemble of cycle ``k - L`` when the
+      iEnKS was built with ``save_ensembles=True``, else ``None``.
+    - `iterations`: the number of iterations the window used.
+    """
+
+    smoothed_mean: Float[Array, " N_x"]
+    smoothed_spread: Real[Array, ""]
+    smoothed_ensemble: Float[Array, "N_e N_x"] | None
+    iterations: Int[Array, ""]
+
+
+class iEnKS(fxp.AbstractCycledMethod):
     r"""Iterative ensemble Kalman smoother (Bocquet & Sakov 2014), DAPPER's ``iEnKS``.
 
     Cycles windows of `lag` observation intervals shifted by one interval. For each window
@@ -172,7 +237,13 @@ class iEnKS(eqx.Module):
     DEnKF-like) with a smoother attached; ``variant="pertobs"`` is EnRML, and with
     ``mda=True`` ES-MDA.
 
-    **Fields** (all static: they fix the compiled program):
+    The iEnKS is a cycled method (`filterax.primitives.AbstractCycledMethod`): cycle ``k``
+    is the window ending at observation ``k`` (state: `iEnKSState`, the ensemble at the
+    window start and the window's observation times), so `filterax.filters.run` drives it
+    like any filter (keys, statistics, freezing, status, divergence, ``throw``) and
+    `smoother_result` finishes the last ``L`` smoothed rows. `run` does both in one call.
+
+    **Fields** (the first six static: they fix the compiled program):
 
     - `lag`: window length ``L`` in observation cycles, ``>= 0`` (DAPPER's ``Lag``).
     - `n_iter`: maximal number of iterations per window, ``>= 1`` (``nIter``).
@@ -182,6 +253,12 @@ class iEnKS(eqx.Module):
       always runs `n_iter` iterations and keeps the run reverse-differentiable (a
       `lax.while_loop` is used when ``wtol > 0``).
     - `bundle`: finite-difference ("bundle") linearisation with ``\epsilon = 10^{-4}``.
+    - `inflator`: ``None`` or an `fxp.AbstractInflator` (e.g. ``MultiplicativeInflator(1.02)``)
+      applied to the smoothed ensemble at each window start (its ``forecast`` argument is the
+      window's prior ensemble); adaptive inflators are not supported (DAPPER's ``infl``).
+    - `rotate`: random mean-preserving rotation after the inflation (DAPPER's ``rot``,
+      static).
+    - `save_ensembles`: also emit the smoothed ``(N_e, N_x)`` ensembles (static).
 
     **Reference:** Bocquet & Sakov (2014), QJRMS 140; Sakov, Oliver & Bertino (2012), MWR 140;
     Raanes, Stordal & Evensen (2019), "Revising the stochastic iterative ensemble smoother",
@@ -194,6 +271,7 @@ class iEnKS(eqx.Module):
 
     ```python
     import jax
+    import filterax.filters as ff
     from filterax.primitives import MultiplicativeInflator
     from filterax.smoothers import iEnKS
     from filterax.zoo import presets
@@ -205,6 +283,12 @@ class iEnKS(eqx.Module):
         xp.observations, xp.times, key=jax.random.key(2),
         inflator=MultiplicativeInflator(1.02), rotate=True)
     res.scores(xp.truth, ssm.burn_in_cycles)["rmse_a"]  # ~0.3
+
+    # the same run through the one driver of cycled methods
+    method = iEnKS(lag=1, n_iter=10, inflator=MultiplicativeInflator(1.02), rotate=True)
+    out = ff.run(method, ssm, ssm.initial_ensemble(jax.random.key(1), 10), xp.observations,
+                 xp.times, key=jax.random.key(2))
+    method.smoother_result(out, ssm).scores(xp.truth, ssm.burn_in_cycles)
     ```
     """
 
@@ -214,6 +298,9 @@ class iEnKS(eqx.Module):
     mda: bool = eqx.field(default=False, static=True)
     wtol: float = eqx.field(default=0.0, static=True)
     bundle: bool = eqx.field(default=False, static=True)
+    inflator: Any = None
+    rotate: bool = eqx.field(default=False, static=True)
+    save_ensembles: bool = eqx.field(default=False, static=True)
 
     def __check_init__(self) -> None:
         if not _is_int(self.lag) or self.lag < 0:
@@ -242,6 +329,18 @@ class iEnKS(eqx.Module):
                 f"iEnKS: wtol must be a Python float >= 0 (0 = always n_iter iterations; DAPPER "
                 f"recommends 1e-5); got {self.wtol!r}."
             )
+        if isinstance(self.inflator, fxp.AdaptiveInflator):
+            raise TypeError(
+                "iEnKS: AdaptiveInflator is not supported (it needs the filter's innovation "
+                "carry); use MultiplicativeInflator, RTPS, RTPP or AdditiveInflator."
+            )
+        if self.inflator is not None and not callable(self.inflator):
+            raise TypeError(
+                "iEnKS: inflator must be an AbstractInflator (e.g. "
+                f"MultiplicativeInflator(1.02)); got {type(self.inflator).__name__}."
+            )
+        if not isinstance(self.rotate, bool) or not isinstance(self.save_ensembles, bool):
+            raise ValueError("iEnKS: rotate and save_ensembles must be Python bools.")
 
     def run(
         self,
@@ -259,22 +358,25 @@ class iEnKS(eqx.Module):
         save_ensembles: bool = False,
         throw: bool = True,
         context: Mapping[str, Any] | None = None,
+        divergence_threshold: Real[ArrayLike, ""] | None = None,
     ) -> SmootherResult:
         r"""Run the iEnKS over all observations as one compiled program.
 
-        Windows ``k_o = 0, ..., T + L - 1`` (one `lax.scan`; the last ``L`` only propagate the
-        smoothed ensemble to the end). The window's ``L`` forecast cycles are an inner scan;
-        cycles with index ``< 0`` (the first windows start at ``t0``) are skipped with
-        `lax.cond`. Per window, keys are `filterax.filters.cycle_keys` ``(key, k_o)``: the
-        analysis key draws the ``pertobs`` perturbations
-        (``normal(fold_in(k_an, i), (N_e, N_y))``, centred; ``i = 0`` unless ``mda``), the
-        inflation and rotation keys go to the post-processing.
+        ``run(method, Model(dynamics, obs_op, obs_noise, t0=t0), ensemble0, observations,
+        obs_times, key=key, ...)`` (`filterax.filters.run`: one `lax.scan` over the windows
+        ``k_o = 0, ..., T - 1``) followed by `smoother_result` (the last ``L`` smoothed rows,
+        propagating the final smoothed ensemble to the end), in one `eqx.filter_jit`. The
+        window's ``L`` forecast cycles are an inner scan; cycles with index ``< 0`` (the first
+        windows start at ``t0``) are skipped with `lax.cond`. Per window, keys are
+        `filterax.filters.cycle_keys` ``(key, k_o)``: the analysis key draws the ``pertobs``
+        perturbations (``normal(fold_in(k_an, i), (N_e, N_y))``, centred; ``i = 0`` unless
+        ``mda``), the inflation and rotation keys go to the post-processing.
 
         **Arguments:**
 
         - `dynamics`: deterministic ``dynamics(x, t0, t1) -> x`` on ONE state (vmapped over
-          members). Stochastic dynamics (a required ``key=``) are refused: the iEnKS assumes a
-          perfect model (DAPPER asserts ``Q = 0``).
+          members). Stochastic dynamics (an `AbstractStochasticDynamics`) are refused: the
+          iEnKS assumes a perfect model (DAPPER asserts ``Q = 0``).
         - `obs_op`: ``obs_op(x) -> y`` on ONE state: a callable, a lineax operator or an
           ``(N_y, N_x)`` matrix.
         - `obs_noise`: ``R``: scalar variance (``c I``), variances, a matrix or a lineax
@@ -283,15 +385,15 @@ class iEnKS(eqx.Module):
         - `observations`: ``(T, N_y)``, NaN entries are not observed (zero weight).
         - `obs_times`: ``(T,)`` increasing observation times (none at `t0`).
         - `key`: a JAX PRNG key (same key, bit-identical run).
-        - `inflator`: ``None`` or an `fxp.AbstractInflator` (e.g.
-          ``MultiplicativeInflator(1.02)``) applied to the smoothed ensemble at each window
-          start (its ``forecast`` argument is the window's prior ensemble). Adaptive
-          inflators are not supported.
-        - `rotate`: random mean-preserving rotation after the inflation (DAPPER's ``rot``).
+        - `inflator`, `rotate`, `save_ensembles`: as the fields of the same names (given
+          here or to the constructor, not both).
         - `t0`: time of `ensemble0`.
-        - `save_ensembles`: also return the ``(T, N_e, N_x)`` smoothed ensembles.
-        - `throw`: raise (`eqx.error_if`) if the ensemble becomes non-finite.
+        - `throw`: raise (`eqx.error_if`) if the ensemble becomes non-finite (or diverges,
+          with `divergence_threshold`).
         - `context`: accepted for interface symmetry with the filters; must be empty.
+        - `divergence_threshold`: RMS innovation (observation units) of the first-iteration
+          forecast above which a window counts as diverged (status ``2``); ``None``
+          disables the check.
 
         **Returns:** a `SmootherResult`: row ``k`` has the iteration-0 forecast at
         observation ``k``, the linearised analysis, the smoothed estimate at ``k`` (using
@@ -300,148 +402,169 @@ class iEnKS(eqx.Module):
         window; `particles` is the ensemble at ``obs_times[-1]`` after the last window
         (conditioned on all observations), from which a run continues.
         """
-        if jnp.ndim(t0) != 0:
-            raise ValueError(f"iEnKS.run: t0 must be a scalar time; got shape {jnp.shape(t0)}.")
+        where = "iEnKS.run"
         if context:
             raise ValueError(
-                "iEnKS.run: context is not used by the iEnKS (no localisation); pass None."
+                f"{where}: context is not used by the iEnKS (no localisation); pass None."
             )
-        if isinstance(inflator, fxp.AdaptiveInflator):
+        if inflator is not None and self.inflator is not None:
+            raise ValueError(
+                f"{where}: an inflator was given both to iEnKS(...) and to run(...); give it once."
+            )
+        method = dataclasses.replace(
+            self,
+            inflator=self.inflator if inflator is None else inflator,
+            rotate=self.rotate or bool(rotate),
+            save_ensembles=self.save_ensembles or bool(save_ensembles),
+        )
+        if not callable(dynamics):
             raise TypeError(
-                "iEnKS.run: AdaptiveInflator is not supported (it needs the filter's innovation "
-                "carry); use MultiplicativeInflator, RTPS, RTPP or AdditiveInflator."
+                f"{where}: dynamics must be callable as dynamics(x, t0, t1) -> x; got "
+                f"{type(dynamics).__name__}."
             )
-        if inflator is not None and not callable(inflator):
-            raise TypeError(
-                "iEnKS.run: inflator must be an AbstractInflator (e.g. "
-                f"MultiplicativeInflator(1.02)); got {type(inflator).__name__}."
-            )
-        if key is None:
-            raise TypeError("iEnKS.run needs key=jax.random.key(seed).")
         if isinstance(obs_op, np.ndarray):
             obs_op = jnp.asarray(obs_op)
-        ensemble0, observations, obs_times, noise = _validate(
-            dynamics, obs_op, obs_noise, ensemble0, observations, obs_times, t0
+        if not (callable(obs_op) or isinstance(obs_op, lx.AbstractLinearOperator | jax.Array)):
+            raise TypeError(
+                f"{where}: obs_op must be a callable on ONE state, a lineax operator or an "
+                f"(N_y, N_x) matrix; got {type(obs_op).__name__}."
+            )
+        observations = jnp.asarray(observations)
+        if observations.ndim == 2 and (observations.shape[0] < 1 or observations.shape[1] < 1):
+            raise ValueError(
+                f"{where}: observations are empty (shape {observations.shape}); pass at least "
+                "one observation time with at least one observed component."
+            )
+        model = fxp.Model(dynamics, obs_op, obs_noise, t0=t0)
+        observations, obs_times = ff.check_run_arguments(
+            model, observations, obs_times, key, "stats", divergence_threshold, t0, where
         )
+        ensemble0 = _check_ensemble(ensemble0, where)
+        _check_perfect_model(model, where)
+        dtype = ensemble0.dtype
+        _check_model_shapes(model, ensemble0[0], observations.shape[1], t0, obs_times[0], where)
+        noise = _as_noise(obs_noise, observations.shape[1], dtype, where)
+        model = fxp.Model(dynamics, obs_op, noise, t0=t0)
         return _run_jit(
-            self,
-            dynamics,
-            obs_op,
-            noise,
+            method,
+            model,
             ensemble0,
             observations,
             obs_times,
             key,
-            inflator,
-            bool(rotate),
-            jnp.asarray(t0, dtype=obs_times.dtype),
-            bool(save_ensembles),
             bool(throw),
+            divergence_threshold,
         )
 
+    def init(
+        self, key: PRNGKeyArray, initial: Real[ArrayLike, "..."], model: fxp.AbstractModel
+    ) -> iEnKSState:
+        """The initial ensemble (at ``t0``) as the first window's ensemble."""
+        del key
+        ensemble = _check_ensemble(initial, "iEnKS")
+        _check_perfect_model(model, "iEnKS")
+        # Times before t0 are never used (their cycles do not exist); t0 comes from the driver.
+        times = jnp.zeros((self.lag + 1,), jnp.result_type(float))
+        return iEnKSState(ensemble, times, jnp.asarray(0, jnp.int32))
 
-def _validate(
-    dynamics: Any,
-    obs_op: Any,
-    obs_noise: Any,
-    ensemble0: Any,
-    observations: Any,
-    obs_times: Any,
-    t0: Any,
-) -> tuple[Array, Array, Array, lx.AbstractLinearOperator]:
-    where = "iEnKS.run"
-    if not callable(dynamics):
-        raise TypeError(
-            f"{where}: dynamics must be callable as dynamics(x, t0, t1) -> x; got "
-            f"{type(dynamics).__name__}."
+    def step(
+        self,
+        key: PRNGKeyArray,
+        state: iEnKSState,
+        model: fxp.AbstractModel,
+        t_prev: Real[Array, ""],
+        t: Real[Array, ""],
+        obs: Float[Array, " N_y"],
+    ) -> tuple[iEnKSState, fxp.CycleInfo]:
+        """The window ending at observation ``k``: shift the previous window's smoothed
+        ensemble one interval on, iterate, post-process (see the class docstring)."""
+        lag = self.lag
+        dtype = state.ensemble.dtype
+        obs = jnp.asarray(obs).astype(dtype)
+        k = state.cycle
+        # t_{k-L-1}, ..., t_k: cycle c runs from times[c - k + L] to times[c - k + L + 1].
+        times = jnp.concatenate(
+            [state.times[:-1].astype(t.dtype), jnp.stack([t_prev, t]).astype(t.dtype)]
         )
-    if _needs_key(dynamics):
-        raise ValueError(
-            f"{where}: the dynamics are stochastic (they require key=...). The iEnKS assumes a "
-            "perfect (deterministic) model, as DAPPER asserts Q = 0 (see Sakov et al. 2018 for "
-            "an iEnKF with model error). Pass the deterministic part of the model."
+
+        def propagate(ensemble: Array, cycle: Array, a: Array, b: Array) -> Array:
+            # Cycles before the first observation do not exist; their (unused) interval is
+            # replaced by this cycle's, so that even a vmapped (both-branches) cond only
+            # ever integrates over a real interval.
+            a = jnp.where(cycle >= 0, a, t_prev)
+            b = jnp.where(cycle >= 0, b, t)
+            return lax.cond(cycle >= 0, lambda e: _forecast(model, e, a, b), lambda e: e, ensemble)
+
+        def window_forecast(ensemble: Array) -> Array:
+            if lag == 0:
+                return ensemble
+            cycles = k - lag + 1 + jnp.arange(lag, dtype=k.dtype)
+            out, _ = lax.scan(
+                lambda e, xs: (propagate(e, *xs), None),
+                ensemble,
+                (cycles, times[1 : lag + 1], times[2 : lag + 2]),
+            )
+            return out
+
+        # Slide the window: the previous window's smoothed ensemble (at t_{k-L-1}) moves one
+        # interval on to this window's start, t_{k-L}.
+        ensemble = propagate(state.ensemble, k - lag, times[0], times[1])
+        noise = _as_noise(model.obs_noise, obs.shape[0], dtype, "iEnKS")
+        ef0, eo0, analysis, smoothed, n_done = self._update(
+            key, ensemble, model, noise, obs, window_forecast
         )
-    if not (callable(obs_op) or isinstance(obs_op, lx.AbstractLinearOperator | jax.Array)):
-        raise TypeError(
-            f"{where}: obs_op must be a callable on ONE state, a lineax operator or an "
-            f"(N_y, N_x) matrix; got {type(obs_op).__name__}."
+        loglik = jnp.asarray(fxp.log_likelihood(eo0, obs, noise), dtype)
+        finite = _all_finite(ensemble, ef0, analysis, smoothed)
+        diagnostics = iEnKSDiagnostics(
+            smoothed_mean=jnp.mean(smoothed, axis=0),
+            smoothed_spread=_spread(smoothed),
+            smoothed_ensemble=smoothed if self.save_ensembles else None,
+            iterations=n_done,
         )
-    observations = jnp.asarray(observations)
-    if observations.ndim == 2 and (observations.shape[0] < 1 or observations.shape[1] < 1):
-        raise ValueError(
-            f"{where}: observations are empty (shape {observations.shape}); pass at least one "
-            "observation time with at least one observed component."
+        info = fxp.CycleInfo(
+            forecast_mean=jnp.mean(ef0, axis=0),
+            forecast_spread=_spread(ef0),
+            analysis_mean=jnp.mean(analysis, axis=0),
+            analysis_spread=_spread(analysis),
+            log_likelihood=loglik,
+            innovation=obs - jnp.mean(eo0, axis=0),
+            finite=finite,
+            forecast=ef0,
+            analysis=analysis,
+            diagnostics=diagnostics,
         )
-    # The same shape/dtype checks (and messages) as filterax.filters.assimilate.
-    ensemble0, observations, obs_times = check_run_inputs(
-        dynamics, obs_op, ensemble0, observations, obs_times, t0
-    )
-    dtype = ensemble0.dtype
-    noise = _as_noise(obs_noise, observations.shape[1], dtype, where)
-    return ensemble0, observations, obs_times, noise
+        new_times = times[1:].astype(state.times.dtype)  # t_{k-L}, ..., t_k
+        return iEnKSState(smoothed, new_times, k + 1), info
 
-
-def _run(
-    smoother: iEnKS,
-    dynamics: Any,
-    obs_op: Any,
-    noise: lx.AbstractLinearOperator,
-    ensemble0: Array,
-    observations: Array,
-    obs_times: Array,
-    key: PRNGKeyArray,
-    inflator: Any,
-    rotate: bool,
-    t0: Array,
-    save_ensembles: bool,
-    throw: bool,
-) -> SmootherResult:
-    n_times, n_y = observations.shape
-    n_e, n_x = ensemble0.shape
-    dtype = ensemble0.dtype
-    lag, n_iter, variant, mda = smoother.lag, smoother.n_iter, smoother.variant, smoother.mda
-    eps = _BUNDLE_EPS if smoother.bundle else 1.0
-    n1 = n_e - 1
-    # DAPPER's "effective ensemble size" za; MDA inflates R by n_iter, i.e. za by n_iter.
-    za = float(n1 * n_iter) if mda else float(n1)
-    eye = jnp.eye(n_e, dtype=dtype)
-    t_prev = jnp.concatenate([t0[None], obs_times[:-1]])
-
-    def propagate(ensemble: Array, cycle: Array) -> Array:
-        # Forecast through observation cycle `cycle` (t_prev[c] -> obs_times[c]); cycles
-        # outside [0, T) do not exist (windows before the first observation, past the last).
-        c = jnp.clip(cycle, 0, n_times - 1)
-
-        def step(e: Array) -> Array:
-            return jax.vmap(dynamics, in_axes=(0, None, None))(e, t_prev[c], obs_times[c])
-
-        return lax.cond((cycle >= 0) & (cycle < n_times), step, lambda e: e, ensemble)
-
-    def window_forecast(ensemble: Array, ko: Array) -> Array:
-        if lag == 0:
-            return ensemble
-        cycles = ko - lag + 1 + jnp.arange(lag, dtype=ko.dtype)
-        out, _ = lax.scan(lambda e, c: (propagate(e, c), None), ensemble, cycles)
-        return out
-
-    def observe(ensemble: Array) -> Array:
-        return jax.vmap(lambda x: _apply_obs(obs_op, x))(ensemble).astype(dtype)
-
-    def post_process(ensemble: Array, prior: Array, k_infl: Array, k_rot: Array) -> Array:
-        if inflator is not None:
-            ensemble = jnp.asarray(inflator(ensemble, prior, key=k_infl)).astype(dtype)
-        if rotate:
-            ensemble = rotate_ensemble(k_rot, ensemble)
-        return ensemble
-
-    def update(ensemble: Array, ko: Array, y: Array) -> tuple[Array, ...]:
-        """DAPPER's iEnKS_update for the window ending at observation ko."""
-        _, k_an, k_infl, k_rot = cycle_keys(key, ko)
+    def _update(
+        self,
+        key: PRNGKeyArray,
+        ensemble: Array,
+        model: fxp.AbstractModel,
+        noise: lx.AbstractLinearOperator,
+        y: Array,
+        window_forecast: Any,
+    ) -> tuple[Array, ...]:
+        """DAPPER's iEnKS_update for the window ending at this cycle's observation."""
+        n_e, n_x = ensemble.shape
+        n_y = y.shape[0]
+        dtype = ensemble.dtype
+        n_iter, variant, mda = self.n_iter, self.variant, self.mda
+        eps = _BUNDLE_EPS if self.bundle else 1.0
+        n1 = n_e - 1
+        # DAPPER's "effective ensemble size" za; MDA inflates R by n_iter, i.e. za by n_iter.
+        za = float(n1 * n_iter) if mda else float(n1)
+        eye = jnp.eye(n_e, dtype=dtype)
+        # The keys of cycle k: `cycle_keys(run_key, k)` is the split of this cycle's key.
+        _, k_an, k_infl, k_rot = jax.random.split(key, 4)
         mask = fxp.observation_mask(y)
         y_filled = fxp.fill_missing(y, mask)
         whitener = _build_whitener(fxp.mask_noise(noise, mask), dtype)
         x0 = jnp.mean(ensemble, axis=0)
         X0 = ensemble - x0[None, :]
+
+        def observe(e: Array) -> Array:
+            return fxp.observe_ensemble(model, e).astype(dtype)
 
         def perturbation(iteration: Any) -> Array:
             d = jax.random.normal(jax.random.fold_in(k_an, iteration), (n_e, n_y), dtype)
@@ -451,7 +574,7 @@ def _run(
 
         def forward(w: Array, T: Array) -> tuple[Array, Array]:
             ens = x0[None, :] + matmul(w[None, :] + eps * T, X0)
-            ens = window_forecast(ens, ko)
+            ens = window_forecast(ens)
             eo = observe(ens)
             if eps != 1.0:
                 # Undo the bundle scaling of the forecast and observed anomalies.
@@ -459,12 +582,12 @@ def _run(
                 eo = _rescale_anomalies(eo, 1.0 / eps)
             return ens, eo
 
-        def body(iteration: Any, carry: tuple[Array, ...]) -> tuple[Array, ...]:
-            w, T, Tinv, _, _, _, ef0, eo0, n_done, _ = carry
+        def body(iteration: Any, carry: _Iterate) -> _Iterate:
+            w, T, Tinv = carry.w, carry.T, carry.Tinv
             ef, eo = forward(w, T)
             first = iteration == 0
-            ef0 = jnp.where(first, ef, ef0)
-            eo0 = jnp.where(first, eo, eo0)
+            ef0 = jnp.where(first, ef, carry.ef0)
+            eo0 = jnp.where(first, eo, carry.eo0)
             xo = jnp.mean(eo, axis=0)
             Y = whitener.rows(jnp.where(mask[None, :], eo - xo[None, :], jnp.zeros((), dtype)))
             dy = whitener.vector(jnp.where(mask, y_filled - xo, jnp.zeros((), dtype)))
@@ -501,126 +624,207 @@ def _run(
                     grad_T = -0.5 * matmul(Y, Y0.T) + n1 * (eye - T)
                     T_new = T + matmul(grad_T, cow1)
                     Tinv_new = _truncated_pinv(T_new, n1)
-            converged = jnp.dot(dw, dw) < smoother.wtol * n_e
-            return (w + dw, T_new, Tinv_new, dw, T, ef, ef0, eo0, n_done + 1, converged)
+            converged = jnp.dot(dw, dw) < self.wtol * n_e
+            return _Iterate(
+                w=w + dw,
+                T=T_new,
+                Tinv=Tinv_new,
+                dw=dw,
+                T_old=T,
+                e_last=ef,
+                ef0=ef0,
+                eo0=eo0,
+                n_done=carry.n_done + 1,
+                converged=converged,
+            )
 
         zeros_e = jnp.zeros((n_e,), dtype)
-        init = (
-            zeros_e,
-            eye,
-            eye,
-            zeros_e,
-            eye,
-            jnp.zeros((n_e, n_x), dtype),
-            jnp.zeros((n_e, n_x), dtype),
-            jnp.zeros((n_e, n_y), dtype),
-            jnp.asarray(0, jnp.int32),
-            jnp.asarray(False),
+        init = _Iterate(
+            w=zeros_e,
+            T=eye,
+            Tinv=eye,
+            dw=zeros_e,
+            T_old=eye,
+            e_last=jnp.zeros((n_e, n_x), dtype),
+            ef0=jnp.zeros((n_e, n_x), dtype),
+            eo0=jnp.zeros((n_e, n_y), dtype),
+            n_done=jnp.asarray(0, jnp.int32),
+            converged=jnp.asarray(False),
         )
-        if smoother.wtol > 0:
-            out = lax.while_loop(lambda c: (c[8] < n_iter) & ~c[9], lambda c: body(c[8], c), init)
+        if self.wtol > 0:
+            out = lax.while_loop(
+                lambda c: (c.n_done < n_iter) & ~c.converged, lambda c: body(c.n_done, c), init
+            )
         else:
             out = lax.fori_loop(0, n_iter, body, init)
-        w, T, _, dw, T_old, e_last, ef0, eo0, n_done, _ = out
 
         # The final increment linearises the last step: no extra model run, and with one
         # iteration it is exactly the EnKF/ETKF analysis (DAPPER's final_increment).
-        xf = jnp.mean(ef0, axis=0)
-        analysis = e_last + matmul(dw[None, :] + T - T_old, ef0 - xf[None, :])
-        smoothed = x0[None, :] + matmul(w[None, :] + T, X0)
-        smoothed = post_process(smoothed, ensemble, k_infl, k_rot)
-        loglik = jnp.asarray(fxp.log_likelihood(eo0, y, noise), dtype)
-        return ef0, analysis, smoothed, loglik, n_done
+        xf = jnp.mean(out.ef0, axis=0)
+        analysis = out.e_last + matmul(out.dw[None, :] + out.T - out.T_old, out.ef0 - xf[None, :])
+        smoothed = x0[None, :] + matmul(out.w[None, :] + out.T, X0)
+        # DAPPER's post_process: inflation (relative to the window's prior), then rotation.
+        if self.inflator is not None:
+            smoothed = jnp.asarray(self.inflator(smoothed, ensemble, key=k_infl)).astype(dtype)
+        if self.rotate:
+            smoothed = rotate_ensemble(k_rot, smoothed)
+        return out.ef0, out.eo0, analysis, smoothed, out.n_done
 
-    def main_window(carry: tuple[Array, Array], inputs: tuple[Array, Array]) -> Any:
-        ensemble, alive = carry
-        ko, y = inputs
-        ef0, analysis, smoothed, loglik, n_done = update(ensemble, ko, y)
-        nxt = propagate(smoothed, ko - lag + 1)
-        finite = (
-            jnp.all(jnp.isfinite(ef0))
-            & jnp.all(jnp.isfinite(analysis))
-            & jnp.all(jnp.isfinite(smoothed))
-            & jnp.all(jnp.isfinite(nxt))
+    def smoother_result(self, out: ff.RunResult, model: fxp.AbstractModel) -> SmootherResult:
+        """The `SmootherResult` of a `filterax.filters.run` of this iEnKS.
+
+        Cycle ``k`` emitted the smoothed row ``k - L``; the last ``L`` rows come from the
+        final state, propagated through the last ``L`` observation intervals (DAPPER's
+        windows past the last observation: nothing left to assimilate). `particles` is the
+        ensemble at the last observation time. A run that failed keeps its frozen state (the
+        last finite window's ensemble) and NaN rows from the failure on; a failure while
+        propagating to the end is reported the same way.
+        """
+        lag = self.lag
+        state = out.state
+        ensemble = state.ensemble
+        dtype = ensemble.dtype
+        diag = out.diagnostics
+        valid_fa = out.cycle_status != _NONFINITE
+        alive = jnp.all(valid_fa)
+        nan = jnp.asarray(jnp.nan, dtype)
+
+        def stacked(name: str, trail: Array | None) -> Array:
+            main = getattr(diag, name)
+            both = main if trail is None else jnp.concatenate([main, trail])
+            return both[lag:]
+
+        if lag > 0:
+            _check_perfect_model(model, "iEnKS")
+            times = state.times.astype(out.times.dtype)
+            # The intervals of the last L cycles; cycles before the first observation (a lag
+            # longer than the run) do not exist, their interval is the last one's.
+            cycles = state.cycle - lag + jnp.arange(lag, dtype=state.cycle.dtype)
+
+            def trailing(carry: tuple[Array, Array], xs: tuple[Array, ...]) -> Any:
+                ens, ok = carry
+                cycle, a, b = xs
+                a = jnp.where(cycle >= 0, a, times[-2])
+                b = jnp.where(cycle >= 0, b, times[-1])
+
+                nxt = lax.cond(cycle >= 0, lambda e: _forecast(model, e, a, b), lambda e: e, ens)
+                ok = ok & jnp.all(jnp.isfinite(nxt))
+                ens = jnp.where(ok, nxt, ens)
+                rows = {
+                    "valid": ok,
+                    "smoothed_mean": jnp.where(ok, jnp.mean(ens, axis=0), nan),
+                    "smoothed_spread": jnp.where(ok, _spread(ens), nan),
+                }
+                if self.save_ensembles:
+                    rows["smoothed_ensemble"] = jnp.where(ok, ens, nan)
+                return (ens, ok), rows
+
+            (final, _), trail = lax.scan(
+                trailing, (ensemble, alive), (cycles, times[:-1], times[1:])
+            )
+        else:
+            final, trail = ensemble, None
+
+        def smoothed_rows(name: str) -> Array:
+            return stacked(name, None if trail is None else trail[name])
+
+        # Cycle k's smoothed row is valid when cycle k was assimilated.
+        main_valid = valid_fa
+        if trail is not None:
+            main_valid = jnp.concatenate([main_valid, trail["valid"]])
+        valid_s = main_valid[lag:]
+        diverged = out.cycle_status == _DIVERGED
+        nonfinite = ~(valid_fa & valid_s)
+        failed = nonfinite | diverged
+        status = jnp.where(
+            jnp.any(nonfinite), _NONFINITE, jnp.where(jnp.any(diverged), _DIVERGED, 0)
+        ).astype(jnp.int32)
+        first_failure = jnp.where(jnp.any(failed), jnp.argmax(failed), -1).astype(jnp.int32)
+        return SmootherResult(
+            forecast_mean=out.forecast_mean,
+            analysis_mean=out.analysis_mean,
+            smoothed_mean=smoothed_rows("smoothed_mean"),
+            forecast_spread=out.forecast_spread,
+            analysis_spread=out.analysis_spread,
+            smoothed_spread=smoothed_rows("smoothed_spread"),
+            log_likelihood=out.log_likelihood,
+            smoothed_ensembles=smoothed_rows("smoothed_ensemble") if self.save_ensembles else None,
+            particles=final,
+            iterations=diag.iterations,
+            times=out.times,
+            status=status,
+            first_failure=first_failure,
         )
-        valid = alive & finite
 
-        def row(x: Array) -> Array:
-            return jnp.where(valid, x, jnp.full_like(x, jnp.nan))
 
-        rows = {
-            "forecast_mean": row(jnp.mean(ef0, axis=0)),
-            "forecast_spread": row(_spread(ef0)),
-            "analysis_mean": row(jnp.mean(analysis, axis=0)),
-            "analysis_spread": row(_spread(analysis)),
-            "log_likelihood": row(loglik),
-            "iterations": n_done,
-            "valid": valid,
-            "smoothed_mean": row(jnp.mean(smoothed, axis=0)),
-            "smoothed_spread": row(_spread(smoothed)),
-        }
-        if save_ensembles:
-            rows["smoothed_ensembles"] = row(smoothed)
-        # Freeze on failure so NaN never reaches later windows or the returned particles.
-        return (jnp.where(valid, nxt, ensemble), valid), rows
+class _Iterate(eqx.Module):
+    """The carry of a window's iterations (DAPPER's loop variables)."""
 
-    def trailing_window(carry: tuple[Array, Array], ko: Array) -> Any:
-        # Windows past the last observation: nothing left to assimilate, only the smoothed
-        # estimate at k_L to record and the shift to the next window start.
-        ensemble, alive = carry
-        nxt = propagate(ensemble, ko - lag + 1)
-        rows = {
-            "valid": alive,
-            "smoothed_mean": jnp.where(alive, jnp.mean(ensemble, axis=0), jnp.nan),
-            "smoothed_spread": jnp.where(alive, _spread(ensemble), jnp.nan),
-        }
-        if save_ensembles:
-            rows["smoothed_ensembles"] = jnp.where(alive, ensemble, jnp.nan)
-        valid = alive & jnp.all(jnp.isfinite(nxt))
-        return (jnp.where(valid, nxt, ensemble), valid), rows
+    w: Array
+    T: Array
+    Tinv: Array
+    dw: Array
+    T_old: Array
+    e_last: Array
+    ef0: Array
+    eo0: Array
+    n_done: Array
+    converged: Array
 
-    ensemble = ensemble0
-    if lag == 0:
-        # The MLEF's window has no forecast: start at the first observation time.
-        ensemble = propagate(ensemble, jnp.asarray(0, jnp.int32))
-    alive = jnp.all(jnp.isfinite(ensemble))
-    windows = jnp.arange(n_times, dtype=jnp.int32)
-    carry, main = lax.scan(main_window, (ensemble, alive), (windows, observations))
-    if lag > 0:
-        trailing_ko = n_times + jnp.arange(lag, dtype=jnp.int32)
-        carry, trail = lax.scan(trailing_window, carry, trailing_ko)
-    else:
-        trail = None
-    final, _ = carry
 
-    def smoothed_rows(name: str) -> Array:
-        # Window k_o records the smoothed estimate at k_L = k_o - L: drop the first L records.
-        stacked = main[name] if trail is None else jnp.concatenate([main[name], trail[name]])
-        return stacked[lag:]
+def _check_model_shapes(
+    model: fxp.Model, member: Array, n_y: int, t0: Any, t1: Any, where: str
+) -> None:
+    t0 = jnp.asarray(t0, dtype=jnp.result_type(t1))
+    try:
+        x_shape = jax.eval_shape(lambda x: model.dynamics(x, t0, t1), member).shape
+    except TypeError as err:
+        raise ValueError(
+            f"{where}: calling dynamics(x, t0, t1) on one (N_x,) member failed: {err}. The "
+            "iEnKS needs deterministic dynamics(x, t0, t1) -> x on ONE state (a perfect model: "
+            "stochastic dynamics that need a key are refused)."
+        ) from err
+    if x_shape != member.shape:
+        raise ValueError(
+            f"{where}: dynamics(x, t0, t1) must return a state of shape {member.shape} (like "
+            f"one member of ensemble0); it returned shape {x_shape}."
+        )
+    y_shape = jax.eval_shape(lambda x: fxp.apply_obs(model.obs_op, x), member).shape
+    if y_shape != (n_y,):
+        raise ValueError(
+            f"{where}: obs_op maps one member to shape {y_shape}, but the observations have "
+            f"N_y={n_y} entries per time. Pass observations with one column per entry of "
+            "obs_op(x), or the matching observation operator."
+        )
 
-    valid_fa = main["valid"]
-    valid_s = smoothed_rows("valid")
-    failed = ~(valid_fa & valid_s)
-    any_failed = jnp.any(failed)
-    status = jnp.where(any_failed, 1, 0).astype(jnp.int32)
-    first_failure = jnp.where(any_failed, jnp.argmax(failed), -1).astype(jnp.int32)
-    result = SmootherResult(
-        forecast_mean=main["forecast_mean"],
-        analysis_mean=main["analysis_mean"],
-        smoothed_mean=smoothed_rows("smoothed_mean"),
-        forecast_spread=main["forecast_spread"],
-        analysis_spread=main["analysis_spread"],
-        smoothed_spread=smoothed_rows("smoothed_spread"),
-        log_likelihood=main["log_likelihood"],
-        smoothed_ensembles=smoothed_rows("smoothed_ensembles") if save_ensembles else None,
-        particles=final,
-        iterations=main["iterations"],
-        times=obs_times,
-        status=status,
-        first_failure=first_failure,
+
+def _run(
+    method: iEnKS,
+    model: fxp.Model,
+    ensemble0: Array,
+    observations: Array,
+    obs_times: Array,
+    key: PRNGKeyArray,
+    throw: bool,
+    divergence_threshold: Any,
+) -> SmootherResult:
+    out = ff.run_cycles(
+        method,
+        model,
+        ensemble0,
+        observations,
+        obs_times,
+        key,
+        model.t0,
+        "stats",
+        throw,
+        divergence_threshold,
+        "iEnKS.run",
     )
+    result = method.smoother_result(out, model)
     if throw:
-        result = eqx.error_if(result, any_failed, _NONFINITE_MESSAGE)
+        # Failures while propagating the last windows to the end (the driver saw the rest).
+        result = eqx.error_if(result, result.status == _NONFINITE, _NONFINITE_MESSAGE)
     return result
 
 

@@ -31,7 +31,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, Real
 
 import filterax.filters as ff
-from filterax.filters._assimilate import _needs_key
+import filterax.primitives as fxp
 from filterax.primitives import matmul, pinv_psd, sqrt_psd
 
 from ._base import (
@@ -382,10 +382,10 @@ def rts_smooth(
             f"obs_times must have shape (T,) = ({n_times},), one time per row of result; got "
             f"{obs_times.shape}."
         )
-    if callable(dynamics) and _needs_key(dynamics):
+    if isinstance(dynamics, fxp.AbstractStochasticDynamics):
         raise TypeError(
-            "this dynamics draws its own noise (it requires key=...). Pass its deterministic "
-            "part (e.g. StochasticDynamics.dynamics), as given to the Kalman filter."
+            "this dynamics draws its own noise (an AbstractStochasticDynamics). Pass its "
+            "deterministic part (e.g. StochasticDynamics.dynamics), as given to the Kalman filter."
         )
     return _rts_smooth(result, dynamics, obs_times)
 

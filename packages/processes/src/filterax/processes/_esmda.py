@@ -1,32 +1,26 @@
 """The ensemble smoother with multiple data assimilation (ES-MDA, Emerick & Reynolds 2013)."""
 
 from collections.abc import Sequence
-from typing import Any
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import lineax as lx
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 import filterax.primitives as fxp
 
-from ._inverse_common import (
+from ._failures import check_failure_handler, handle_failures, masked_stats
+from ._inversion import (
     AbstractInverseSmoother,
     InversionState,
-    Whitening,
-    check_ensemble,
-    check_forward_evals,
-    check_key,
-    check_obs,
-    checked_noise,
     draw_perturbations,
     failure_guard,
-    mm,
+    no_minibatches,
     skip_if_failed,
-    solve_rows,
-    stack_factor,
 )
+from ._linalg import mm, stack_factor
 
 __all__ = ["ESMDA"]
 
@@ -65,6 +59,14 @@ class ESMDA(AbstractInverseSmoother):
     Cost per update: ``O(N_e^2 N_y + N_e N_p N_y)`` (``+ N_e^3`` for ``"sqrt"``) for diagonal
     ``Gamma``; a dense ``Gamma`` adds one ``N_y x N_y`` Cholesky.
 
+    ES-MDA is a process (``init(ensemble, obs, obs_noise, *, key)``, ``update(state,
+    forward_evals)``), so `calibrate` drives it like `EKI` (executors for non-JAX forward
+    models, constrained priors, member failures; ``until_converged=True`` stops after the
+    ``N_a`` assimilations). Its algorithm time step is ``dt_i = 1/alpha_i``: update ``i`` is
+    the stochastic (``"pertobs"``) or square-root (``"sqrt"``) EKI step with ``dt = 1/alpha_i``,
+    and the time reaches 1 with the last assimilation. Mini-batches are not supported (every
+    assimilation needs the same data).
+
     **Arguments:**
 
     - `alphas`: the inflation coefficients ``(alpha_1, ..., alpha_Na)``, all ``> 0`` with
@@ -77,6 +79,10 @@ class ESMDA(AbstractInverseSmoother):
     - `throw`: with non-finite forward evaluations, raise inside jit (``eqx.error_if``,
         default) or, with ``throw=False``, skip that update (the ensemble is kept, the
         assimilation counted, and `InversionState.n_failed` reports the failed members).
+    - `failure_handler`: ``None`` (default: as `throw` says), or EnsembleKalmanProcesses.jl's
+        ``"sample_succ_gauss"`` / ``"ignore"`` as in `EKI`: the update uses the statistics of
+        the successful members, then the failed ones are re-sampled from a Gaussian fitted to
+        the updated successful members, or left where they were.
 
     **Reference:** A. A. Emerick & A. C. Reynolds (2013), "Ensemble smoother with multiple
     data assimilation", *Computers & Geosciences* 55, 3-15. DAPPER's ``EnKF`` analysis
@@ -88,7 +94,7 @@ class ESMDA(AbstractInverseSmoother):
         ```python
         import jax
         import jax.numpy as jnp
-        from filterax.smoothers import ESMDA
+        from filterax.processes import ESMDA, calibrate
 
         A = jnp.array([[1.0, 0.5], [0.0, 1.0], [1.0, 1.0]])
         y = jnp.array([1.0, 2.0, 3.0])
@@ -96,6 +102,9 @@ class ESMDA(AbstractInverseSmoother):
         result = ESMDA(n_assimilations=4).run(lambda th: A @ th, prior, y, 0.1,
                                               key=jax.random.key(1))
         result.ensemble.mean(axis=0), result.misfit  # posterior mean; misfit per step
+        # the same run through the process driver (or with executor=, prior=, ...):
+        same = calibrate(ESMDA(n_assimilations=4), lambda th: A @ th, prior, y, 0.1,
+                         key=jax.random.key(1), until_converged=True)
         ```
     """
 
@@ -103,6 +112,7 @@ class ESMDA(AbstractInverseSmoother):
     variant: str = eqx.field(static=True)
     center_perturbations: bool = eqx.field(static=True)
     throw: bool = eqx.field(static=True)
+    failure_handler: str | None = eqx.field(static=True)
 
     def __init__(
         self,
@@ -113,6 +123,7 @@ class ESMDA(AbstractInverseSmoother):
         normalize_alphas: bool = False,
         center_perturbations: bool = False,
         throw: bool = True,
+        failure_handler: str | None = None,
     ):
         if variant not in _VARIANTS:
             raise ValueError(
@@ -146,7 +157,7 @@ class ESMDA(AbstractInverseSmoother):
             values = jnp.asarray(alphas)
             if not jnp.issubdtype(values.dtype, jnp.floating):
                 values = values.astype(float)
-            concrete = _concrete(values)
+            concrete = fxp.concrete_value(values)
             if concrete is not None:
                 if not np.all(np.isfinite(concrete)) or concrete.min() <= 0:
                     raise ValueError(
@@ -166,50 +177,31 @@ class ESMDA(AbstractInverseSmoother):
         self.variant = variant
         self.center_perturbations = bool(center_perturbations)
         self.throw = bool(throw)
+        if failure_handler is not None:
+            check_failure_handler(failure_handler, "ESMDA")
+        self.failure_handler = failure_handler
 
     @property
     def n_steps(self) -> int:
         """``N_a``, the number of assimilations."""
         return self.alphas.shape[0]
 
-    def init(
-        self,
-        key: PRNGKeyArray,
-        prior_ensemble: Float[ArrayLike, "N_e N_p"],
-        obs: Float[ArrayLike, " N_y"],
-        obs_noise: fxp.NoiseLike,
-    ) -> InversionState:
-        """Start from a prior ensemble.
+    def _needs_key(self) -> bool:
+        return self.variant == "pertobs"
 
-        **Arguments:**
-
-        - `key`: PRNG key; assimilation ``i`` draws from ``jax.random.fold_in(key, i)``.
-        - `prior_ensemble`: ``(N_e, N_p)`` prior draws, ``N_e >= 2``.
-        - `obs`: ``y``, shape ``(N_y,)``.
-        - `obs_noise`: ``Gamma``: scalar variance, ``(N_y,)`` variances, ``(N_y, N_y)``
-            matrix or lineax operator; positive definite.
-
-        **Returns:** the initial `InversionState` (``weights=None``, zero perturbations).
-        """
-        check_key(key, "ESMDA.init(key=...)")
-        x = check_ensemble(prior_ensemble, "ESMDA.init(prior_ensemble=...)")
-        dtype = x.dtype
-        y = check_obs(obs, "ESMDA.init(obs=...)", dtype)
-        noise = checked_noise(obs_noise, y.shape[0], dtype, "ESMDA.init(obs_noise=...)")
-        return InversionState(
-            ensemble=x,
-            prior=x,
-            obs=y,
-            obs_noise=noise,
-            perturbations=jnp.zeros((x.shape[0], y.shape[0]), dtype),
-            key=key,
-            iteration=jnp.asarray(0, jnp.int32),
-            weights=None,
-            n_failed=jnp.asarray(0, jnp.int32),
-        )
+    def _start(
+        self, key: PRNGKeyArray, ensemble: Array, obs: Array, noise: lx.AbstractLinearOperator
+    ) -> tuple[Array, None]:
+        # Fresh perturbations are drawn at every update; none before the first.
+        return jnp.zeros((ensemble.shape[0], obs.shape[0]), ensemble.dtype), None
 
     def update(
-        self, state: InversionState, forward_evals: Float[ArrayLike, "N_e N_y"]
+        self,
+        state: InversionState,
+        forward_evals: Float[ArrayLike, "N_e N_y"],
+        *,
+        obs: Float[ArrayLike, " N_b"] | None = None,
+        obs_noise: fxp.NoiseLike | None = None,
     ) -> InversionState:
         """Assimilate once, with ``alpha_i``, ``i = state.iteration``.
 
@@ -218,15 +210,27 @@ class ESMDA(AbstractInverseSmoother):
         - `state`: the current state.
         - `forward_evals`: ``G(theta_j)`` for every member of `state.ensemble`, shape
             ``(N_e, N_y)``.
+        - `obs`, `obs_noise`: not supported (ES-MDA assimilates the same data ``N_a`` times;
+            mini-batches would break ``sum 1/alpha_i = 1``); passing them raises.
 
-        **Returns:** the next `InversionState`. Calling it more than ``N_a`` times raises
-        inside jit.
+        **Returns:** the next `InversionState` (``dt = 1/alpha_i``). Calling it more than
+        ``N_a`` times raises inside jit.
         """
+        no_minibatches(
+            "ESMDA",
+            obs,
+            obs_noise,
+            "its inflation coefficients temper ONE data set N_a times (sum 1/alpha_i = 1), so "
+            "every assimilation needs the same y and Gamma.",
+        )
         x = state.ensemble
         n_e = x.shape[0]
         dtype = x.dtype
-        g = check_forward_evals(forward_evals, n_e, state.obs.shape[0], dtype)
-        g, n_failed = failure_guard(g, self.throw, "ESMDA")
+        g = fxp.check_forward_evals(forward_evals, n_e, state.obs.shape[0], dtype=dtype)
+        handled = self.failure_handler is not None
+        g, failed = failure_guard(g, self.throw and not handled, "ESMDA")
+        ok = ~failed
+        n_failed = jnp.sum(failed).astype(jnp.int32)
         iteration = eqx.error_if(
             state.iteration,
             state.iteration >= self.n_steps,
@@ -234,35 +238,45 @@ class ESMDA(AbstractInverseSmoother):
             "alphas (or start a new run from init).",
         )
         alpha = self.alphas.astype(dtype)[jnp.minimum(iteration, self.n_steps - 1)]
-        whitening = Whitening.build(state.obs_noise, dtype)
-        denom = jnp.sqrt(jnp.asarray(n_e - 1, dtype))
-        x_mean = jnp.mean(x, axis=0)
-        x_anom = (x - x_mean[None, :]) / denom
-        g_mean = jnp.mean(g, axis=0)
-        y_anom = whitening.white(g - g_mean[None, :]) / denom  # (N_e, N_y), whitened
+        whitening = fxp.noise_whitening(state.obs_noise, dtype)
+        # Statistics of the successful members only (all of them unless a failure handler is
+        # set: with `throw` a failure has raised, without it the update is skipped).
+        x_mean, x_centred, count = masked_stats(x, ok)
+        g_mean, g_centred, _ = masked_stats(g, ok)
+        denom = jnp.sqrt(jnp.maximum(count - 1.0, 1.0))
+        x_anom = x_centred / denom
+        y_anom = whitening.white(g_centred) / denom  # (N_e, N_y), whitened
         # (C^GG + alpha Gamma)^{-1} = alpha^{-1} L^{-T} (I + F F^T)^{-1} L^{-1},
         # F = [Y_a^T / sqrt(alpha), U~] (whitened noise N = I + U~ U~^T).
         factor = stack_factor(y_anom.T / jnp.sqrt(alpha), whitening.factor)
         cross = mm(y_anom.T, x_anom)  # (N_y, N_p): (C^{theta G})^T, whitened data axis
+        step_key = jax.random.fold_in(state.key, state.iteration)
         if self.variant == "pertobs":
-            k_pert = jax.random.fold_in(state.key, state.iteration)
-            eps = draw_perturbations(k_pert, state.obs_noise, n_e, dtype, self.center_perturbations)
-            residuals = whitening.white(state.obs[None, :] + jnp.sqrt(alpha) * eps - g)
-            z = solve_rows(residuals, factor) / alpha
+            eps = draw_perturbations(
+                step_key, state.obs_noise, n_e, dtype, self.center_perturbations
+            )
+            g_clean = jnp.where(ok[:, None], g, g_mean[None, :])
+            residuals = whitening.white(state.obs[None, :] + jnp.sqrt(alpha) * eps - g_clean)
+            z = fxp.whitened_noise_solve(residuals, factor) / alpha
             updated = x + mm(z, cross)
         else:
             eps = jnp.zeros_like(state.perturbations)
             residual = whitening.white(state.obs - g_mean)
-            z = solve_rows(residual[None, :], factor)[0] / alpha
+            z = fxp.whitened_noise_solve(residual[None, :], factor)[0] / alpha
             mean = x_mean + mm(z[None, :], cross)[0]
             # T^{-2} = I + Y_a N^{-1} Y_a^T / alpha (ensemble space, N_e x N_e); symmetric
             # root, so T 1 = 1 and the anomalies stay centred.
-            y_noise = solve_rows(y_anom, whitening.factor)
+            y_noise = fxp.whitened_noise_solve(y_anom, whitening.factor)
             gram = mm(y_noise, y_anom.T) / alpha
             # (I + gram)^{-1/2} with a Daleckii-Krein derivative: finite at the repeated
             # zero eigenvalues that N_y < N_e - 1 always gives (a plain eigh gives NaN grads).
             transform = fxp.inverse_sqrt_one_plus(gram)
-            updated = mean[None, :] + mm(transform, x - x_mean[None, :])
+            updated = mean[None, :] + mm(transform, x_centred)
+        if handled:
+            assert self.failure_handler is not None
+            fail_key = jax.random.fold_in(step_key, 1)
+            updated = handle_failures(self.failure_handler, fail_key, x, updated, failed)
+        dt = (1.0 / alpha).astype(dtype)
         new = InversionState(
             ensemble=updated,
             prior=state.prior,
@@ -273,13 +287,10 @@ class ESMDA(AbstractInverseSmoother):
             iteration=state.iteration + 1,
             weights=None,
             n_failed=n_failed,
+            time=state.time + dt,
+            dt=dt,
+            converged=state.iteration + 1 >= self.n_steps,
         )
-        # With throw=True a failure has already raised; the select is only needed otherwise.
-        return new if self.throw else skip_if_failed(new, state, n_failed)
-
-
-def _concrete(x: Any) -> np.ndarray | None:
-    try:
-        return np.asarray(x)
-    except Exception:  # a tracer: cannot be checked at construction time
-        return None
+        # With throw=True (and no handler) a failure has already raised; the select is only
+        # needed otherwise.
+        return new if self.throw or handled else skip_if_failed(new, state, n_failed)

@@ -1,49 +1,28 @@
 """The iterative ensemble smoother (IES) in the ensemble-subspace form of Evensen et al. (2019)."""
 
-from typing import Any
-
 import equinox as eqx
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
+import lineax as lx
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, ScalarLike
 
 import filterax.primitives as fxp
 
-from ._inverse_common import (
+from ._converters import as_float
+from ._inversion import (
     AbstractInverseSmoother,
     InversionState,
-    Whitening,
-    check_ensemble,
-    check_forward_evals,
-    check_key,
-    check_obs,
-    checked_noise,
     draw_perturbations,
     failure_guard,
-    mm,
+    no_minibatches,
     skip_if_failed,
-    solve_rows,
-    stack_factor,
 )
+from ._linalg import mm, stack_factor
 
 __all__ = ["IES", "ExponentialStepLength"]
 
 _VARIANTS = ("subspace",)
-
-
-def _concrete(x: Any) -> np.ndarray | None:
-    try:
-        return np.asarray(x)
-    except Exception:  # a tracer: cannot be checked at construction time
-        return None
-
-
-def _as_float(x: Any) -> Any:
-    # Python ints would become integer arrays; Python floats stay weakly typed.
-    if isinstance(x, int) and not isinstance(x, bool):
-        return float(x)
-    return x
 
 
 class ExponentialStepLength(eqx.Module):
@@ -66,18 +45,20 @@ class ExponentialStepLength(eqx.Module):
     !!! Example
 
         ```python
-        from filterax.smoothers import IES, ExponentialStepLength
+        from filterax.processes import IES, ExponentialStepLength
 
         ies = IES(n_iter=8, step_length=ExponentialStepLength(0.6, 0.3, 2.5))
         ```
     """
 
-    max_length: Float[ArrayLike, ""] = eqx.field(default=0.6, converter=_as_float)
-    min_length: Float[ArrayLike, ""] = eqx.field(default=0.3, converter=_as_float)
-    decline: Float[ArrayLike, ""] = eqx.field(default=2.5, converter=_as_float)
+    max_length: Float[ArrayLike, ""] = eqx.field(default=0.6, converter=as_float)
+    min_length: Float[ArrayLike, ""] = eqx.field(default=0.3, converter=as_float)
+    decline: Float[ArrayLike, ""] = eqx.field(default=2.5, converter=as_float)
 
     def __check_init__(self) -> None:
-        hi, lo, dec = (_concrete(v) for v in (self.max_length, self.min_length, self.decline))
+        hi, lo, dec = (
+            fxp.concrete_value(v) for v in (self.max_length, self.min_length, self.decline)
+        )
         if hi is not None and lo is not None and not (0 < lo <= hi <= 1):
             raise ValueError(
                 "ExponentialStepLength needs 0 < min_length <= max_length <= 1; got "
@@ -131,6 +112,14 @@ class IES(AbstractInverseSmoother):
     further iterations leave it unchanged (``S_i = G A_0 / sqrt(N_e - 1)`` and ``H_i`` do not
     depend on ``W``).
 
+    IES is a process (``init(ensemble, obs, obs_noise, *, key)``, ``update(state,
+    forward_evals)``), so `calibrate` drives it like `EKI` (executors for non-JAX forward
+    models, constrained priors; ``until_converged=True`` stops after `n_iter` iterations). Its
+    algorithm time step is the step length, ``dt_i = gamma_i``. A member whose evaluation
+    failed raises or skips the iteration (`throw`): the subspace step needs every member's
+    evaluation, so there is no per-member failure handler. Mini-batches are not supported (the
+    perturbed data of the RML costs are drawn once).
+
     **Arguments:**
 
     - `n_iter`: the number of iterations (forward-model ensembles evaluated), ``>= 1``.
@@ -169,7 +158,7 @@ class IES(AbstractInverseSmoother):
 
     n_iter: int = eqx.field(default=10, static=True)
     step_length: Float[ArrayLike, ""] | ExponentialStepLength = eqx.field(
-        default_factory=ExponentialStepLength, converter=_as_float
+        default_factory=ExponentialStepLength, converter=as_float
     )
     variant: str = eqx.field(default="subspace", static=True)
     center_perturbations: bool = eqx.field(default=False, static=True)
@@ -192,7 +181,7 @@ class IES(AbstractInverseSmoother):
                     "IES(step_length=...) must be a scalar in (0, 1] or an "
                     f"ExponentialStepLength; got shape {jnp.shape(self.step_length)}."
                 )
-            value = _concrete(self.step_length)
+            value = fxp.concrete_value(self.step_length)
             if value is not None and not 0 < float(value) <= 1:
                 raise ValueError(
                     f"IES(step_length=...) must lie in (0, 1] (1 is the full Gauss-Newton "
@@ -210,46 +199,24 @@ class IES(AbstractInverseSmoother):
             return self.step_length(iteration)
         return jnp.asarray(self.step_length)
 
-    def init(
-        self,
-        key: PRNGKeyArray,
-        prior_ensemble: Float[ArrayLike, "N_e N_p"],
-        obs: Float[ArrayLike, " N_y"],
-        obs_noise: fxp.NoiseLike,
-    ) -> InversionState:
-        """Start from a prior ensemble; draws the perturbations ``epsilon_j`` once.
+    def _needs_key(self) -> bool:
+        return True
 
-        **Arguments:**
-
-        - `key`: PRNG key for the perturbed observations ``d_j = y + epsilon_j``.
-        - `prior_ensemble`: ``(N_e, N_p)`` prior draws ``theta^0_j``, ``N_e >= 2``.
-        - `obs`: ``y``, shape ``(N_y,)``.
-        - `obs_noise`: ``Gamma``: scalar variance, ``(N_y,)`` variances, ``(N_y, N_y)``
-            matrix or lineax operator; positive definite.
-
-        **Returns:** the initial `InversionState` (``W = 0``).
-        """
-        check_key(key, "IES.init(key=...)")
-        x = check_ensemble(prior_ensemble, "IES.init(prior_ensemble=...)")
-        dtype = x.dtype
-        y = check_obs(obs, "IES.init(obs=...)", dtype)
-        noise = checked_noise(obs_noise, y.shape[0], dtype, "IES.init(obs_noise=...)")
-        n_e = x.shape[0]
-        eps = draw_perturbations(key, noise, n_e, dtype, self.center_perturbations)
-        return InversionState(
-            ensemble=x,
-            prior=x,
-            obs=y,
-            obs_noise=noise,
-            perturbations=eps,
-            key=key,
-            iteration=jnp.asarray(0, jnp.int32),
-            weights=jnp.zeros((n_e, n_e), dtype),
-            n_failed=jnp.asarray(0, jnp.int32),
-        )
+    def _start(
+        self, key: PRNGKeyArray, ensemble: Array, obs: Array, noise: lx.AbstractLinearOperator
+    ) -> tuple[Array, Array]:
+        # The perturbed data d_j = y + eps_j of the RML costs are drawn once; W_0 = 0.
+        n_e = ensemble.shape[0]
+        eps = draw_perturbations(key, noise, n_e, ensemble.dtype, self.center_perturbations)
+        return eps, jnp.zeros((n_e, n_e), ensemble.dtype)
 
     def update(
-        self, state: InversionState, forward_evals: Float[ArrayLike, "N_e N_y"]
+        self,
+        state: InversionState,
+        forward_evals: Float[ArrayLike, "N_e N_y"],
+        *,
+        obs: Float[ArrayLike, " N_b"] | None = None,
+        obs_noise: fxp.NoiseLike | None = None,
     ) -> InversionState:
         """One Gauss-Newton iteration from ``G`` evaluated at every member of `state.ensemble`.
 
@@ -257,9 +224,18 @@ class IES(AbstractInverseSmoother):
 
         - `state`: the current state (from `init` or a previous `update`).
         - `forward_evals`: ``G(theta_j)``, shape ``(N_e, N_y)``.
+        - `obs`, `obs_noise`: not supported (the perturbed data ``d_j`` of the RML costs are
+            fixed in `init`); passing them raises.
 
-        **Returns:** the next `InversionState`.
+        **Returns:** the next `InversionState` (``dt = gamma_i``).
         """
+        no_minibatches(
+            "IES",
+            obs,
+            obs_noise,
+            "each member minimises a fixed RML cost whose perturbed data d_j = y + eps_j are "
+            "drawn once in init.",
+        )
         if state.weights is None:
             raise ValueError(
                 "IES.update needs a state from IES.init (it carries the W matrix); got a state "
@@ -268,11 +244,12 @@ class IES(AbstractInverseSmoother):
         x = state.ensemble
         n_e, n_p = x.shape
         dtype = x.dtype
-        g = check_forward_evals(forward_evals, n_e, state.obs.shape[0], dtype)
-        g, n_failed = failure_guard(g, self.throw, "IES")
+        g = fxp.check_forward_evals(forward_evals, n_e, state.obs.shape[0], dtype=dtype)
+        g, failed = failure_guard(g, self.throw, "IES")
+        n_failed = jnp.sum(failed).astype(jnp.int32)
         w = state.weights
         gamma = self.gamma(state.iteration + 1).astype(dtype)
-        whitening = Whitening.build(state.obs_noise, dtype)
+        whitening = fxp.noise_whitening(state.obs_noise, dtype)
         denom = jnp.sqrt(jnp.asarray(n_e - 1, dtype))
         prior_anom = state.prior - jnp.mean(state.prior, axis=0, keepdims=True)  # A_0^T, (N_e, N_p)
         y_rows = whitening.white(g - jnp.mean(g, axis=0, keepdims=True)) / denom  # Y_i^T, whitened
@@ -290,7 +267,7 @@ class IES(AbstractInverseSmoother):
         data = state.obs[None, :] + state.perturbations
         h_rows = mm(w.T, s_rows) + whitening.white(data - g)
         # (S S^T + Gamma)^{-1} in whitened coordinates: (I + F F^T)^{-1}, F = [S~, U~].
-        z = solve_rows(h_rows, stack_factor(s_rows.T, whitening.factor))
+        z = fxp.whitened_noise_solve(h_rows, stack_factor(s_rows.T, whitening.factor))
         w_new = w - gamma * (w - mm(s_rows, z.T))
         updated = state.prior + mm(w_new.T, prior_anom) / denom
         new = InversionState(
@@ -303,6 +280,9 @@ class IES(AbstractInverseSmoother):
             iteration=state.iteration + 1,
             weights=w_new,
             n_failed=n_failed,
+            time=state.time + gamma,
+            dt=gamma,
+            converged=state.iteration + 1 >= self.n_steps,
         )
         # With throw=True a failure has already raised; the select is only needed otherwise.
         return new if self.throw else skip_if_failed(new, state, n_failed)

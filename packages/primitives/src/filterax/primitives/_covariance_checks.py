@@ -1,0 +1,241 @@
+"""Trace-time checks for inverse problems: noise covariances, observations, forward evaluations.
+
+The ensemble Kalman processes and the inverse-problem smoothers (`filterax.processes`) take a
+noise covariance in any `NoiseLike` form, an observation vector, an ``(N_e, N_y)`` block of
+forward-model outputs and a PRNG key from the user. These checks coerce and validate them at
+trace time, from static information and concrete values only (a traced value passes through,
+see `concrete_value`), and say what to pass instead. The ensemble and vector shape checks they
+build on are `check_ensemble` and `check_vector`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import lineax as lx
+import numpy as np
+from jaxtyping import Array, Float
+
+from ._lowrank import LowRankUpdate
+from ._noise import NoiseLike, as_noise_operator, noise_structure
+from ._validation import concrete_value
+
+__all__ = [
+    "check_forward_evals",
+    "check_observation_vector",
+    "check_prng_key",
+    "floating_dtype",
+    "positive_definite_noise",
+]
+
+
+def floating_dtype(x: Any, name: str = "the array") -> jnp.dtype:
+    """The floating dtype of ``x``; a `TypeError` for integer, boolean or complex input.
+
+    **Arguments:**
+
+    - `x`: an array-like.
+    - `name`: how the error message names ``x``.
+
+    **Returns:** ``jnp.result_type(x)`` as a ``jnp.dtype`` (``float32`` or ``float64``).
+
+    !!! Example
+
+        ```python
+        import jax.numpy as jnp
+        from filterax.primitives import floating_dtype
+
+        floating_dtype(jnp.zeros(3, jnp.float32))  # dtype('float32')
+        ```
+    """
+    dtype = jnp.result_type(x)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(
+            f"{name} must be a floating-point array; got dtype {dtype}. Cast it with "
+            ".astype(jnp.float32) or .astype(jnp.float64)."
+        )
+    return jnp.dtype(dtype)
+
+
+def positive_definite_noise(
+    noise: NoiseLike,
+    n: int,
+    *,
+    dtype: Any = None,
+    name: str = "noise",
+    hint: str = "",
+) -> lx.AbstractLinearOperator:
+    r"""Coerce a noise covariance to an ``(n, n)`` lineax operator and check ``Gamma > 0``.
+
+    $$\Gamma = \Gamma^\top \succ 0 \quad\Longleftrightarrow\quad
+    \lambda_{\min}\big(\tfrac12(\Gamma + \Gamma^\top)\big) > 0,$$
+
+    checked by structure (`noise_structure`): a diagonal ``Gamma`` needs positive variances, a
+    `LowRankUpdate` ``D + U U^T`` a positive diagonal ``D`` (``U U^T`` alone is singular), and a
+    dense one a positive smallest eigenvalue of its symmetric part. A noise that will be
+    whitened (``Gamma^{-1/2}``) or inverted must pass this; a merely semidefinite one cannot be.
+    Only concrete values are checked: traced operators (under `jit`, `vmap`, `grad`) pass
+    through unchanged.
+
+    **Arguments:**
+
+    - `noise`: any form `as_noise_operator` accepts (scalar, variances, matrix, operator).
+    - `n`: the expected dimension (static Python int).
+    - `dtype`: the floating dtype arrays are cast to (operators are returned as given).
+    - `name`: how error messages name the argument, e.g. ``"EKI.init(obs_noise=...)"``.
+    - `hint`: text appended to the coercion error (what forms to pass).
+
+    **Returns:** the operator (`as_noise_operator(noise, n, dtype=dtype)`).
+
+    **Reference:** the structure table of tutorial 1.4; EnsembleKalmanProcesses.jl requires a
+    positive-definite ``obs_noise_cov`` for the same reason (it whitens by it).
+
+    !!! Example
+
+        ```python
+        import jax.numpy as jnp
+        from filterax.primitives import positive_definite_noise
+
+        op = positive_definite_noise(jnp.array([0.1, 0.2]), 2, name="obs_noise")
+        positive_definite_noise(jnp.array([0.1, 0.0]), 2)  # ValueError: not positive definite
+        ```
+    """
+    try:
+        op = as_noise_operator(noise, n, dtype=dtype)
+    except (ValueError, TypeError) as err:
+        raise type(err)(f"{name}: {err}{hint}") from None
+    structure = noise_structure(op)
+    if structure == "low_rank":
+        assert isinstance(op, LowRankUpdate)
+        if op.diagonal is None:
+            raise ValueError(
+                f"{name} is a low-rank covariance U U^T without a diagonal, which is singular. "
+                "Pass low_rank_noise(factor, diagonal) with positive variances."
+            )
+        values = concrete_value(op.diagonal)
+        if values is not None and values.size and values.min() <= 0:
+            raise ValueError(
+                f"{name} must be positive definite; its diagonal has the value "
+                f"{values.min():.3g}. Pass strictly positive variances."
+            )
+    elif structure == "diagonal":
+        values = concrete_value(lx.diagonal(op))
+        if values is not None and values.size and values.min() <= 0:
+            raise ValueError(
+                f"{name} must be positive definite; it has the variance {values.min():.3g}. "
+                "Pass strictly positive variances (a zero variance cannot be whitened)."
+            )
+    else:
+        matrix = concrete_value(op.as_matrix())
+        if matrix is not None and matrix.size:
+            eigenvalues = np.linalg.eigvalsh(0.5 * (matrix + matrix.T))
+            if eigenvalues.min() <= 0:
+                raise ValueError(
+                    f"{name} must be a positive-definite covariance; its smallest eigenvalue "
+                    f"is {eigenvalues.min():.3g}. Symmetrise it, add a small jitter to the "
+                    "diagonal, or pass the variances of a diagonal covariance."
+                )
+    return op
+
+
+def check_observation_vector(obs: Any, name: str = "obs", *, finite: bool = True) -> None:
+    """Raise unless ``obs`` is a non-empty 1-D vector (with finite entries when ``finite``).
+
+    An inverse problem ``y = G(theta) + eta`` needs every entry of ``y``: NaN here is not a
+    "missing observation" as in the filters but an error (finiteness is checked only when
+    ``obs`` is concrete).
+
+    **Arguments:**
+
+    - `obs`: the observation vector ``y``.
+    - `name`: how error messages name it.
+    - `finite`: also reject NaN/inf entries.
+
+    !!! Example
+
+        ```python
+        import jax.numpy as jnp
+        from filterax.primitives import check_observation_vector
+
+        check_observation_vector(jnp.ones(3))            # fine
+        check_observation_vector(jnp.ones((3, 1)))       # ValueError: 1-D
+        ```
+    """
+    shape = jnp.shape(obs)
+    if len(shape) != 1 or shape[0] < 1:
+        raise ValueError(
+            f"{name} must be a non-empty 1-D observation vector (N_y,); got shape {shape}."
+        )
+    if finite:
+        values = concrete_value(obs)
+        if values is not None and not np.all(np.isfinite(values)):
+            raise ValueError(
+                f"{name} has non-finite entries; an inverse problem needs every observation. "
+                "Drop the missing entries (and the matching rows of G and Gamma)."
+            )
+
+
+def check_forward_evals(
+    forward_evals: Any,
+    n_ensemble: int,
+    n_obs: int | None = None,
+    *,
+    dtype: Any = None,
+) -> Float[Array, "N_e N_y"]:
+    """Check that forward evaluations have one row per member and cast them to ``dtype``.
+
+    **Arguments:**
+
+    - `forward_evals`: ``G(theta_j)`` stacked over the members, shape ``(N_e, N_y)``.
+    - `n_ensemble`: ``N_e``, the number of members evaluated.
+    - `n_obs`: ``N_y`` when it must match too (None: any number of columns).
+    - `dtype`: the dtype to cast to (None keeps it).
+
+    **Returns:** the evaluations as a JAX array.
+
+    !!! Example
+
+        ```python
+        import jax.numpy as jnp
+        from filterax.primitives import check_forward_evals
+
+        g = check_forward_evals(jnp.zeros((10, 3)), 10, 3, dtype=jnp.float32)
+        ```
+    """
+    shape = jnp.shape(forward_evals)
+    expected_cols = "N_y" if n_obs is None else str(n_obs)
+    if len(shape) != 2 or shape[0] != n_ensemble or (n_obs is not None and shape[1] != n_obs):
+        raise ValueError(
+            f"forward_evals must have shape (N_e, N_y) = ({n_ensemble}, {expected_cols}): one "
+            "row G(theta_j) per ensemble member (process.particles(state)); got shape "
+            f"{shape}."
+        )
+    out = jnp.asarray(forward_evals)
+    return out if dtype is None else out.astype(dtype)
+
+
+def check_prng_key(key: Any, name: str = "key") -> None:
+    """Raise a `TypeError` unless ``key`` is a JAX PRNG key (new-style or raw ``uint32[2]``).
+
+    !!! Example
+
+        ```python
+        import jax
+        from filterax.primitives import check_prng_key
+
+        check_prng_key(jax.random.key(0))  # fine
+        check_prng_key(0)                  # TypeError: pass jax.random.key(0)
+        ```
+    """
+    typed = isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+    raw = (
+        isinstance(key, jax.Array)
+        and key.dtype == jnp.uint32
+        and key.ndim >= 1
+        and key.shape[-1] == 2
+    )
+    if not (typed or raw):
+        shown = key if not isinstance(key, jax.Array) else f"an array of {key.dtype}{key.shape}"
+        raise TypeError(f"{name} must be a JAX PRNG key, e.g. jax.random.key(0); got {shown!r}.")

@@ -1,0 +1,183 @@
+"""Inflation of a process's ensemble after each update, in the filters' vocabulary.
+
+The `inflation=` argument of every ensemble process (`EKI`, `ETKI`, `TEKI`, `SparseInversion`,
+`EKS`) takes, alone or as a tuple applied in order:
+
+- any `filterax.primitives.AbstractInflator`, the inflators the filters take
+  (`MultiplicativeInflator`, `AdditiveInflator`, `RTPS`, `RTPP`, or your own), applied once per
+  update as ``inflator(updated, previous, key=...)``: the "forecast" is the ensemble before
+  the update, so `RTPS`/`RTPP` relax towards the spread of the iteration's prior;
+- EnsembleKalmanProcesses.jl's time-step-aware inflation (`AbstractInflation`):
+  `MultiplicativeInflation` is ``fxp.MultiplicativeInflator((1 - s dt)^{-1/2})`` and
+  `AdditiveInflation` ``fxp.AdditiveInflator(s dt / (1 - s dt) * cov)`` at time step ``dt``,
+  so their strength follows the scheduler and ``dt = 0`` is the identity.
+
+A process whose time step is 0 (after a stopping scheduler terminated) leaves its ensemble
+unchanged, inflation included.
+"""
+
+# No `from __future__ import annotations`: the `InflationLike` alias is used at runtime.
+import abc
+from typing import Any, TypeAlias
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, ScalarLike
+
+import filterax.primitives as fxp
+
+from ._converters import as_float
+
+__all__ = [
+    "AbstractInflation",
+    "AdditiveInflation",
+    "InflationLike",
+    "MultiplicativeInflation",
+    "apply_inflation",
+    "check_inflation",
+]
+
+
+class AbstractInflation(eqx.Module):
+    """A ``dt``-aware inflation applied after each update (EnsembleKalmanProcesses.jl style).
+
+    ``inflation(key, ensemble, dt) -> ensemble``; ``dt = 0`` must be the identity. At a fixed
+    ``dt`` it is one of the `filterax.primitives` inflators (see the subclasses); the processes
+    also take those directly (`InflationLike`).
+    """
+
+    @abc.abstractmethod
+    def __call__(
+        self, key: PRNGKeyArray, ensemble: Float[Array, "N_e N_p"], dt: ScalarLike
+    ) -> Float[Array, "N_e N_p"]:
+        """Inflate the updated ensemble."""
+
+
+InflationLike: TypeAlias = (
+    AbstractInflation
+    | fxp.AbstractInflator
+    | tuple[AbstractInflation | fxp.AbstractInflator, ...]
+    | None
+)
+"""What a process's `inflation=` takes: a dt-aware `AbstractInflation`, any
+`filterax.primitives.AbstractInflator`, a tuple of them (applied in order), or None."""
+
+
+def _checked_step(s: ScalarLike, dt: ScalarLike, dtype: Any, owner: str) -> Array:
+    scaled = jnp.asarray(s, dtype) * jnp.asarray(dt, dtype)
+    return eqx.error_if(
+        scaled, scaled >= 1, f"{owner} needs s * dt < 1; reduce s or the time step."
+    )
+
+
+class MultiplicativeInflation(AbstractInflation):
+    r"""Scale the anomalies so the covariance grows by ``1 / (1 - s dt)``.
+
+    $$\theta_j \leftarrow \bar\theta + (1 - s\,\Delta t)^{-1/2} (\theta_j - \bar\theta),$$
+
+    the discrete form of adding ``s C`` to the covariance dynamics for a time ``dt``: at a given
+    ``dt`` it is ``filterax.primitives.MultiplicativeInflator((1 - s dt)^{-1/2})`` (the filters'
+    multiplicative inflator, whose factor multiplies the anomalies). Needs ``s dt < 1``
+    (checked inside `jit` with `eqx.error_if`).
+
+    **Arguments:**
+
+    - `s`: the time-step scaling (default 1).
+
+    **Reference:** EnsembleKalmanProcesses.jl: ``multiplicative_inflation!(ekp; s)``
+    (Lopez-Gomez et al. 2022, *JAMES*).
+
+    !!! Example
+
+        ```python
+        from filterax.processes import EKI, FixedScheduler, MultiplicativeInflation
+
+        eki = EKI(scheduler=FixedScheduler(0.1), inflation=MultiplicativeInflation(0.5))
+        ```
+    """
+
+    s: Float[ArrayLike, ""] = eqx.field(default=1.0, converter=as_float)
+
+    def __call__(
+        self, key: PRNGKeyArray, ensemble: Float[Array, "N_e N_p"], dt: ScalarLike
+    ) -> Float[Array, "N_e N_p"]:
+        scaled = _checked_step(self.s, dt, ensemble.dtype, "MultiplicativeInflation")
+        return fxp.inflate_multiplicative(ensemble, 1.0 / jnp.sqrt(1.0 - scaled))
+
+
+class AdditiveInflation(AbstractInflation):
+    r"""Add Gaussian noise with covariance ``s dt / (1 - s dt) * cov`` to every member.
+
+    $$\theta_j \leftarrow \theta_j + \xi_j, \qquad
+    \xi_j \sim \mathcal N\big(0, \tfrac{s\Delta t}{1 - s\Delta t}\,\Sigma\big),$$
+
+    i.e. ``filterax.primitives.AdditiveInflator`` with that covariance at a given ``dt``. The
+    draws use the structure of ``Sigma`` (`filterax.primitives.perturbed_observations`: a
+    low-rank-plus-diagonal ``Sigma`` is never densified) and are exactly zero at ``dt = 0``.
+
+    **Arguments:**
+
+    - `cov`: ``Sigma`` over the parameters: a scalar variance, a vector of variances, a matrix
+        or a lineax operator (any form `filterax.primitives.as_noise_operator` accepts).
+    - `s`: the time-step scaling (default 1); needs ``s dt < 1``.
+
+    **Reference:** EnsembleKalmanProcesses.jl: ``additive_inflation!(ekp, cov; s)``.
+
+    !!! Example
+
+        ```python
+        import jax.numpy as jnp
+        from filterax.processes import EKI, AdditiveInflation, FixedScheduler
+
+        eki = EKI(scheduler=FixedScheduler(0.1), inflation=AdditiveInflation(jnp.ones(3)))
+        ```
+    """
+
+    cov: fxp.NoiseLike
+    s: Float[ArrayLike, ""] = eqx.field(default=1.0, converter=as_float)
+
+    def __call__(
+        self, key: PRNGKeyArray, ensemble: Float[Array, "N_e N_p"], dt: ScalarLike
+    ) -> Float[Array, "N_e N_p"]:
+        dtype = ensemble.dtype
+        scaled = _checked_step(self.s, dt, dtype, "AdditiveInflation")
+        n_e, n_p = ensemble.shape
+        draws = fxp.perturbed_observations(key, jnp.zeros(n_p, dtype), self.cov, n_e)
+        return ensemble + jnp.sqrt(scaled / (1.0 - scaled)) * draws
+
+
+def _steps(inflation: InflationLike) -> tuple[Any, ...]:
+    if inflation is None:
+        return ()
+    return inflation if isinstance(inflation, tuple) else (inflation,)
+
+
+def apply_inflation(
+    inflation: InflationLike,
+    key: PRNGKeyArray,
+    ensemble: Array,
+    dt: Array,
+    previous: Array | None = None,
+) -> Array:
+    """Apply each inflation in turn; ``previous`` is the ensemble before the update."""
+    for index, step in enumerate(_steps(inflation)):
+        step_key = jax.random.fold_in(key, index)
+        if isinstance(step, AbstractInflation):
+            ensemble = step(step_key, ensemble, dt)
+        else:
+            ensemble = step(ensemble, previous, key=step_key)
+    return ensemble
+
+
+def check_inflation(inflation: Any, owner: str) -> None:
+    steps = inflation if isinstance(inflation, tuple) else (inflation,)
+    if inflation is not None and not all(
+        isinstance(s, AbstractInflation | fxp.AbstractInflator) for s in steps
+    ):
+        raise TypeError(
+            f"{owner}(inflation=...) must be a MultiplicativeInflation or AdditiveInflation "
+            "(dt-aware, EnsembleKalmanProcesses.jl), a filterax.primitives inflator "
+            "(MultiplicativeInflator, AdditiveInflator, RTPS, RTPP), a tuple of them, or None; "
+            f"got {inflation!r}."
+        )
