@@ -421,6 +421,55 @@ def test_selection_rules():
         _registry.resolve_cells(methods=["ETKF-20"], benchmarks=["lorenz96_small_ensemble"])
 
 
+def tiny_model_with_geometry() -> StateSpaceModel:
+    # The tiny ring with its geometry on the model (grid indices, PeriodicDistance(N_X)).
+    base = tiny_model()
+    return StateSpaceModel(
+        dynamics=base.dynamics,
+        obs_op=base.obs_op,
+        obs_noise=1.0,
+        dt_obs=base.dt_obs,
+        x0_mean=base.x0_mean,
+        x0_cov=1.0,
+        burn_in=base.burn_in,
+        name="tiny_l96_geometry",
+        **presets.grid_geometry(N_X, base.obs_op),
+    )
+
+
+def test_localised_methods_take_the_geometry_from_the_model(registry_snapshot):
+    # The built-in ring benchmarks hand LETKF no overrides: coordinates and distance come from
+    # the presets; the linear models have no geometry, and their benchmarks keep overrides.
+    for name in ("lorenz96_sakov2008", "lorenz96_every_other", "ks_bocquet2019"):
+        bench = fb.get_benchmark(name)
+        assert bench.coordinates is None and bench.distance is None and bench.context() == {}
+        assert bench.has_geometry
+    every_other = fb.get_benchmark("lorenz96_every_other").ssm
+    np.testing.assert_array_equal(every_other.obs_coords, np.arange(0.0, 40.0, 2.0)[:, None])
+    linear = fb.get_benchmark("linear_bach2025")
+    assert linear.ssm.state_coords is None and linear.has_geometry
+    assert linear.context()["distance"] == fxp.PeriodicDistance(40.0)
+    # A model without geometry and no coordinates: localised methods cannot run.
+    letkf = fb.get_method("LETKF-10")
+    bare = dataclasses.replace(tiny_benchmark("test_bare"), coordinates=None, distance=None)
+    assert "no geometry" in _registry.incompatibility(bare, letkf)
+    # The model's geometry gives the same LETKF cell, bit for bit, as the same geometry passed
+    # as Benchmark(coordinates=..., distance=...) overrides on a model without it.
+    params = {"inflation": 1.05, "localization_radius": 2.0}
+    from_model = fb.Benchmark(
+        name="test_tiny_geometry", model=tiny_model_with_geometry, n_cycles=N_CYCLES
+    )
+    assert from_model.context() == {} and _registry.incompatibility(from_model, letkf) is None
+    outputs = [
+        _runner.cell_function(letkf, bench, N_CYCLES, static_params=params)(jax.random.key(0), {})
+        for bench in (from_model, tiny_benchmark())
+    ]
+    for field in ("rmse_a", "rmse_f", "spread_a", "log_likelihood", "crps"):
+        np.testing.assert_array_equal(
+            getattr(outputs[0], field), getattr(outputs[1], field), err_msg=field
+        )
+
+
 # --- tuning -------------------------------------------------------------------------------
 
 OPTIMUM = 1.07

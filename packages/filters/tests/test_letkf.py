@@ -364,7 +364,7 @@ def test_newton_transform_float32_matches_float64():
 @pytest.mark.parametrize("obs_every, n_e", [(1, 7), (2, 20)])
 def test_periodic_l96_matches_dapper_local_analyses(obs_every, n_e):
     # DAPPER LETKF, loc_rad = 4 (radius = 1.82 * 4 = 7.28), cutoff 1e-3, periodic distances on
-    # the 40-site ring; observing every site (L = 27 > N_e = 7) or every other site
+    # the 40-site ring; observing every site (L = 25 > N_e = 7) or every other site
     # (L = 13 < N_e = 20: the Gram path).
     rng = np.random.default_rng(obs_every)
     n_x = 40
@@ -415,6 +415,37 @@ def test_periodic_distance_wraps_around():
     assert int(periodic.info.n_local_obs[0]) == 2 and int(flat.info.n_local_obs[0]) == 0
     np.testing.assert_allclose(flat.particles[:, 0], X[:, 0], atol=1e-12)
     assert not np.allclose(periodic.particles[:, 0], X[:, 0])
+
+
+def test_distance_context_keyword_and_its_precedence(no_runtime_typecheck):
+    # `distance` given as context (what EnsembleFilter passes from the model) is the same
+    # program as the LETKF field; an explicit field wins over the context; None = Euclidean.
+    n_x, n_e = 40, 6
+    rng = np.random.default_rng(5)
+    grid = np.arange(n_x, dtype=float)
+    X = rng.standard_normal((n_e, n_x))
+    H, r, y = np.eye(n_x)[[38, 39, 5]], np.ones(3), np.array([1.5, -2.0, 0.3])
+    sites = grid[[38, 39, 5]]
+    field = _analysis(ff.LETKF(radius=2.0, distance=PERIODIC40), X, H, r, y, grid, sites)
+    context = _analysis(ff.LETKF(radius=2.0), X, H, r, y, grid, sites, distance=PERIODIC40)
+    np.testing.assert_array_equal(context.particles, field.particles)
+    explicit = _analysis(
+        ff.LETKF(radius=2.0, distance=fxp.euclidean), X, H, r, y, grid, sites, distance=PERIODIC40
+    )
+    flat = _analysis(ff.LETKF(radius=2.0), X, H, r, y, grid, sites, distance=None)
+    np.testing.assert_array_equal(explicit.particles, flat.particles)
+    assert int(field.info.n_local_obs[0]) == 2 and int(flat.info.n_local_obs[0]) == 0
+    with pytest.raises(TypeError, match="distance"):
+        ff.LETKF(radius=2.0).analysis(
+            None,
+            jnp.asarray(X),
+            jnp.asarray(y),
+            fxp.LinearObs(jnp.asarray(H)),
+            1.0,
+            state_coords=grid,
+            obs_coords=sites,
+            distance=40.0,
+        )
 
 
 # --- selection, chunking, missing observations --------------------------------------------------

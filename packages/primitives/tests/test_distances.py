@@ -9,7 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from filterax.primitives._distances import euclidean, haversine, pairwise_distances, periodic
+from filterax.primitives._distances import (
+    PeriodicDistance,
+    euclidean,
+    haversine,
+    pairwise_distances,
+    periodic,
+)
 from filterax.testing import tol
 
 # Eager JAX compiles every primitive separately; checking jitted versions costs one XLA compile
@@ -199,3 +205,51 @@ def test_bad_inputs():
         pairwise_distances(jnp.ones((3, 2, 2)), jnp.ones((3, 2, 2)))
     with pytest.raises(TypeError):
         pairwise_distances(jnp.ones(3), jnp.ones(3), distance=3.0)
+
+
+# --- PeriodicDistance: the hashable periodic distance a model carries ---------------------------
+
+
+def test_periodic_distance_matches_numpy_and_periodic():
+    # Same single-pair program as `periodic`: bit-identical on a pairwise matrix; numpy
+    # reference to round-off (1e-12 on O(10) distances).
+    rng = np.random.default_rng(7)
+    A, B = rng.uniform(-50, 50, (6, 2)), rng.uniform(-50, 50, (5, 2))
+    for period in (40.0, (40.0, 17.0)):
+        got = pairwise_j(jnp.asarray(A), jnp.asarray(B), PeriodicDistance(period))
+        ref = pairwise_j(jnp.asarray(A), jnp.asarray(B), periodic, period=jnp.asarray(period))
+        np.testing.assert_array_equal(got, ref)
+        expected = [[_np_periodic(a, b, np.asarray(period)) for b in B] for a in A]
+        np.testing.assert_allclose(got, expected, rtol=1e-12)
+
+
+def test_periodic_distance_is_equal_and_hashes_by_period():
+    # Static configuration compared by value, so separately built models share jit caches
+    # (a functools.partial compares by identity and would retrace).
+    assert PeriodicDistance(40) == PeriodicDistance(40.0)
+    assert hash(PeriodicDistance(40)) == hash(PeriodicDistance(40.0))
+    assert PeriodicDistance(40.0) != PeriodicDistance(41.0)
+    assert PeriodicDistance([10, 20]).period == (10.0, 20.0)
+    assert jax.tree_util.tree_leaves(PeriodicDistance(40.0)) == []
+    traces = []
+
+    @eqx.filter_jit
+    def f(distance, x):
+        traces.append(None)
+        return pairwise_distances(x, x, distance)
+
+    x = jnp.arange(4.0)
+    f(PeriodicDistance(4.0), x)
+    f(PeriodicDistance(4.0), x)
+    assert len(traces) == 1
+    f(functools.partial(periodic, period=4.0), x)
+    f(functools.partial(periodic, period=4.0), x)
+    assert len(traces) == 3
+
+
+def test_periodic_distance_bad_period():
+    for bad in (0.0, -1.0, float("inf"), float("nan"), ()):
+        with pytest.raises(ValueError, match="positive finite"):
+            PeriodicDistance(bad)
+    with pytest.raises(TypeError, match="concrete number"):
+        PeriodicDistance("forty")

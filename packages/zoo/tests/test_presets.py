@@ -272,3 +272,82 @@ def test_vi_process_noise_enters_the_truth(getkey):
     flow = jax.vmap(lambda x, t: ssm.dynamics(x, t - 0.05, t))(prev, xp.times)
     xi = np.asarray(xp.truth - flow).ravel()
     assert abs(xi.var() - 0.1) < 5 * 0.1 * np.sqrt(2 / xi.size)
+
+
+# --- geometry (what localising filters take from the model) ---------------------------------
+
+# N_x of the presets on a periodic grid; the others have no spatial structure.
+RING_PRESETS = {
+    "lorenz96_sakov2008": 40,
+    "ks_bocquet2019": 128,
+    "lorenz96_bach2025": 40,
+    "ks_bach2025": 256,
+}
+
+
+def _np_ring_distances(a, b, period):
+    d = np.abs(a[:, None] - b[None, :]) % period
+    return np.minimum(d, period - d)
+
+
+@pytest.mark.parametrize("name", sorted(presets.PRESETS))
+def test_presets_carry_their_geometry(name):
+    from filterax.primitives import PeriodicDistance, pairwise_distances
+
+    ssm = presets.PRESETS[name]()
+    if name not in RING_PRESETS:
+        assert ssm.state_coords is None and ssm.obs_coords is None and ssm.distance is None
+        return
+    n = RING_PRESETS[name]
+    grid = np.arange(n, dtype=float)
+    # Grid-index coordinates, every point observed (IdentityObs), DAPPER's periodic
+    # nd_Id_localization distance in grid points (exact small integers: compared exactly).
+    np.testing.assert_array_equal(ssm.state_coords, grid[:, None])
+    np.testing.assert_array_equal(ssm.obs_coords, grid[:, None])
+    assert ssm.state_coords.dtype == ssm.x0_mean.dtype
+    assert ssm.distance == PeriodicDistance(float(n))
+    dist = pairwise_distances(ssm.state_coords, ssm.obs_coords, ssm.distance)
+    np.testing.assert_array_equal(dist, _np_ring_distances(grid, grid, n))
+
+
+def test_grid_geometry_follows_the_observation_operator():
+    from filterax.primitives import LinearObs, every_nth
+
+    geometry = presets.grid_geometry(40, every_nth(40, 2))
+    np.testing.assert_array_equal(geometry["obs_coords"], np.arange(0.0, 40.0, 2.0)[:, None])
+    np.testing.assert_array_equal(geometry["state_coords"], np.arange(40.0)[:, None])
+    geometry = presets.grid_geometry(10, IndexObs(jnp.array([9, 0, 3])))
+    np.testing.assert_array_equal(geometry["obs_coords"], [[9.0], [0.0], [3.0]])
+    # A StateSpaceModel accepts it as keyword arguments.
+    ssm = StateSpaceModel(
+        Lorenz96(n=40),
+        every_nth(40, 2),
+        1.0,
+        dt_obs=0.05,
+        x0_mean=jnp.zeros(40),
+        x0_cov=1.0,
+        **presets.grid_geometry(40, every_nth(40, 2)),
+    )
+    assert ssm.obs_coords.shape == (20, 1)
+    with pytest.raises(TypeError, match="IdentityObs, IndexObs"):
+        presets.grid_geometry(3, LinearObs(jnp.eye(3)))
+
+
+def test_presets_built_separately_reuse_the_compiled_program():
+    # The distance is static configuration: equal PeriodicDistance objects hash alike, so a
+    # second, separately built preset reuses the program compiled for the first.
+    from filterax.primitives import pairwise_distances
+
+    traces = []
+
+    @eqx.filter_jit
+    def local_weights(model, x):
+        traces.append(None)
+        dist = pairwise_distances(model.state_coords, model.obs_coords, model.distance)
+        return jnp.exp(-dist) @ x
+
+    x = jnp.ones(40)
+    first = local_weights(presets.lorenz96_sakov2008(), x)
+    second = local_weights(presets.lorenz96_sakov2008(), x)
+    assert len(traces) == 1
+    np.testing.assert_array_equal(first, second)

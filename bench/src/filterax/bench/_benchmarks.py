@@ -12,8 +12,11 @@
 | `lorenz96_bach2025` | Lorenz-96 + noise 0.1 I | all, R = I | 1000 (0) | Bach et al. 2025 |
 | `ks_bach2025` | KS L=22 N_x=256 + noise | all, R = 0.5 I | 200 (0) | none |
 
-Localised filters get grid-index coordinates with periodic distance (DAPPER's
-``nd_Id_localization`` for Lorenz-96 and KS: distances in grid points on the ring).
+Localised filters take the geometry from the model: the Lorenz-96 and KS models carry
+grid-index coordinates with the periodic distance (DAPPER's ``nd_Id_localization``: distances
+in grid points on the ring; `filterax.zoo.presets.grid_geometry`). The linear models have no
+geometry of their own; their benchmarks pass the same ring geometry as overrides
+(``coordinates=grid_coordinates, distance=periodic_distance(40)``).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from filterax.primitives import IdentityObs, IndexObs, every_nth, periodic
+from filterax.primitives import IdentityObs, IndexObs, PeriodicDistance, every_nth
 from filterax.zoo import StateSpaceModel, presets
 
 from ._registry import Benchmark, register_benchmark
@@ -32,8 +35,11 @@ __all__ = ["grid_coordinates", "periodic_distance"]
 
 
 def periodic_distance(period: float | int) -> Any:
-    """Minimum-image distance on a ring of length `period` (grid-index units)."""
-    return functools.partial(periodic, period=float(period))
+    """Minimum-image distance on a ring of length `period` (grid-index units).
+
+    `filterax.primitives.PeriodicDistance` (hashable: equal periods reuse compiled programs).
+    """
+    return PeriodicDistance(float(period))
 
 
 def grid_coordinates(model: StateSpaceModel) -> dict[str, Any]:
@@ -65,9 +71,10 @@ def _published(name: str) -> tuple[dict[str, float], str, float | None]:
 
 def _lorenz96_every_other() -> StateSpaceModel:
     base = presets.lorenz96_sakov2008()
+    obs_op = every_nth(base.n_state, 2)
     return StateSpaceModel(
         dynamics=base.dynamics,
-        obs_op=every_nth(base.n_state, 2),
+        obs_op=obs_op,
         obs_noise=1.0,
         dt_obs=base.dt_obs,
         x0_mean=base.x0_mean,
@@ -77,6 +84,7 @@ def _lorenz96_every_other() -> StateSpaceModel:
         reference=base.reference,
         n_cycles=base.n_cycles,
         recommended_n_cycles=base.recommended_n_cycles,
+        **presets.grid_geometry(base.n_state, obs_op),
     )
 
 
@@ -101,8 +109,6 @@ def _register_builtin() -> None:
             n_cycles=5000,
             references=refs,
             citation=cite,
-            coordinates=grid_coordinates,
-            distance=periodic_distance(40),
             climatology_rmse=clim,
             description="Lorenz-96 N_x=40 F=8, all observed every 0.05, R = I",
         )
@@ -116,8 +122,6 @@ def _register_builtin() -> None:
                 "Lorenz-96 setup of Sakov & Oke (2008) with only the even components observed; "
                 "no published scores (compare with lorenz96_sakov2008)."
             ),
-            coordinates=grid_coordinates,
-            distance=periodic_distance(40),
             climatology_rmse=clim,
             description="Lorenz-96 N_x=40, components 0, 2, ..., 38 observed, R = I",
         )
@@ -130,8 +134,6 @@ def _register_builtin() -> None:
             n_cycles=5000,
             references=small_refs,
             citation=cite,
-            coordinates=grid_coordinates,
-            distance=periodic_distance(40),
             climatology_rmse=clim,
             max_ensemble=10,
             description=(
@@ -147,8 +149,6 @@ def _register_builtin() -> None:
             n_cycles=4000,
             references=refs,
             citation=cite,
-            coordinates=grid_coordinates,
-            distance=periodic_distance(128),
             climatology_rmse=clim,
             description="Kuramoto-Sivashinsky N_x=128 L=32pi, all observed every 1.0, R = I",
         )
@@ -188,8 +188,6 @@ def _register_builtin() -> None:
             n_cycles=1000,
             references=refs,
             citation=cite,
-            coordinates=grid_coordinates,
-            distance=periodic_distance(40),
             description="Lorenz-96 N_x=40 with process noise 0.1 I, all observed, R = I",
         )
     )
@@ -201,8 +199,6 @@ def _register_builtin() -> None:
             n_cycles=200,
             references=refs,
             citation=cite,
-            coordinates=grid_coordinates,
-            distance=periodic_distance(256),
             description="Kuramoto-Sivashinsky L=22 N_x=256 with process noise, R = 0.5 I",
         )
     )

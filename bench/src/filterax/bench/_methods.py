@@ -17,7 +17,6 @@ import filterax.filters as fxf
 from filterax.primitives import DAPPER_GC_FACTOR, dapper_radius_to_gc_halfwidth
 
 from ._registry import (
-    Benchmark,
     MethodConfig,
     Suite,
     get_method,
@@ -60,13 +59,11 @@ def _enkf_n(params):
     return fxf.EnKF_N(xN=params.get("xN", 1.0))
 
 
-def _letkf(params, benchmark: Benchmark):
+def _letkf(params):
     # DAPPER's loc_rad is where the taper equals exp(-1/2); LETKF's `radius` is the
-    # Gaspari-Cohn half-width c = 1.82 loc_rad. R-localisation with the benchmark's distance.
-    return fxf.LETKF(
-        radius=dapper_radius_to_gc_halfwidth(params["localization_radius"]),
-        distance=benchmark.distance,
-    )
+    # Gaspari-Cohn half-width c = 1.82 loc_rad. R-localisation with the model's geometry
+    # (coordinates and distance), or the benchmark's overrides (Benchmark.context).
+    return fxf.LETKF(radius=dapper_radius_to_gc_halfwidth(params["localization_radius"]))
 
 
 def _extended_kf(params):

@@ -74,10 +74,13 @@ class Benchmark:
     - `references`: published ``rmse.a`` by method label (as in
       `filterax.zoo.presets.PUBLISHED_RMSE`).
     - `citation`: where `references` come from.
-    - `coordinates`: ``coordinates(model) -> {"state_coords": ..., "obs_coords": ...}``, the
-      context of localised filters (LETKF); ``None`` if the problem has no geometry.
-    - `distance`: the distance between coordinates that localised filters use (e.g.
-      ``functools.partial(filterax.primitives.periodic, period=40.0)``).
+    - `coordinates`: ``coordinates(model) -> {"state_coords": ..., "obs_coords": ...}`` for
+      localised filters (LETKF) on a model without geometry, or to override the model's;
+      ``None`` (default): they take the model's own ``state_coords``/``obs_coords`` (the zoo
+      presets carry them). A problem with neither cannot run localised methods.
+    - `distance`: the distance between coordinates that localised filters use instead of the
+      model's (e.g. ``filterax.primitives.PeriodicDistance(40.0)``); ``None`` (default): the
+      model's distance (Euclidean if the model has none).
     - `climatology_rmse`: published climatological ``rmse.a`` (informational; divergence is
       judged against the climatology of each seed's own truth).
     - `max_ensemble`: largest ensemble size allowed (a small-ensemble benchmark), or ``None``.
@@ -139,8 +142,25 @@ class Benchmark:
         return burn
 
     def context(self) -> dict[str, Any]:
-        """The context (coordinates) handed to localised filters; empty if none."""
-        return {} if self.coordinates is None else dict(self.coordinates(self.ssm))
+        """The geometry overrides handed to localised filters: `coordinates` and `distance`.
+
+        Passed as `filterax.filters.EnsembleFilter` context, where each entry takes
+        precedence over the model's geometry; empty when the model's own geometry is used.
+        """
+        context = {} if self.coordinates is None else dict(self.coordinates(self.ssm))
+        if self.distance is not None:
+            context["distance"] = self.distance
+        return context
+
+    @property
+    def has_geometry(self) -> bool:
+        """Whether localised filters can run: `coordinates` given, or the model has its own.
+
+        Builds the model (`ssm`) only when `coordinates` is ``None``.
+        """
+        if self.coordinates is not None:
+            return True
+        return self.ssm.state_coords is not None and self.ssm.obs_coords is not None
 
     def reference(self, label: str | None) -> float | None:
         """The published ``rmse.a`` with this label, or ``None``."""
@@ -597,8 +617,11 @@ def resolve_cells(
 
 def incompatibility(benchmark: Benchmark, method: MethodConfig) -> str | None:
     """Why `method` cannot run on `benchmark`, or ``None`` if it can."""
-    if method.context and benchmark.coordinates is None:
-        return f"{method.name} is localised but {benchmark.name} defines no coordinates."
+    if method.context and not benchmark.has_geometry:
+        return (
+            f"{method.name} is localised but {benchmark.name} has no geometry: its model has "
+            "no state_coords/obs_coords and the benchmark no coordinates=."
+        )
     if (
         benchmark.max_ensemble is not None
         and method.n_ensemble is not None

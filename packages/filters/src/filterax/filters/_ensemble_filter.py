@@ -6,7 +6,9 @@ One cycle (DAPPER's ``assimilate`` of the EnKF family):
    (`filterax.primitives.forecast_ensemble`; member ``i`` of a stochastic model gets key ``i``
    of ``jax.random.split(k_forecast, N_e)``);
 2. analysis: ``kernel.analysis(k_analysis, forecast, obs, model.obs_op, model.obs_noise,
-   **context)``;
+   **context)``; a localising kernel (`filterax.primitives.AbstractLocalFilter`, e.g. `LETKF`)
+   also gets the model's ``state_coords``, ``obs_coords`` and ``distance``, which entries of
+   `context` override (`filterax.primitives.geometry_context`);
 3. post-processing, in order: the inflator (key ``k_inflation``), the random rotation (key
    ``k_rotation``), then the extra steps of `post` (key ``fold_in(k_rotation, i)`` for the
    ``i``-th); each is an `AbstractPostProcessor` whose state (an adaptive inflation estimate)
@@ -98,7 +100,10 @@ class EnsembleFilter(fxp.AbstractCycledMethod):
     - `rotate`: apply DAPPER's random mean-preserving rotation each cycle (static).
     - `post`: further post-processing steps applied after inflation and rotation (a
       post-processor or a sequence of them).
-    - `context`: extra keyword arguments for ``kernel.analysis`` (e.g. LETKF coordinates).
+    - `context`: extra keyword arguments for ``kernel.analysis``. A localising kernel
+      (`AbstractLocalFilter`, e.g. `LETKF`) takes ``state_coords``, ``obs_coords`` and
+      ``distance`` from the model; entries given here override the model's (for a model
+      without geometry, e.g. the one `assimilate` builds).
 
     **Example:**
 
@@ -228,9 +233,13 @@ class EnsembleFilter(fxp.AbstractCycledMethod):
                 f"have N_y={obs.shape[0]} entries per time. Pass observations with one column "
                 "per entry of obs_op(x), or the matching observation operator."
             )
-        result = self.kernel.analysis(
-            k_an, forecast, obs, model.obs_op, model.obs_noise, **self.context
-        )
+        context = self.context
+        if isinstance(self.kernel, fxp.AbstractLocalFilter):
+            # A localising kernel takes the model's geometry; explicit context overrides it.
+            context = fxp.geometry_context(
+                model, context, owner=f"EnsembleFilter({type(self.kernel).__name__}(...))"
+            )
+        result = self.kernel.analysis(k_an, forecast, obs, model.obs_op, model.obs_noise, **context)
         analysis = jnp.asarray(result.particles)
         if analysis.shape != forecast.shape:
             raise ValueError(

@@ -22,7 +22,7 @@ from ._sharding import map_over_grid, mesh_axes
 
 __all__ = ["LETKF", "LETKFInfo", "letkf_local_update"]
 
-_CONTEXT_KEYS = ("state_coords", "obs_coords", "local_obs_indices")
+_CONTEXT_KEYS = ("state_coords", "obs_coords", "distance", "local_obs_indices")
 _TRANSFORM_METHODS = ("newton", "eigh")
 
 
@@ -121,8 +121,9 @@ def _coordinates(value: Any, name: str, size: int, what: str) -> Array:
         raise ValueError(
             f"LETKF.analysis needs `{name}`, the coordinates of the {what}, passed as a keyword "
             f"(context) argument: filt.analysis(key, X, y, obs_op, R, state_coords=(N_x, D), "
-            "obs_coords=(N_y, D)); with assimilate, context={'state_coords': ..., "
-            "'obs_coords': ...}."
+            "obs_coords=(N_y, D)); run(EnsembleFilter(LETKF(...)), model, ...) takes them from "
+            "the model (state_coords=, obs_coords=); with assimilate, context={'state_coords': "
+            "..., 'obs_coords': ...}."
         )
     shape = jnp.shape(value)
     if len(shape) == 1:
@@ -140,7 +141,7 @@ def _coordinates(value: Any, name: str, size: int, what: str) -> Array:
     return jnp.asarray(value)
 
 
-class LETKF(fxp.AbstractSequentialFilter):
+class LETKF(fxp.AbstractLocalFilter):
     r"""Local ensemble transform Kalman filter with R-localisation (Hunt et al. 2007).
 
     Every state component ``i`` (grid point) gets its own ETKF analysis from the observations
@@ -179,9 +180,11 @@ class LETKF(fxp.AbstractSequentialFilter):
         Lorenz-96 ``loc_rad=4`` is ``radius=7.28``. ``jnp.inf`` disables localisation.
     - `taper`: ``taper(d, radius) -> weights`` (static), default `fxp.gaspari_cohn`; e.g.
         `fxp.gaussian_taper` (then `radius` is DAPPER's ``loc_rad`` itself).
-    - `distance`: single-pair distance (static), `fxp.euclidean` by default; use
-        ``functools.partial(fxp.periodic, period=40.0)`` on the Lorenz-96 ring, `fxp.haversine`
-        for (lat, lon) in degrees.
+    - `distance`: single-pair distance (static), e.g. `fxp.PeriodicDistance(40.0)` on the
+        Lorenz-96 ring, `fxp.haversine` for (lat, lon) in degrees. ``None`` (default): the
+        model's distance — the ``distance`` context keyword, which `EnsembleFilter` fills
+        from `AbstractModel.distance` — else `fxp.euclidean`. Given explicitly, it overrides
+        the model's.
     - `cutoff`: observations with ``rho <= cutoff`` are excluded (static float, default 0:
         exactly the taper's support; DAPPER uses ``1e-3``, needed for tapers without compact
         support).
@@ -200,9 +203,13 @@ class LETKF(fxp.AbstractSequentialFilter):
         ``eigh`` of the ``L x L`` matrix.
 
     `analysis(key, forecast, obs, obs_op, obs_noise, *, state_coords, obs_coords,
-    local_obs_indices=None)`: coordinates are keyword context (``(N_x, D)`` and ``(N_y, D)``,
-    or 1-D arrays for ``D = 1``); `key` is unused. ``R`` must be diagonal (the localisation
-    weights individual observation errors); NaN observations get zero weight.
+    distance=None, local_obs_indices=None)`: the geometry is keyword context (``(N_x, D)`` and
+    ``(N_y, D)``, or 1-D arrays for ``D = 1``; see `fxp.AbstractLocalFilter`). Run as a cycled
+    method (``run(EnsembleFilter(LETKF(...)), model, ...)``) it is taken from the model
+    (`AbstractModel.state_coords`, `obs_coords`, `distance`; the `filterax.zoo` presets carry
+    them), with `EnsembleFilter(context=...)` entries overriding the model's. `key` is unused.
+    ``R`` must be diagonal (the localisation weights individual observation errors); NaN
+    observations get zero weight.
 
     **Returns** (of `analysis`): `fxp.Analysis(particles, log_likelihood, info)` with the
     *global* ``log_likelihood = log N(d; 0, C^HH + R)`` of the forecast and ``info`` a
@@ -216,27 +223,30 @@ class LETKF(fxp.AbstractSequentialFilter):
     !!! Example
 
         ```python
-        import functools
         import jax, jax.numpy as jnp
+        import filterax.filters as ff
         import filterax.primitives as fxp
-        from filterax.filters import LETKF
+        from filterax.zoo import presets
 
+        # Cycled: the Lorenz-96 preset carries its grid and periodic distance.
+        ssm = presets.lorenz96_sakov2008()
+        xp = ssm.simulate(jax.random.key(0), 200)
+        filt = ff.LETKF(radius=fxp.dapper_radius_to_gc_halfwidth(4.0))
+        method = ff.EnsembleFilter(filt, inflator=fxp.MultiplicativeInflator(1.04))
+        out = ff.run(method, ssm, ssm.initial_ensemble(jax.random.key(1), 10),
+                     xp.observations, xp.times, key=jax.random.key(2))
+
+        # One analysis: the geometry is keyword context.
         grid = jnp.arange(40.0)
-        filt = LETKF(
-            radius=fxp.dapper_radius_to_gc_halfwidth(4.0),
-            distance=functools.partial(fxp.periodic, period=40.0),
-            max_local_obs=16,
-        )
         X = jax.random.normal(jax.random.key(0), (10, 40))
-        out = filt.analysis(
-            None, X, jnp.zeros(40), fxp.IdentityObs(), 1.0, state_coords=grid, obs_coords=grid
-        )
+        a = filt.analysis(None, X, jnp.zeros(40), fxp.IdentityObs(), 1.0, state_coords=grid,
+                          obs_coords=grid, distance=fxp.PeriodicDistance(40.0))
         ```
     """
 
     radius: Float[ArrayLike, ""] = eqx.field(converter=_as_float_param)
     taper: Callable[..., Array] = eqx.field(static=True, default=fxp.gaspari_cohn)
-    distance: Callable[..., Array] = eqx.field(static=True, default=fxp.euclidean)
+    distance: Callable[..., Array] | None = eqx.field(static=True, default=None)
     cutoff: float = eqx.field(static=True, default=0.0)
     max_local_obs: int | None = eqx.field(static=True, default=None)
     chunk_size: int | None = eqx.field(static=True, default=None)
@@ -260,8 +270,11 @@ class LETKF(fxp.AbstractSequentialFilter):
                 f"LETKF(radius=...) must be positive (the Gaspari-Cohn half-width; jnp.inf for "
                 f"no localisation); got {concrete}. DAPPER's loc_rad converts as 1.82 * loc_rad."
             )
-        if not callable(self.taper) or not callable(self.distance):
-            raise TypeError("LETKF: `taper` and `distance` must be callables.")
+        if not callable(self.taper) or not (self.distance is None or callable(self.distance)):
+            raise TypeError(
+                "LETKF: `taper` must be a callable and `distance` a callable or None (the "
+                "model's distance)."
+            )
         if not isinstance(self.cutoff, int | float) or not 0.0 <= self.cutoff < 1.0:
             raise ValueError(
                 f"LETKF(cutoff=...) must be a float in [0, 1) (a taper-weight threshold); got "
@@ -344,11 +357,22 @@ class LETKF(fxp.AbstractSequentialFilter):
                     f"{table.shape[1]}."
                 )
 
+        # Explicit LETKF(distance=...) > the context's (the model's, via EnsembleFilter) >
+        # Euclidean.
+        distance = self.distance if self.distance is not None else context.get("distance")
+        if distance is None:
+            distance = fxp.euclidean
+        elif not callable(distance):
+            raise TypeError(
+                "LETKF.analysis: the `distance` context must be a single-pair distance(a, b) "
+                f"-> scalar (e.g. fxp.PeriodicDistance(40.0)) or None; got "
+                f"{type(distance).__name__}."
+            )
         coord_dtype = jnp.result_type(dtype, state_coords.dtype, obs_coords.dtype)
         selector = ObsSelector.build(
             self.selection,
             self.max_local_obs,
-            self.distance,
+            distance,
             obs_coords.astype(coord_dtype),
             inputs.mask,
             table,

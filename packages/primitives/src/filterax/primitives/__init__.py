@@ -3,6 +3,7 @@
 from ._version import __version__ as __version__
 from ._protocols import (
     AbstractDynamics as AbstractDynamics,
+    AbstractLocalFilter as AbstractLocalFilter,
     AbstractObsOperator as AbstractObsOperator,
     AbstractProcess as AbstractProcess,
     AbstractScheduler as AbstractScheduler,
@@ -19,6 +20,7 @@ from ._model import (
     observe_ensemble as observe_ensemble,
     propagate as propagate,
 )
+from ._geometry import GEOMETRY_KEYS as GEOMETRY_KEYS, geometry_context as geometry_context
 from ._cycled import (
     AbstractCycledMethod as AbstractCycledMethod,
     AbstractPostProcessor as AbstractPostProcessor,
@@ -77,6 +79,7 @@ from ._perturbations import perturbed_observations as perturbed_observations
 
 # --- localisation, inflation, shrinkage, patches ---
 from ._distances import (
+    PeriodicDistance as PeriodicDistance,
     euclidean as euclidean,
     haversine as haversine,
     pairwise_distances as pairwise_distances,

@@ -72,6 +72,25 @@ class AbstractSequentialFilter(eqx.Module):
         """Assimilate one observation vector into the forecast ensemble."""
 
 
+class AbstractLocalFilter(AbstractSequentialFilter):
+    """A sequential filter that localises, and so needs the geometry of the domain.
+
+    Its ``analysis(key, forecast, obs, obs_op, obs_noise, **context)`` takes the geometry as
+    three keyword (context) arguments:
+
+    - `state_coords`: ``(N_x, D)`` coordinates of the state components (or ``(N_x,)``);
+    - `obs_coords`: ``(N_y, D)`` coordinates of the observations (or ``(N_y,)``);
+    - `distance`: the single-pair distance ``distance(a, b) -> scalar`` on those coordinates
+      (e.g. `PeriodicDistance`, `haversine`), or ``None``/absent for the filter's default.
+
+    Cycled drivers take them from the model (`AbstractModel.state_coords`, `obs_coords`,
+    `distance`): `filterax.filters.EnsembleFilter` calls the kernel with `geometry_context`
+    of the model and its own `context`, whose entries take precedence over the model's. A
+    kernel that does not subclass this class never receives geometry it did not ask for.
+    `filterax.filters.LETKF` is one.
+    """
+
+
 class AbstractProcess(eqx.Module):
     """An ensemble Kalman process (inversion or sampling), blackjax-style.
 

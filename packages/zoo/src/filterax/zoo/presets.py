@@ -19,6 +19,13 @@ Time conventions are DAPPER's: observations at ``t0 + k dt_obs`` for ``k >= 1`` 
 ``t0``), scores averaged over analysis times after the burn-in. The process noise of the
 Bach et al. (2025) setups is added once per observation window, as in their code.
 
+**Geometry.** The Lorenz-96 and Kuramoto–Sivashinsky presets carry the geometry localising
+filters (`filterax.filters.LETKF`) use, as DAPPER's ``nd_Id_localization`` does: grid-index
+coordinates ``state_coords = arange(N_x)[:, None]``, the observed rows as ``obs_coords``, and
+the periodic distance on the ring of ``N_x`` grid points (`filterax.primitives.
+PeriodicDistance(N_x)`; `grid_geometry`). Lorenz-63 and the random linear model have no
+spatial structure: their geometry is ``None``.
+
 **Example:**
 
 ```python
@@ -41,7 +48,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import PRNGKeyArray
 
-from filterax.primitives import IdentityObs, every_nth
+from filterax.primitives import IdentityObs, IndexObs, PeriodicDistance, every_nth
 
 from ._ks import KuramotoSivashinsky
 from ._linear import LinearModel, random_process_covariance
@@ -51,6 +58,7 @@ from ._ssm import StateSpaceModel
 __all__ = [
     "PRESETS",
     "PUBLISHED_RMSE",
+    "grid_geometry",
     "ks_bach2025",
     "ks_bocquet2019",
     "linear_bach2025",
@@ -175,6 +183,48 @@ def _rmse_items(name: str) -> tuple[tuple[str, float], ...]:
     return tuple(PUBLISHED_RMSE[name]["rmse_a"].items())
 
 
+def grid_geometry(n_state: int, obs_op: Any) -> dict[str, Any]:
+    """The geometry of a periodic 1-D grid of `n_state` points, in grid units.
+
+    ``state_coords = arange(n_state)[:, None]``, ``obs_coords`` its rows that `obs_op`
+    observes, and ``distance = PeriodicDistance(n_state)`` (the minimum-image distance on the
+    ring): DAPPER's ``nd_Id_localization((n_state,))`` geometry for Lorenz-96 and KS.
+
+    **Arguments:**
+
+    - `n_state`: the number of grid points ``N_x``.
+    - `obs_op`: an `IdentityObs` (every point observed) or an `IndexObs` (the points at its
+      indices).
+
+    **Returns:** ``{"state_coords": (N_x, 1), "obs_coords": (N_y, 1), "distance": ...}``, the
+    keyword arguments of `StateSpaceModel`.
+
+    **Example:**
+
+    ```python
+    ssm = StateSpaceModel(Lorenz96(n=40), every_nth(40, 2), 1.0, dt_obs=0.05,
+                          x0_mean=jnp.zeros(40), x0_cov=1.0,
+                          **grid_geometry(40, every_nth(40, 2)))
+    ```
+    """
+    n_state = int(n_state)
+    state = jnp.arange(n_state, dtype=jnp.result_type(float))[:, None]
+    if isinstance(obs_op, IdentityObs):
+        obs = state
+    elif isinstance(obs_op, IndexObs):
+        obs = state[obs_op.indices]
+    else:
+        raise TypeError(
+            f"grid_geometry knows point observations (IdentityObs, IndexObs); got "
+            f"{type(obs_op).__name__}. Pass state_coords/obs_coords to StateSpaceModel yourself."
+        )
+    return {
+        "state_coords": state,
+        "obs_coords": obs,
+        "distance": PeriodicDistance(float(n_state)),
+    }
+
+
 def lorenz63_sakov2012() -> StateSpaceModel:
     r"""Lorenz-63 with sparse-in-time observations (Sakov, Oliver & Bertino 2012, Table 1).
 
@@ -182,7 +232,8 @@ def lorenz63_sakov2012() -> StateSpaceModel:
     - observations every 25 steps (``dt_obs = 0.25``), all 3 components, ``R = 2 I``;
     - ``x0 ~ N([1.509, -1.531, 25.46], 2 I)`` for the truth and (independently) the
       ensemble;
-    - burn-in 16 time units (64 cycles); 1000 cycles (DAPPER's ``KObs=1000``).
+    - burn-in 16 time units (64 cycles); 1000 cycles (DAPPER's ``KObs=1000``);
+    - no geometry (three coupled variables: nothing to localise).
 
     **Returns:** a `StateSpaceModel`.
 
@@ -213,7 +264,9 @@ def lorenz96_sakov2008() -> StateSpaceModel:
     - observations every step (``dt_obs = 0.05``), all 40 sites, ``R = I``;
     - ``x0 ~ N([1, 0, ..., 0], 0.001 I)`` (the burn-in covers the spin-up onto the
       attractor);
-    - burn-in 20 time units (400 cycles); DAPPER runs 1000 cycles (Sakov & Oke: 300000).
+    - burn-in 20 time units (400 cycles); DAPPER runs 1000 cycles (Sakov & Oke: 300000);
+    - geometry: grid indices on the ring of 40, ``PeriodicDistance(40)`` (`grid_geometry`),
+      so ``LETKF`` needs no coordinates or distance.
 
     **Returns:** a `StateSpaceModel`.
 
@@ -235,6 +288,7 @@ def lorenz96_sakov2008() -> StateSpaceModel:
         n_cycles=1000,
         recommended_n_cycles=1000,
         published_rmse=_rmse_items(name),
+        **grid_geometry(n, IdentityObs()),
     )
 
 
@@ -253,7 +307,9 @@ def ks_bocquet2019() -> StateSpaceModel:
     - ``x0 ~ N(u*, 0.001 I)`` where ``u*`` is DAPPER's ``KS.x0``: Kassam & Trefethen's
       ``cos(x/16)(1 + sin(x/16))`` on the grid ``x_j = j L / 128`` (``j = 1..128``)
       integrated for 150 time units (300 steps), i.e. a point on the attractor;
-    - burn-in 2000 time units (2000 cycles); DAPPER runs 20000 cycles (``Ko = 2e4``).
+    - burn-in 2000 time units (2000 cycles); DAPPER runs 20000 cycles (``Ko = 2e4``);
+    - geometry: grid indices on the ring of 128, ``PeriodicDistance(128)`` (grid units, as
+      DAPPER's ``loc_rad``; `grid_geometry`).
 
     **Returns:** a `StateSpaceModel` (building it integrates the 300-step spin-up once).
 
@@ -275,6 +331,7 @@ def ks_bocquet2019() -> StateSpaceModel:
         n_cycles=20_000,
         recommended_n_cycles=4000,
         published_rmse=_rmse_items(name),
+        **grid_geometry(model.n, IdentityObs()),
     )
 
 
@@ -292,7 +349,8 @@ def linear_bach2025(
     - observations every step, ``R = I``; ``H = I`` (``observe="all"``) or every other
       component ``0, 2, ..., 38`` (``observe="every_other"``, Section 3.3.2);
     - ``x0 ~ N(1, I)`` (``m_0`` a vector of ones as in the paper; ``C_0 = I`` as in the
-      authors' code); 1000 cycles, no burn-in.
+      authors' code); 1000 cycles, no burn-in;
+    - no geometry (``A`` couples every pair of components: nothing to localise).
 
     **Arguments:**
 
@@ -341,7 +399,8 @@ def lorenz96_bach2025() -> StateSpaceModel:
     - process noise ``Sigma = 0.1 I`` added at each observation time;
     - observations every step (``dt_obs = 0.05``), ``H = I``, ``R = I``;
     - ``x0 ~ N(0, I)`` (the authors' code draws ``x0 = random.normal(key, (40,))``);
-      1000 cycles (J = 1000), no burn-in (their J0 = 0).
+      1000 cycles (J = 1000), no burn-in (their J0 = 0);
+    - geometry: grid indices on the ring of 40, ``PeriodicDistance(40)`` (`grid_geometry`).
 
     The authors start the ensemble at ``N(x0_true, Sigma)``; `initial_ensemble` draws it
     from the prior ``N(0, I)`` instead (DAPPER's convention), so early-cycle errors differ.
@@ -366,6 +425,7 @@ def lorenz96_bach2025() -> StateSpaceModel:
         n_cycles=1000,
         recommended_n_cycles=1000,
         published_rmse=_rmse_items(name),
+        **grid_geometry(n, IdentityObs()),
     )
 
 
@@ -376,7 +436,8 @@ def ks_bach2025() -> StateSpaceModel:
     - observations every 5 steps (``dt_obs = 1.25``), ``H = I``, ``R = 0.5 I``;
     - process noise ``Sigma = 0.01 I`` added at each observation time;
     - ``x0 ~ N(0, I)`` (the authors' code draws ``x0 = random.normal(key, (256,))``);
-      200 cycles (J = 200, 1000 model steps), no burn-in.
+      200 cycles (J = 200, 1000 model steps), no burn-in;
+    - geometry: grid indices on the ring of 256, ``PeriodicDistance(256)`` (`grid_geometry`).
 
     The authors start the ensemble at ``N(x0_true, Sigma)``; `initial_ensemble` draws it
     from the prior ``N(0, I)`` instead (DAPPER's convention).
@@ -401,6 +462,7 @@ def ks_bach2025() -> StateSpaceModel:
         n_cycles=200,
         recommended_n_cycles=200,
         published_rmse=_rmse_items(name),
+        **grid_geometry(n, IdentityObs()),
     )
 
 
