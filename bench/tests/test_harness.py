@@ -671,3 +671,9 @@ def test_the_conventions_page_cycled_method_is_scored_by_the_harness(
                      key=k_da)  # fmt: skip
     rmse = np.sqrt(np.mean((np.asarray(direct.analysis_mean) - np.asarray(twin.truth)) ** 2, -1))
     np.testing.assert_allclose(scored.rmse_a, rmse, rtol=1e-10, atol=1e-12)
+
+
+def test_bench_modules_follow_the_abstract_final_pattern():
+    from filterax.testing import module_structure_violations
+
+    assert module_structure_violations("filterax.bench") == []

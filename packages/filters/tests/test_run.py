@@ -283,3 +283,14 @@ def test_bad_run_arguments_raise_clear_errors():
         ff.EnsembleFilter(ff.ETKF(), inflator=1.02)
     with pytest.raises(TypeError, match="kernel"):
         ff.EnsembleFilter(object())
+
+
+@pytest.mark.parametrize(
+    "kernel", [ff.ETKF(), ff.StochasticEnKF(), ff.EnSRF(), ff.KalmanFilter()], ids=type
+)
+def test_global_filters_refuse_context_instead_of_ignoring_it(kernel):
+    # A localizer or coordinates handed to a global filter would do nothing: refused.
+    model, obs_op, _, ys, times, e0 = linear_problem()
+    method = ff.EnsembleFilter(kernel, context={"localizer": fxp.GaspariCohnLocalizer(1.0)})
+    with pytest.raises(TypeError, match="takes no context"):
+        ff.run(method, fxp.Model(model, obs_op, 0.5), e0, ys, times, key=jax.random.key(0))

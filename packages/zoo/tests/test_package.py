@@ -20,3 +20,11 @@ def test_jaxtyping_runtime_checks_are_active_in_tests():
     # (N_e, N_x) ensemble passed without vmap is caught before the body runs.
     with pytest.raises(jaxtyping.TypeCheckError):
         filterax.zoo.Lorenz96(n=8)(jnp.zeros((2, 8)), 0.0, 0.05)
+
+
+def test_modules_follow_the_abstract_final_pattern():
+    # What equinox's strict=True used to enforce (abstract classes named Abstract*, concrete
+    # methods and concrete classes final); equinox 0.13 ignores that keyword.
+    from filterax.testing import module_structure_violations
+
+    assert module_structure_violations("filterax.zoo") == []

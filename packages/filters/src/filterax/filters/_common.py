@@ -26,6 +26,7 @@ on ONE state, a lineax operator, or an ``(N_y, N_x)`` matrix.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import equinox as eqx
@@ -322,6 +323,21 @@ def prepare_analysis(
         log_likelihood=loglik,
         noise_structure=fxp.noise_structure(noise_full),
     )
+
+
+def require_no_context(context: Mapping[str, Any], name: str) -> None:
+    """Raise a `TypeError` if a filter that takes no context keywords got some.
+
+    A global filter has no use for coordinates or a localizer: accepting them silently would
+    make e.g. ``EnsembleFilter(ETKF(), context={"localizer": ...})`` look localised when it
+    is not.
+    """
+    if context:
+        raise TypeError(
+            f"{name} takes no context keywords, so {sorted(context)} would be ignored. "
+            "Localise with LETKF (which takes its coordinates and distance from the model or "
+            "from context), or pass the keywords to a filter whose analysis accepts them."
+        )
 
 
 def require_key(key: PRNGKeyArray | None, name: str) -> PRNGKeyArray:

@@ -12,7 +12,7 @@ from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
 import filterax.primitives as fxp
 
-from ._common import prepare_analysis, require_key
+from ._common import prepare_analysis, require_key, require_no_context
 from ._transforms import matmul
 
 __all__ = ["StochasticEnKF", "StochasticEnKFInfo"]
@@ -68,7 +68,7 @@ class StochasticEnKF(fxp.AbstractSequentialFilter):
         default ``True``, as DAPPER).
 
     `analysis(key, forecast, obs, obs_op, obs_noise, **context)` needs a PRNG `key` (same key
-    ⇒ bit-identical analysis); `context` is ignored.
+    ⇒ bit-identical analysis); `context` must be empty.
 
     **Returns** (of `analysis`): `fxp.Analysis(particles, log_likelihood, info)` with
     ``log_likelihood = log N(d; 0, C^HH + R)`` on the forecast and ``info`` a
@@ -106,8 +106,8 @@ class StochasticEnKF(fxp.AbstractSequentialFilter):
         **context: Any,
     ) -> fxp.Analysis:
         """Assimilate `obs` into `forecast` with perturbed observations (see the class)."""
-        del context
         name = "StochasticEnKF.analysis"
+        require_no_context(context, name)
         key = require_key(key, name)
         inputs = prepare_analysis(forecast, obs, obs_op, obs_noise, name=name)
         dtype = inputs.dtype

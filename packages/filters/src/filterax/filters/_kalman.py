@@ -59,6 +59,7 @@ from filterax.primitives import (
     rmse,
 )
 
+from ._common import require_no_context
 from ._run import STATUS_DIVERGED, STATUS_NONFINITE, STATUS_OK, run_cycles
 
 __all__ = [
@@ -468,7 +469,8 @@ class AbstractKalmanFilter(AbstractSequentialFilter):
         prediction happens here, so `ExtendedKF.infl` has no effect: inflate with
         `assimilate`'s ``inflator``.
         """
-        del key, context
+        del key
+        require_no_context(context, f"{type(self).__name__}.analysis")
         forecast = jnp.asarray(forecast)
         if forecast.ndim != 2 or forecast.shape[0] < 2:
             raise ValueError(

@@ -23,7 +23,7 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 import filterax.primitives as fxp
 
-from ._common import AnalysisInputs, prepare_analysis
+from ._common import AnalysisInputs, prepare_analysis, require_no_context
 from ._transforms import TransformInfo, apply_transform, full_transform
 
 __all__ = ["AbstractTransformFilter", "finish_transform_analysis"]
@@ -134,14 +134,14 @@ class AbstractTransformFilter(fxp.AbstractSequentialFilter):
 
         **Arguments:** `key` (used only by stochastic transforms, may be ``None`` otherwise),
         `forecast` ``(N_e, N_x)``, `obs` ``(N_y,)`` (NaN where missing), `obs_op` (callable,
-        lineax operator or matrix), `obs_noise` (any `fxp.NoiseLike`); `context` is ignored.
+        lineax operator or matrix), `obs_noise` (any `fxp.NoiseLike`); `context` must be empty
+        (a global filter takes no coordinates or localizer: refused, never ignored).
 
         **Returns:** `fxp.Analysis(particles, log_likelihood, info)`.
         """
-        del context
-        inputs = prepare_analysis(
-            forecast, obs, obs_op, obs_noise, name=f"{type(self).__name__}.analysis"
-        )
+        name = f"{type(self).__name__}.analysis"
+        require_no_context(context, name)
+        inputs = prepare_analysis(forecast, obs, obs_op, obs_noise, name=name)
         weights, transform, extra_info = self.weights_and_transform(inputs, key)
         return finish_transform_analysis(
             inputs, weights, transform, type(self).info_type, **extra_info

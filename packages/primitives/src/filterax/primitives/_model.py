@@ -75,9 +75,9 @@ class AbstractModel(eqx.Module):
       ``None`` (noise at every model step belongs in the dynamics).
     - `state_coords`: ``(N_x, D)`` coordinates of the state components, or ``None``.
     - `obs_coords`: ``(N_y, D)`` coordinates of the observations, or ``None``.
-    - `distance`: ``distance(a, b) -> (n, m)`` pairwise distances between coordinate sets
-      (e.g. ``functools.partial(periodic, period=40.0)`` on a ring), or ``None`` for the
-      Euclidean distance.
+    - `distance`: ``distance(a, b) -> d``, the distance between two points (rows of the
+      coordinate arrays), e.g. ``PeriodicDistance(40.0)`` on the Lorenz-96 ring, or ``None``
+      for the Euclidean distance.
     - `t0`: the time of the initial condition.
     """
 
@@ -133,8 +133,9 @@ class Model(AbstractModel):
             )
         if self.distance is not None and not callable(self.distance):
             raise TypeError(
-                "Model.distance must be a function distance(a, b) -> (n, m) of two coordinate "
-                f"sets (e.g. filterax.primitives.euclidean); got {type(self.distance).__name__}."
+                "Model.distance must be a function distance(a, b) -> d of two points (e.g. "
+                "filterax.primitives.PeriodicDistance(40.0) or euclidean); got "
+                f"{type(self.distance).__name__}."
             )
 
 

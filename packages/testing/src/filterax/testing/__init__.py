@@ -10,3 +10,7 @@ from ._helpers import (
     tol as tol,
     tree_allclose as tree_allclose,
 )
+from ._structure import (
+    class_structure_violations as class_structure_violations,
+    module_structure_violations as module_structure_violations,
+)

@@ -195,9 +195,9 @@ class StateSpaceModel(AbstractModel):
     - `name`, `reference`: identifier and citation of the setup.
     - `state_coords`: ``(N_x, D)`` coordinates of the state components (or ``None``).
     - `obs_coords`: ``(N_y, D)`` coordinates of the observations (or ``None``).
-    - `distance`: ``distance(a, b) -> (n, m)`` between coordinate sets, e.g.
-      ``functools.partial(filterax.primitives.periodic, period=40.0)`` on the Lorenz-96
-      ring (``None``: Euclidean). Localising methods take the geometry from the model.
+    - `distance`: ``distance(a, b) -> d`` between two points (rows of the coordinate
+      arrays), e.g. ``filterax.primitives.PeriodicDistance(40.0)`` on the Lorenz-96 ring
+      (``None``: Euclidean). Localising methods take the geometry from the model.
     - `n_cycles`: length (number of observation times) of the published experiment.
     - `recommended_n_cycles`: a shorter length that still gives stable scores on a laptop;
       the default of `simulate`.
@@ -348,8 +348,8 @@ class StateSpaceModel(AbstractModel):
         self.obs_coords = _coordinates(obs_coords, n_y, "obs_coords", "observations")
         if distance is not None and not callable(distance):
             raise TypeError(
-                "distance must be a function distance(a, b) -> (n, m) of two coordinate sets "
-                f"(e.g. filterax.primitives.periodic); got {type(distance).__name__}."
+                "distance must be a function distance(a, b) -> d of two points (e.g. "
+                f"filterax.primitives.PeriodicDistance(40.0)); got {type(distance).__name__}."
             )
         self.distance = distance
 
