@@ -444,3 +444,25 @@ def test_matrix_and_lineax_obs_op_equal_the_callable(name, form):
     np.testing.assert_allclose(out.log_likelihood, ref.log_likelihood, rtol=0, atol=1e-12)
     jitted = jax.jit(lambda X, y: filt.analysis(key, X, y, H, problem.obs_noise()).particles)
     np.testing.assert_allclose(jitted(*args), ref.particles, rtol=0, atol=1e-12)
+
+
+def test_etkf_newton_transform_equals_eigh_and_has_the_same_gradient():
+    # The default Newton-Schulz value of (I + S S^T)^{-1/2} (N_y >= N_e) runs to round-off:
+    # it equals the eigh value to ~1e-13 (condition of I + S S^T is ~1e2 here), and the
+    # derivative is the same Daleckii-Krein rule either way.
+    key = jax.random.key(7)
+    X = jax.random.normal(key, (8, 12)) + 1.0
+    y = jnp.linspace(-1.0, 1.0, 12)
+    obs_op = fxp.IdentityObs()
+
+    def mean_after(scale, method):
+        out = ff.ETKF(transform_method=method).analysis(None, scale * X, y, obs_op, 0.3)
+        return jnp.sum(out.particles**2)
+
+    newton, eigh = mean_after(1.0, "newton"), mean_after(1.0, "eigh")
+    np.testing.assert_allclose(newton, eigh, rtol=1e-12)
+    g_newton = jax.grad(mean_after)(1.0, "newton")
+    g_eigh = jax.grad(mean_after)(1.0, "eigh")
+    np.testing.assert_allclose(g_newton, g_eigh, rtol=1e-10)
+    with pytest.raises(ValueError, match="transform_method"):
+        ff.ETKF(transform_method="svd")
