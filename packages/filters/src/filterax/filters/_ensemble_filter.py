@@ -82,7 +82,7 @@ class EnsembleState(eqx.Module):
     post_states: tuple[PyTree, ...]
 
 
-class EnsembleFilter(fxp.AbstractCycledMethod):
+class EnsembleFilter(fxp.AbstractPresampledMethod):
     r"""An ensemble analysis kernel with its post-processing, as a cycled method.
 
     Cycle ``k`` (see the module docstring): forecast ``X^f = \mathcal M(X^a_{k-1})``,
@@ -212,16 +212,29 @@ class EnsembleFilter(fxp.AbstractCycledMethod):
             )
         return forecast.astype(ensemble.dtype)
 
-    def step(
+    def presample(self, key: PRNGKeyArray, state: EnsembleState) -> Float[Array, "n n"] | None:
+        """The Haar draw of the cycle's random rotation (``jax.random.orthogonal`` of size
+        ``N_e - 1`` with the rotation key of `cycle_keys`, as `fxp.random_rotation` draws it),
+        or ``None`` without rotation: the one draw that does not depend on the state, so `run`
+        draws it for blocks of cycles at once."""
+        if not self.rotate:
+            return None
+        k_rot = jax.random.split(key, 4)[3]
+        n_e = state.particles.shape[0]
+        return jax.random.orthogonal(k_rot, n_e - 1, dtype=state.particles.dtype)
+
+    def step_presampled(
         self,
         key: PRNGKeyArray,
+        draws: Float[Array, "n n"] | None,
         state: EnsembleState,
         model: fxp.AbstractModel,
         t_prev: Real[Array, ""],
         t: Real[Array, ""],
         obs: Float[Array, "..."],
     ) -> tuple[EnsembleState, fxp.CycleInfo]:
-        """Forecast, analysis, post-processing (see the class docstring)."""
+        """Forecast, analysis, post-processing (see the class docstring), with the cycle's
+        rotation draw `draws` (from `presample`)."""
         k_fc, k_an, k_infl, k_rot = jax.random.split(key, 4)
         forecast = self.forecast(k_fc, state.particles, model, t_prev, t)
         dtype = forecast.dtype
@@ -252,8 +265,14 @@ class EnsembleFilter(fxp.AbstractCycledMethod):
         chain = self.chain
         keys = (k_infl, k_rot, *(jax.random.fold_in(k_rot, i) for i in range(2, len(chain))))
         post_states = []
-        for processor, post_state, k in zip(chain, state.post_states, keys, strict=True):
-            analysis, post_state = processor.apply(k, post_state, analysis, forecast, cycle)
+        for slot, (processor, post_state, k) in enumerate(
+            zip(chain, state.post_states, keys, strict=True)
+        ):
+            if slot == 1 and self.rotate:
+                # RandomRotation with its Haar draw made ahead: the same matrix (same key)
+                analysis = fxp.rotate_with(fxp.mean_preserving_rotation(draws), analysis)
+            else:
+                analysis, post_state = processor.apply(k, post_state, analysis, forecast, cycle)
             post_states.append(post_state)
         post_states = tuple(post_states)
         finite = jnp.all(jnp.isfinite(forecast)) & jnp.all(jnp.isfinite(analysis))

@@ -51,6 +51,9 @@ STATUS_DIVERGED = 2
 
 # The key `init` receives: a fold-in index no cycle uses (cycles are numbered from 0).
 _INIT_FOLD = 2**32 - 1
+# Cycles per block of pre-drawn random numbers (`fxp.AbstractPresampledMethod`): large enough
+# to amortise the per-draw cost, small enough that a block's draws stay small in memory.
+_PRESAMPLE_BLOCK = 64
 
 
 def _nonfinite_message(owner: str) -> str:
@@ -404,10 +407,18 @@ def run_cycles(
     t_prev = jnp.concatenate([t_start, obs_times[:-1]])
     steps = jnp.arange(n_times, dtype=jnp.int32)
 
+    presampled = isinstance(method, fxp.AbstractPresampledMethod)
+
     def cycle(carry, inputs):
         state, alive = carry
-        step, obs, t_a, t_b = inputs
-        new_state, info = method.step(jax.random.fold_in(key, step), state, model, t_a, t_b, obs)
+        step, obs, t_a, t_b, draws = inputs
+        cycle_key = jax.random.fold_in(key, step)
+        if presampled:
+            new_state, info = method.step_presampled(cycle_key, draws, state, model, t_a, t_b, obs)
+        else:
+            new_state, info = method.step(cycle_key, state, model, t_a, t_b, obs)
+        # Cycles past the end (padding of the last block) change nothing and are dropped.
+        active = step < n_times
         valid = alive & info.finite
         diverged = jnp.asarray(False)
         if divergence_threshold is not None:
@@ -431,14 +442,43 @@ def run_cycles(
         rows["status"] = status
         # Freeze on failure: keep the last finite state so that NaN never propagates into
         # later cycles or into the returned state.
+        keep = valid & active
         new_state = jax.tree_util.tree_map(
-            lambda new, old: jnp.where(valid, new, old), new_state, state
+            lambda new, old: jnp.where(keep, new, old), new_state, state
         )
-        return (new_state, valid), rows
+        return (new_state, jnp.where(active, valid, alive)), rows
 
-    (final, _), rows = jax.lax.scan(
-        cycle, (state0, jnp.asarray(True)), (steps, observations, t_prev, obs_times)
-    )
+    carry0 = (state0, jnp.asarray(True))
+    xs = (steps, observations, t_prev, obs_times)
+    if not presampled:
+        (final, _), rows = jax.lax.scan(cycle, carry0, (*xs, steps))
+    else:
+        # Draw the cycles' random numbers a block at a time (one vmapped draw per block instead
+        # of one per cycle), then scan the block; the last block is padded with inactive
+        # cycles (no observation, a zero-length window) whose rows are dropped.
+        n_blocks = -(-n_times // _PRESAMPLE_BLOCK)
+        block = -(-n_times // n_blocks)
+        pad = n_blocks * block - n_times
+
+        def padded(x, fill):
+            tail = jnp.broadcast_to(fill, (pad, *x.shape[1:])).astype(x.dtype)
+            return jnp.concatenate([x, tail]).reshape(n_blocks, block, *x.shape[1:])
+
+        xs = (
+            jnp.arange(n_times + pad, dtype=jnp.int32).reshape(n_blocks, block),
+            padded(observations, jnp.nan),
+            padded(t_prev, obs_times[-1]),
+            padded(obs_times, obs_times[-1]),
+        )
+
+        def run_block(carry, block_xs):
+            block_steps = block_xs[0]
+            cycle_keys_ = jax.vmap(lambda k: jax.random.fold_in(key, k))(block_steps)
+            draws = jax.vmap(method.presample, in_axes=(0, None))(cycle_keys_, carry[0])
+            return jax.lax.scan(cycle, carry, (*block_xs, draws))
+
+        (final, _), rows = jax.lax.scan(run_block, carry0, xs)
+        rows = jax.tree_util.tree_map(lambda r: r.reshape(-1, *r.shape[2:])[:n_times], rows)
 
     cycle_status = rows["status"]
     failed = cycle_status != STATUS_OK

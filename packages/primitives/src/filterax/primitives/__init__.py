@@ -24,6 +24,7 @@ from ._geometry import GEOMETRY_KEYS as GEOMETRY_KEYS, geometry_context as geome
 from ._cycled import (
     AbstractCycledMethod as AbstractCycledMethod,
     AbstractPostProcessor as AbstractPostProcessor,
+    AbstractPresampledMethod as AbstractPresampledMethod,
     CycleInfo as CycleInfo,
     CycleObservation as CycleObservation,
     NoPostProcessing as NoPostProcessing,
@@ -127,7 +128,12 @@ from ._covariance_checks import (
     floating_dtype as floating_dtype,
     positive_definite_noise as positive_definite_noise,
 )
-from ._rotation import random_rotation as random_rotation, rotate_ensemble as rotate_ensemble
+from ._rotation import (
+    mean_preserving_rotation as mean_preserving_rotation,
+    random_rotation as random_rotation,
+    rotate_ensemble as rotate_ensemble,
+    rotate_with as rotate_with,
+)
 from ._shrinkage import ledoit_wolf_shrinkage as ledoit_wolf_shrinkage
 from ._linalg import matmul as matmul
 from ._spectral import (

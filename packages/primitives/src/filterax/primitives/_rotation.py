@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-__all__ = ["random_rotation", "rotate_ensemble"]
+__all__ = ["mean_preserving_rotation", "random_rotation", "rotate_ensemble", "rotate_with"]
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -62,16 +62,33 @@ def random_rotation(
     dtype = jnp.result_type(float) if dtype is None else jnp.dtype(dtype)
     if not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(f"random_rotation needs a floating dtype; got {dtype}.")
-    n = n_ensemble
+    # Haar on O(n - 1): QR of a Gaussian matrix with the signs of diag(R) moved into Q
+    # (Mezzadri 2007); jax.random.orthogonal does exactly that.
+    return mean_preserving_rotation(jax.random.orthogonal(key, n_ensemble - 1, dtype=dtype))
+
+
+def mean_preserving_rotation(q: Float[Array, "n n"]) -> Float[Array, "n+1 n+1"]:
+    """Embed an orthogonal ``(N_e - 1, N_e - 1)`` matrix as a mean-preserving rotation.
+
+    $$\\Theta = e e^\\top + V Q V^\\top,\\qquad e = \\mathbf 1/\\sqrt{N_e},$$
+
+    with $V$ the basis of `random_rotation` (``random_rotation(key, N_e, dtype) ==
+    mean_preserving_rotation(jax.random.orthogonal(key, N_e - 1, dtype=dtype))``). Drawing $Q$
+    ahead for many cycles and embedding it in the cycle gives the same matrix, bit for bit.
+
+    **Arguments:** `q`: an orthogonal ``(N_e - 1, N_e - 1)`` matrix.
+
+    **Returns:** the ``(N_e, N_e)`` matrix $\\Theta$ ($\\Theta \\mathbf 1 = \\mathbf 1$).
+    """
+    q = jnp.asarray(q)
+    dtype = q.dtype
+    n = q.shape[0] + 1
     e = jnp.full((n,), 1.0 / jnp.sqrt(jnp.asarray(n, dtype)), dtype)
     # Householder reflection H = I - 2 w w^T / (w^T w) with w = e - e_1 swaps e and e_1, so
     # H[:, 1:] spans the orthogonal complement of e. w != 0 because n >= 2.
     w = e.at[0].add(-1.0)
     householder = jnp.eye(n, dtype=dtype) - 2.0 * jnp.outer(w, w) / jnp.dot(w, w)
     basis = householder[:, 1:]
-    # Haar on O(n - 1): QR of a Gaussian matrix with the signs of diag(R) moved into Q
-    # (Mezzadri 2007); jax.random.orthogonal does exactly that.
-    q = jax.random.orthogonal(key, n - 1, dtype=dtype)
     rotated = jnp.matmul(jnp.matmul(basis, q, precision=_HIGHEST), basis.T, precision=_HIGHEST)
     return rotated + jnp.outer(e, e)
 
@@ -114,7 +131,25 @@ def rotate_ensemble(
         )
     if not jnp.issubdtype(ensemble.dtype, jnp.floating):
         raise TypeError(f"rotate_ensemble needs a floating ensemble; got dtype {ensemble.dtype}.")
-    theta = random_rotation(key, ensemble.shape[0], ensemble.dtype)
+    return rotate_with(random_rotation(key, ensemble.shape[0], ensemble.dtype), ensemble)
+
+
+def rotate_with(
+    theta: Float[Array, "N_e N_e"], ensemble: Float[ArrayLike, "N_e N_x"]
+) -> Float[Array, "N_e N_x"]:
+    """Rotate the anomalies of an ensemble by a given mean-preserving orthogonal matrix.
+
+    $$X \\leftarrow \\bar x + \\Theta (X - \\bar x)$$
+
+    `rotate_ensemble(key, X)` is ``rotate_with(random_rotation(key, N_e, dtype), X)``; use this
+    form when the matrices are drawn ahead (`filterax.primitives.AbstractPresampledMethod`).
+
+    **Arguments:** `theta` ``(N_e, N_e)`` (from `random_rotation` or
+    `mean_preserving_rotation`), `ensemble` ``(N_e, N_x)``.
+
+    **Returns:** the rotated ensemble.
+    """
+    ensemble = jnp.asarray(ensemble)
     mean = jnp.mean(ensemble, axis=0)
     anomalies = ensemble - mean[None, :]
     return mean[None, :] + jnp.matmul(theta, anomalies, precision=_HIGHEST)
