@@ -463,9 +463,8 @@ class AbstractKalmanFilter(AbstractSequentialFilter):
         posterior mean and the log-likelihood, and the members are rebuilt as
         ``mean_a + sqrt(N_e - 1) (A T)^T`` with ``T`` the symmetric square root of
         ``I - Y^T S^{-1} Y`` (``Y = H A``), so the sample covariance equals the exact
-        posterior covariance. Deterministic (`key` is ignored). The symmetric square root
-        uses ``eigh``: differentiate through it only when its eigenvalues are distinct
-        (``N_y >= N_e - 1``); the ensemble filters (`ETKF`) are built for gradients. No
+        posterior covariance. Deterministic (`key` is ignored). The symmetric square root is
+        `filterax.primitives.sqrt_psd` (gradient-safe at repeated eigenvalues). No
         prediction happens here, so `ExtendedKF.infl` has no effect: inflate with
         `assimilate`'s ``inflator``.
         """
@@ -488,8 +487,7 @@ class AbstractKalmanFilter(AbstractSequentialFilter):
         S = _sym(_mm(Y, Y.T) + noise.as_matrix())
         gain_like = jsl.cho_solve(jsl.cho_factor(S, lower=True), Y)
         reduction = _sym(jnp.eye(n_e, dtype=dtype) - _mm(Y.T, gain_like))
-        evals, evecs = jnp.linalg.eigh(reduction)
-        transform = _mm(evecs * jnp.sqrt(jnp.clip(evals, 0.0))[None, :], evecs.T)
+        transform = fxp.sqrt_psd(reduction)
         anomalies = _mm(factor, transform).T * jnp.sqrt(jnp.asarray(n_e - 1, dtype))
         return Analysis(particles=posterior.mean[None, :] + anomalies, log_likelihood=loglik)
 
