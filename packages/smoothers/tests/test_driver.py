@@ -210,3 +210,24 @@ def test_driver_localizer_reaches_the_filter_analysis():
             smoother, *_args(problem, ens0, _ETKFWithLocalizer()), *rest, key=jax.random.key(0),
             localizer=localizer, context={"localizer": localizer},
         )  # fmt: skip
+
+
+@pytest.mark.parametrize("which", ["iEnKS", "online fixed-lag"])
+def test_smoother_runs_refuse_reversed_observation_times(which):
+    # The one driver's time checks cover the smoothers' runs too (regression: reversed times
+    # silently skipped forecasts).
+    from filterax.zoo import presets
+
+    ssm = presets.lorenz63_sakov2012()
+    xp = ssm.simulate(jax.random.key(0), 3)
+    e0 = ssm.initial_ensemble(jax.random.key(1), 5)
+    times = xp.times[::-1]
+    with pytest.raises(ValueError, match="strictly increasing"):
+        if which == "iEnKS":
+            fs.iEnKS(lag=1).run(ssm.dynamics, ssm.obs_op, ssm.obs_noise, e0, xp.observations,
+                                times, key=jax.random.key(2))  # fmt: skip
+        else:
+            fs.FixedLagSmoother(lag=1).run_online(
+                ff.ETKF(), ssm.dynamics, ssm.obs_op, ssm.obs_noise, e0, xp.observations, times,
+                key=jax.random.key(2),
+            )  # fmt: skip

@@ -19,6 +19,7 @@ from filterax.primitives import AdaptiveInflator
 from ._ensemble_filter import EnsembleFilter
 from ._run import (
     STATUS_DIVERGED,
+    STATUS_INVALID_TIMES,
     STATUS_NONFINITE,
     STATUS_OK,
     check_run_arguments,
@@ -53,9 +54,12 @@ class AssimilationResult(eqx.Module):
     - `times`: ``(T,)`` the observation times.
     - `cycle_status`: ``(T,)`` per cycle: ``0`` ok, ``1`` non-finite (the failing cycle and
       every cycle after it, which are not assimilated), ``2`` diverged (finite, but the RMS
-      innovation exceeded ``divergence_threshold``).
-    - `status`: overall: ``1`` if any cycle was non-finite, else ``2`` if any diverged, else
-      ``0`` (`AssimilationResult.OK`, `.NONFINITE`, `.DIVERGED`).
+      innovation exceeded ``divergence_threshold``), ``3`` invalid observation times (traced
+      times not finite, not increasing or before ``t0``: nothing is assimilated; concrete
+      ones raise a `ValueError` before the run).
+    - `status`: overall: ``3`` for invalid times, else ``1`` if any cycle was non-finite, else
+      ``2`` if any diverged, else ``0`` (`AssimilationResult.OK`, `.NONFINITE`, `.DIVERGED`,
+      `.INVALID_TIMES`).
     - `first_failure`: index of the first cycle with a non-zero status, ``-1`` if none.
     - `n_nonfinite`, `n_diverged`: the number of cycles with status 1 and 2.
 
@@ -82,6 +86,7 @@ class AssimilationResult(eqx.Module):
     OK: ClassVar[int] = STATUS_OK
     NONFINITE: ClassVar[int] = STATUS_NONFINITE
     DIVERGED: ClassVar[int] = STATUS_DIVERGED
+    INVALID_TIMES: ClassVar[int] = STATUS_INVALID_TIMES
 
     @property
     def mean(self) -> Float[Array, "T N_x"]:

@@ -60,7 +60,14 @@ from filterax.primitives import (
 )
 
 from ._common import require_no_context
-from ._run import STATUS_DIVERGED, STATUS_NONFINITE, STATUS_OK, run_cycles
+from ._run import (
+    STATUS_DIVERGED,
+    STATUS_INVALID_TIMES,
+    STATUS_NONFINITE,
+    STATUS_OK,
+    check_times,
+    run_cycles,
+)
 
 __all__ = [
     "AbstractKalmanFilter",
@@ -291,6 +298,7 @@ class KalmanResult(eqx.Module):
     OK: ClassVar[int] = STATUS_OK
     NONFINITE: ClassVar[int] = STATUS_NONFINITE
     DIVERGED: ClassVar[int] = STATUS_DIVERGED
+    INVALID_TIMES: ClassVar[int] = STATUS_INVALID_TIMES
 
     def scores(self, truth: Float[ArrayLike, "T N_x"], burn_in_cycles: int = 0) -> dict[str, Array]:
         """Time-mean DAPPER scores after `burn_in_cycles`: ``rmse_a``, ``rmse_f``, ``spread_a``,
@@ -435,6 +443,7 @@ class AbstractKalmanFilter(AbstractSequentialFilter):
             )
         if jnp.ndim(t0) != 0:
             raise ValueError(f"t0 must be a scalar time; got shape {jnp.shape(t0)}.")
+        check_times(obs_times, t0, f"{type(self).__name__}.filter")
         state0 = self.init(mean0, cov0)
         model = _KalmanModel(dynamics, obs_op, obs_noise, process_noise, t0)
         return _filter_jit(

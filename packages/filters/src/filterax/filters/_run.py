@@ -35,6 +35,7 @@ from filterax.primitives import rmse
 __all__ = [
     "SAVE_OPTIONS",
     "STATUS_DIVERGED",
+    "STATUS_INVALID_TIMES",
     "STATUS_NONFINITE",
     "STATUS_OK",
     "RunResult",
@@ -48,6 +49,7 @@ SAVE_OPTIONS = ("stats", "ensembles", "forecast_and_analysis")
 STATUS_OK = 0
 STATUS_NONFINITE = 1
 STATUS_DIVERGED = 2
+STATUS_INVALID_TIMES = 3
 
 # The key `init` receives: a fold-in index no cycle uses (cycles are numbered from 0).
 _INIT_FOLD = 2**32 - 1
@@ -72,6 +74,52 @@ def _diverged_message(owner: str) -> str:
         "divergence_threshold. Re-run with throw=False to get result.first_failure and "
         "result.cycle_status; more inflation (or localisation) usually cures filter divergence."
     )
+
+
+def _invalid_times_message(owner: str) -> str:
+    return (
+        f"{owner}: the observation times are invalid: they must be finite, strictly increasing "
+        "and not earlier than t0 (and t0 finite). Nothing was assimilated (every row is NaN, "
+        "cycle_status 3). Pass increasing times, e.g. the times of a TwinExperiment; re-run "
+        "with throw=False to get the status instead of this error."
+    )
+
+
+def check_times(obs_times: Any, t0: Any, owner: str) -> None:
+    """Raise a `ValueError` naming the first bad entry if concrete observation times are not
+    finite, not strictly increasing, or earlier than a concrete `t0` (or `t0` is not finite).
+
+    Traced times (under `jit`/`vmap`/`grad`) cannot be checked here; `run` checks them inside
+    the compiled program (status `RunResult.INVALID_TIMES` and, with ``throw=True``,
+    `eqx.error_if`) and never integrates over an invalid window.
+    """
+    t0v = fxp.concrete_value(t0)
+    if t0v is not None and not np.all(np.isfinite(t0v)):
+        raise ValueError(f"{owner}: t0 must be a finite time; got {t0v}.")
+    times = fxp.concrete_value(obs_times)
+    if times is None:
+        return
+    times = np.asarray(times, dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(times))
+    if bad.size:
+        raise ValueError(
+            f"{owner}: obs_times must be finite; obs_times[{bad[0]}] = {times[bad[0]]}. A "
+            "missing observation is a NaN in `observations`, not in `obs_times`."
+        )
+    steps = np.diff(times)
+    bad = np.flatnonzero(~(steps > 0))
+    if bad.size:
+        k = bad[0] + 1
+        raise ValueError(
+            f"{owner}: obs_times must be strictly increasing; obs_times[{k}] = {times[k]} "
+            f"follows obs_times[{k - 1}] = {times[k - 1]}. Sort the observations by time (and "
+            "merge observations made at the same time into one row)."
+        )
+    if t0v is not None and times.size and times[0] < float(t0v):
+        raise ValueError(
+            f"{owner}: the first observation time {times[0]} is earlier than t0 = {float(t0v)}, "
+            "the time of the initial condition. Pass t0 <= obs_times[0]."
+        )
 
 
 def cycle_keys(key: PRNGKeyArray, cycle: Int[ArrayLike, ""]) -> tuple[PRNGKeyArray, ...]:
@@ -159,9 +207,11 @@ class RunResult(eqx.Module):
     - `diagnostics`: the stacked `CycleInfo.diagnostics` (``None`` if the method has none).
     - `times`: ``(T,)`` the observation times.
     - `cycle_status`: ``(T,)`` per cycle ``0`` ok, ``1`` non-finite (the failing cycle and
-      every later one, which are not assimilated), ``2`` diverged.
-    - `status`: ``1`` if any cycle was non-finite, else ``2`` if any diverged, else ``0``
-      (`RunResult.OK`, `.NONFINITE`, `.DIVERGED`).
+      every later one, which are not assimilated), ``2`` diverged, ``3`` invalid observation
+      times (traced times that are not finite, not increasing or before ``t0``: every cycle,
+      nothing assimilated; concrete ones are refused before the run).
+    - `status`: ``3`` for invalid times, else ``1`` if any cycle was non-finite, else ``2`` if
+      any diverged, else ``0`` (`RunResult.OK`, `.NONFINITE`, `.DIVERGED`, `.INVALID_TIMES`).
     - `first_failure`: the first cycle with a non-zero status, ``-1`` if none.
     - `n_nonfinite`, `n_diverged`: how many cycles have status 1 and 2.
 
@@ -187,6 +237,7 @@ class RunResult(eqx.Module):
     OK: ClassVar[int] = STATUS_OK
     NONFINITE: ClassVar[int] = STATUS_NONFINITE
     DIVERGED: ClassVar[int] = STATUS_DIVERGED
+    INVALID_TIMES: ClassVar[int] = STATUS_INVALID_TIMES
 
     def scores(self, truth: Float[ArrayLike, "T N_x"], burn_in_cycles: int = 0) -> dict[str, Array]:
         """DAPPER's time-mean scores after the burn-in (see `time_mean_scores`)."""
@@ -270,6 +321,7 @@ def check_run_arguments(
         )
     if observations.shape[0] < 1:
         raise ValueError("observations must contain at least one observation time (T >= 1).")
+    check_times(obs_times, t0, owner)
     return observations, obs_times
 
 
@@ -403,8 +455,19 @@ def run_cycles(
     if not jnp.issubdtype(obs_times.dtype, jnp.floating):
         obs_times = obs_times.astype(dtype)
     n_times = observations.shape[0]
-    t_start = jnp.asarray(t0, dtype=obs_times.dtype)[None]
-    t_prev = jnp.concatenate([t_start, obs_times[:-1]])
+    t_first = jnp.asarray(t0, dtype=obs_times.dtype)
+    # Checked again here for times that are traced (the eager check in `check_times` sees
+    # only concrete ones): invalid times assimilate nothing and never reach the dynamics (an
+    # infinite window would be an unbounded number of integrator steps).
+    times_ok = (
+        jnp.all(jnp.isfinite(obs_times))
+        & jnp.isfinite(t_first)
+        & jnp.all(obs_times[1:] > obs_times[:-1])
+        & (obs_times[0] >= t_first)
+    )
+    t_first = jnp.where(jnp.isfinite(t_first), t_first, jnp.zeros_like(t_first))
+    obs_times = jnp.where(times_ok, obs_times, t_first)
+    t_prev = jnp.concatenate([t_first[None], obs_times[:-1]])
     steps = jnp.arange(n_times, dtype=jnp.int32)
 
     presampled = isinstance(method, fxp.AbstractPresampledMethod)
@@ -424,7 +487,9 @@ def run_cycles(
         if divergence_threshold is not None:
             diverged = _masked_rms(info.innovation, obs) > divergence_threshold
         status = jnp.where(
-            valid, jnp.where(diverged, STATUS_DIVERGED, STATUS_OK), STATUS_NONFINITE
+            valid,
+            jnp.where(diverged, STATUS_DIVERGED, STATUS_OK),
+            jnp.where(times_ok, STATUS_NONFINITE, STATUS_INVALID_TIMES),
         ).astype(jnp.int32)
         rows = {
             "forecast_mean": info.forecast_mean,
@@ -448,7 +513,7 @@ def run_cycles(
         )
         return (new_state, jnp.where(active, valid, alive)), rows
 
-    carry0 = (state0, jnp.asarray(True))
+    carry0 = (state0, times_ok)
     xs = (steps, observations, t_prev, obs_times)
     if not presampled:
         (final, _), rows = jax.lax.scan(cycle, carry0, (*xs, steps))
@@ -485,7 +550,11 @@ def run_cycles(
     any_nonfinite = jnp.any(cycle_status == STATUS_NONFINITE)
     any_diverged = jnp.any(cycle_status == STATUS_DIVERGED)
     status = jnp.where(
-        any_nonfinite, STATUS_NONFINITE, jnp.where(any_diverged, STATUS_DIVERGED, STATUS_OK)
+        ~times_ok,
+        STATUS_INVALID_TIMES,
+        jnp.where(
+            any_nonfinite, STATUS_NONFINITE, jnp.where(any_diverged, STATUS_DIVERGED, STATUS_OK)
+        ),
     ).astype(jnp.int32)
     first_failure = jnp.where(jnp.any(failed), jnp.argmax(failed), -1).astype(jnp.int32)
     result = RunResult(
@@ -506,6 +575,7 @@ def run_cycles(
         n_diverged=jnp.sum(cycle_status == STATUS_DIVERGED).astype(jnp.int32),
     )
     if throw:
+        result = eqx.error_if(result, ~times_ok, _invalid_times_message(owner))
         result = eqx.error_if(result, status == STATUS_NONFINITE, _nonfinite_message(owner))
         if divergence_threshold is not None:
             result = eqx.error_if(result, status == STATUS_DIVERGED, _diverged_message(owner))
