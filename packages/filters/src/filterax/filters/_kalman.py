@@ -124,10 +124,6 @@ def _noise_operator(noise: Any, n: int, dtype: Any, name: str) -> lx.AbstractLin
         raise type(err)(f"{name}: {err}") from None
 
 
-def _observation_mask(obs: Array) -> Array:
-    return ~jnp.isnan(obs)
-
-
 def _linearize_dynamics(
     dynamics: Any, mean: Array, t0: Any, t1: Any, jacobian: str
 ) -> tuple[Array, Array]:
@@ -221,7 +217,7 @@ def _masked_observation(
             f"{obs.shape}. Use NaN for missing entries."
         )
     obs = obs.astype(dtype)
-    mask = _observation_mask(obs)
+    mask = fxp.observation_mask(obs)
     # Replace NaN before subtracting so neither values nor gradients can pick it up.
     innovation = jnp.where(mask, jnp.where(mask, obs, 0.0) - predicted, 0.0)
     H = jnp.where(mask[:, None], H, 0.0)

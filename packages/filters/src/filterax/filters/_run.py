@@ -419,7 +419,7 @@ def _float_dtype(tree: PyTree) -> Any:
 
 
 def _masked_rms(innovation: Array, obs: Array) -> Array:
-    mask = ~jnp.isnan(obs)
+    mask = fxp.observation_mask(obs)
     sq = jnp.where(mask, jnp.where(mask, innovation, 0.0) ** 2, 0.0)
     n_obs = jnp.maximum(jnp.sum(mask), 1).astype(sq.dtype)
     return jnp.sqrt(jnp.sum(sq) / n_obs)

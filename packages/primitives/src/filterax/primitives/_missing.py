@@ -27,13 +27,17 @@ from ._validation import check_vector
 
 
 def observation_mask(obs: Float[ArrayLike, " N_y"]) -> Bool[Array, " N_y"]:
-    r"""Which entries of an observation vector are observed (not NaN).
+    r"""Which entries of an observation vector are observed (finite).
 
-    $$m_i = [\,y_i \text{ is not NaN}\,].$$
+    $$m_i = [\,y_i \text{ is finite}\,].$$
+
+    The one rule for missing data: a NaN entry marks a missing observation, and so does an
+    infinite one (``±inf`` carries no usable information; every filter gives it zero weight
+    instead of letting it turn the analysis into NaN).
 
     **Arguments:**
 
-    - `obs`: the observation vector, shape ``(N_y,)``, NaN where missing.
+    - `obs`: the observation vector, shape ``(N_y,)``, NaN (or ±inf) where missing.
 
     **Returns:** a boolean array, ``True`` where observed.
 
@@ -46,11 +50,11 @@ def observation_mask(obs: Float[ArrayLike, " N_y"]) -> Bool[Array, " N_y"]:
         import jax.numpy as jnp
         from filterax.primitives import observation_mask
 
-        observation_mask(jnp.array([1.0, jnp.nan, 3.0]))  # [True, False, True]
+        observation_mask(jnp.array([1.0, jnp.nan, jnp.inf]))  # [True, False, False]
         ```
     """
     check_vector(obs, "obs (the observation vector, NaN where missing)")
-    return ~jnp.isnan(jnp.asarray(obs))
+    return jnp.isfinite(jnp.asarray(obs))
 
 
 def fill_missing(
