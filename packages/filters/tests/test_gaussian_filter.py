@@ -217,13 +217,20 @@ def test_extended_kf_on_a_linear_model_equals_kf():
 
 @pytest.mark.parametrize("kf", [ff.KalmanFilter(), ff.SquareRootKF()])
 def test_non_finite_cycle_freezes_the_gaussian_and_sets_the_status(kf):
-    # An inf observation at cycle 10: that cycle and all later ones are not assimilated (NaN
-    # rows, status 1), the state stays the analysis of cycle 9, nothing before changes.
+    # Dynamics that blow up in cycle 10 (an inf observation no longer does: it is a missing
+    # one): that cycle and all later ones are not assimilated (NaN rows, status 1), the state
+    # stays the analysis of cycle 9, nothing before changes.
     A, H, Q, R, ys = _system(6)
-    model = _model(A, H, Q, R)
-    bad = ys.copy()
-    bad[10, 0] = np.inf
-    good = _run(kf, model, (MEAN0, COV0), ys)
+
+    def blowing_up(after):
+        def dynamics(x, t0, t1):
+            return jnp.asarray(A) @ x * jnp.where(t1 > after, jnp.nan, 1.0)
+
+        return fxp.Model(dynamics, jnp.asarray(H), jnp.asarray(R), process_noise=jnp.asarray(Q))
+
+    model = blowing_up(float(TIMES[9]) + 0.5)
+    good = _run(kf, blowing_up(np.inf), (MEAN0, COV0), ys)
+    bad = ys
     out = _run(kf, model, (MEAN0, COV0), bad, throw=False)
     assert int(out.status) == ff.RunResult.NONFINITE and int(out.first_failure) == 10
     np.testing.assert_array_equal(out.cycle_status, (np.arange(T) >= 10).astype(np.int32))
@@ -231,7 +238,7 @@ def test_non_finite_cycle_freezes_the_gaussian_and_sets_the_status(kf):
     np.testing.assert_array_equal(out.log_likelihood[:10], good.log_likelihood[:10])
     assert np.all(np.isnan(out.analysis_mean[10:])) and np.all(np.isnan(out.log_likelihood[10:]))
     assert np.all(np.isnan(out.diagnostics.analysis_variance[10:]))
-    upto9 = _run(kf, model, (MEAN0, COV0), ys[:10], TIMES[:10])
+    upto9 = _run(kf, blowing_up(np.inf), (MEAN0, COV0), ys[:10], TIMES[:10])
     for a, b in zip(jax.tree.leaves(out.state), jax.tree.leaves(upto9.state), strict=True):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(Exception, match="run: the ensemble became non-finite"):

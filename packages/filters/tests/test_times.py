@@ -93,3 +93,44 @@ def test_an_infinite_traced_time_never_reaches_the_integrator():
     out = fn(jnp.array([0.05, jnp.inf]))
     assert int(out.status) == ff.RunResult.INVALID_TIMES
     assert time.perf_counter() - start < 30.0
+
+
+BAD_NOISE = {
+    "negative scalar": (-1.0, "non-negative"),
+    "nan scalar": (jnp.nan, "non-finite"),
+    "negative variance": (jnp.full(40, 1.0).at[3].set(-0.5), "non-negative"),
+    "nan variance": (jnp.full(40, 1.0).at[3].set(jnp.nan), "non-finite"),
+    "indefinite matrix": (jnp.eye(40).at[0, 1].set(5.0).at[1, 0].set(5.0), "positive-definite"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_NOISE))
+def test_bad_concrete_observation_noise_is_refused_before_the_run(case):
+    # Regression: a negative, NaN or indefinite R used to come back as "the ensemble became
+    # non-finite" (status 1) after the whole run.
+    ssm, ys, e0 = _problem()
+    times = jnp.array([0.05, 0.1, 0.15])
+    noise, match = BAD_NOISE[case]
+    for filt in (ff.ETKF(), ff.StochasticEnKF(), ff.KalmanFilter()):
+        with pytest.raises(ValueError, match=match):
+            ff.assimilate(filt, ssm.dynamics, ssm.obs_op, noise, e0, ys, times,
+                          key=jax.random.key(2))  # fmt: skip
+    with pytest.raises(ValueError, match=match):
+        ff.KalmanFilter().filter(ssm.x0_mean, ssm.x0_cov, ys, times, ssm.dynamics, ssm.obs_op,
+                                 noise)  # fmt: skip
+
+
+def test_bad_process_noise_and_initial_covariance_are_refused():
+    ssm, ys, e0 = _problem()
+    times = jnp.array([0.05, 0.1, 0.15])
+    model = fxp.Model(ssm.dynamics, ssm.obs_op, 1.0, process_noise=jnp.full(40, -0.1))
+    with pytest.raises(ValueError, match="process_noise"):
+        ff.run(ff.EnsembleFilter(ff.ETKF()), model, e0, ys, times, key=jax.random.key(0))
+    # a zero process-noise variance is fine (semidefinite)
+    ok = fxp.Model(ssm.dynamics, ssm.obs_op, 1.0, process_noise=jnp.zeros(40))
+    assert (
+        int(ff.run(ff.EnsembleFilter(ff.ETKF()), ok, e0, ys, times, key=jax.random.key(0)).status)
+        == 0
+    )
+    with pytest.raises(ValueError, match="cov0"):
+        ff.KalmanFilter().filter(ssm.x0_mean, -1.0, ys, times, ssm.dynamics, ssm.obs_op, 1.0)

@@ -65,6 +65,7 @@ from ._run import (
     STATUS_INVALID_TIMES,
     STATUS_NONFINITE,
     STATUS_OK,
+    check_model_noise,
     check_times,
     run_cycles,
 )
@@ -439,7 +440,15 @@ class AbstractKalmanFilter(AbstractSequentialFilter):
             )
         if jnp.ndim(t0) != 0:
             raise ValueError(f"t0 must be a scalar time; got shape {jnp.shape(t0)}.")
-        check_times(obs_times, t0, f"{type(self).__name__}.filter")
+        owner = f"{type(self).__name__}.filter"
+        check_times(obs_times, t0, owner)
+        check_model_noise(
+            _KalmanModel(dynamics, obs_op, obs_noise, None, t0), observations.shape[1], owner
+        )
+        n_x = jnp.shape(mean0)[-1] if jnp.ndim(mean0) else 1
+        for name, cov in (("process_noise", process_noise), ("cov0", cov0)):
+            if cov is not None:
+                fxp.positive_definite_noise(cov, n_x, name=f"{owner}: {name}", semidefinite=True)
         state0 = self.init(mean0, cov0)
         model = _KalmanModel(dynamics, obs_op, obs_noise, process_noise, t0)
         return _filter_jit(

@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import lineax as lx
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, PyTree, Real
 
@@ -322,7 +323,32 @@ def check_run_arguments(
     if observations.shape[0] < 1:
         raise ValueError("observations must contain at least one observation time (T >= 1).")
     check_times(obs_times, t0, owner)
+    check_model_noise(model, observations.shape[1], owner)
     return observations, obs_times
+
+
+def _noise_size(noise: Any) -> int | None:
+    """The dimension a noise covariance describes, ``None`` for a scalar ``c I``."""
+    if isinstance(noise, lx.AbstractLinearOperator):
+        return noise.in_size()
+    shape = jnp.shape(noise)
+    return shape[0] if shape else None
+
+
+def check_model_noise(model: fxp.AbstractModel, n_obs: int, owner: str) -> None:
+    """Refuse concrete noise covariances that would turn the run into NaN: ``obs_noise`` must
+    be positive definite (it is whitened), ``process_noise`` positive semidefinite, both
+    finite (`filterax.primitives.positive_definite_noise`). Traced ones pass through."""
+    # A size mismatch is left to the analysis, whose message names the observation operator.
+    if _noise_size(model.obs_noise) in (None, n_obs):
+        fxp.positive_definite_noise(model.obs_noise, n_obs, name=f"{owner}: obs_noise")
+    if model.process_noise is not None:
+        fxp.positive_definite_noise(
+            model.process_noise,
+            _noise_size(model.process_noise) or 1,
+            name=f"{owner}: process_noise",
+            semidefinite=True,
+        )
 
 
 def run(

@@ -66,6 +66,7 @@ def positive_definite_noise(
     dtype: Any = None,
     name: str = "noise",
     hint: str = "",
+    semidefinite: bool = False,
 ) -> lx.AbstractLinearOperator:
     r"""Coerce a noise covariance to an ``(n, n)`` lineax operator and check ``Gamma > 0``.
 
@@ -86,6 +87,10 @@ def positive_definite_noise(
     - `dtype`: the floating dtype arrays are cast to (operators are returned as given).
     - `name`: how error messages name the argument, e.g. ``"EKI.init(obs_noise=...)"``.
     - `hint`: text appended to the coercion error (what forms to pass).
+    - `semidefinite`: accept ``Gamma >= 0`` (zero variances), for a covariance that is only
+      sampled or propagated (process noise, an initial covariance), never whitened.
+
+    Non-finite entries (NaN passes every ``<= 0`` test) are always refused.
 
     **Returns:** the operator (`as_noise_operator(noise, n, dtype=dtype)`).
 
@@ -109,35 +114,55 @@ def positive_definite_noise(
     structure = noise_structure(op)
     if structure == "low_rank":
         assert isinstance(op, LowRankUpdate)
-        if op.diagonal is None:
+        if op.diagonal is None and not semidefinite:
             raise ValueError(
                 f"{name} is a low-rank covariance U U^T without a diagonal, which is singular. "
                 "Pass low_rank_noise(factor, diagonal) with positive variances."
             )
-        values = concrete_value(op.diagonal)
-        if values is not None and values.size and values.min() <= 0:
-            raise ValueError(
-                f"{name} must be positive definite; its diagonal has the value "
-                f"{values.min():.3g}. Pass strictly positive variances."
-            )
+        _check_finite(concrete_value(op.factor), name)
+        values = None if op.diagonal is None else concrete_value(op.diagonal)
+        _check_variances(values, name, semidefinite, "its diagonal has the value")
     elif structure == "diagonal":
-        values = concrete_value(lx.diagonal(op))
-        if values is not None and values.size and values.min() <= 0:
-            raise ValueError(
-                f"{name} must be positive definite; it has the variance {values.min():.3g}. "
-                "Pass strictly positive variances (a zero variance cannot be whitened)."
-            )
+        _check_variances(concrete_value(lx.diagonal(op)), name, semidefinite, "it has the variance")
     else:
         matrix = concrete_value(op.as_matrix())
+        _check_finite(matrix, name)
         if matrix is not None and matrix.size:
             eigenvalues = np.linalg.eigvalsh(0.5 * (matrix + matrix.T))
-            if eigenvalues.min() <= 0:
+            # Round-off makes a semidefinite matrix's zero eigenvalues slightly negative.
+            floor = -1e-10 * max(float(np.abs(eigenvalues).max()), 1.0) if semidefinite else 0.0
+            if eigenvalues.min() < floor or (not semidefinite and eigenvalues.min() <= 0):
+                kind = "positive-semidefinite" if semidefinite else "positive-definite"
                 raise ValueError(
-                    f"{name} must be a positive-definite covariance; its smallest eigenvalue "
+                    f"{name} must be a {kind} covariance; its smallest eigenvalue "
                     f"is {eigenvalues.min():.3g}. Symmetrise it, add a small jitter to the "
                     "diagonal, or pass the variances of a diagonal covariance."
                 )
     return op
+
+
+def _check_finite(values: np.ndarray | None, name: str) -> None:
+    if values is not None and values.size and not np.all(np.isfinite(values)):
+        raise ValueError(
+            f"{name} has non-finite entries (NaN or inf); pass finite variances. To switch an "
+            "observation off, put NaN in its entry of the observations instead."
+        )
+
+
+def _check_variances(values: np.ndarray | None, name: str, semidefinite: bool, what: str) -> None:
+    _check_finite(values, name)
+    if values is None or not values.size:
+        return
+    if semidefinite and values.min() < 0:
+        raise ValueError(
+            f"{name} must be positive semidefinite; {what} {values.min():.3g}. "
+            "Pass non-negative variances (squared standard deviations)."
+        )
+    if not semidefinite and values.min() <= 0:
+        raise ValueError(
+            f"{name} must be positive definite; {what} {values.min():.3g}. "
+            "Pass strictly positive variances (a zero variance cannot be whitened)."
+        )
 
 
 def check_observation_vector(obs: Any, name: str = "obs", *, finite: bool = True) -> None:
