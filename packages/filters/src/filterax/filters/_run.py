@@ -329,6 +329,8 @@ def check_run_arguments(
 
 def _noise_size(noise: Any) -> int | None:
     """The dimension a noise covariance describes, ``None`` for a scalar ``c I``."""
+    if isinstance(noise, lx.DiagonalLinearOperator):
+        return jnp.shape(noise.diagonal)[0]
     if isinstance(noise, lx.AbstractLinearOperator):
         return noise.in_size()
     shape = jnp.shape(noise)

@@ -107,6 +107,16 @@ def positive_definite_noise(
         positive_definite_noise(jnp.array([0.1, 0.0]), 2)  # ValueError: not positive definite
         ```
     """
+    if isinstance(noise, lx.DiagonalLinearOperator) and jnp.ndim(noise.diagonal) == 1:
+        # The common case, checked without lineax's (eval_shape-based) size queries: this runs
+        # before every `filterax.filters.run` call.
+        if noise.diagonal.shape[0] != n:
+            raise ValueError(
+                f"{name}: the noise operator must be square of size {n} x {n} to match the "
+                f"observations; got {noise.diagonal.shape[0]} x {noise.diagonal.shape[0]}.{hint}"
+            )
+        _check_variances(concrete_value(noise.diagonal), name, semidefinite, "it has the variance")
+        return noise
     try:
         op = as_noise_operator(noise, n, dtype=dtype)
     except (ValueError, TypeError) as err:
