@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import math
 import os
 import time
@@ -40,6 +39,8 @@ import numpy as np
 from jaxtyping import Array, Float
 
 import filterax.processes as fpr
+
+from ._files import write_json_atomic, write_text_atomic
 
 __all__ = [
     "CALIBRATION_SCHEMA",
@@ -796,11 +797,9 @@ def write_results(results: dict[str, Any], out: str | os.PathLike[str]) -> dict[
     directory = Path(out)
     directory.mkdir(parents=True, exist_ok=True)
     json_path = directory / "calibration.json"
-    tmp = json_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=1, allow_nan=False))
-    tmp.replace(json_path)
+    write_json_atomic(json_path, results)
     md_path = directory / "calibration.md"
-    md_path.write_text(render_markdown(results))
+    write_text_atomic(md_path, render_markdown(results))
     return {"json": json_path, "markdown": md_path}
 
 

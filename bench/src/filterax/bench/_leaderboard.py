@@ -43,6 +43,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from ._files import read_json, write_bytes_atomic, write_text_atomic
+
 __all__ = [
     "SCHEMA_VERSION",
     "Deviation",
@@ -95,9 +97,11 @@ def load_results(path: str | os.PathLike[str]) -> dict[str, Any]:
     p = Path(path)
     if p.is_dir():
         p = p / "results.json"
-    with p.open(encoding="utf-8") as fh:
-        results = json.load(fh)
-    _check_schema(results)
+    results = read_json(p, what="results", fix="rerun `filterax-bench run` to write it")
+    try:
+        _check_schema(results)
+    except ValueError as err:
+        raise ValueError(f"{p}: {err}; rerun `filterax-bench run` to write it.") from err
     return results
 
 
@@ -582,11 +586,11 @@ def render_all(results: Mapping[str, Any], out_dir: str | os.PathLike[str]) -> d
     links: dict[str, list[tuple[str, str]]] = {}
     for plot in plots:
         p = plot_dir / plot.filename
-        p.write_bytes(plot.png)
+        write_bytes_atomic(p, plot.png)
         paths[f"plots/{plot.filename}"] = p
         links.setdefault(plot.benchmark, []).append((plot.alt, f"plots/{plot.filename}"))
     md = out / "leaderboard.md"
-    md.write_text(render_markdown(results, plots=links), encoding="utf-8")
+    write_text_atomic(md, render_markdown(results, plots=links))
     html = out / "leaderboard.html"
-    html.write_text(render_html(results, plots=plots), encoding="utf-8")
+    write_text_atomic(html, render_html(results, plots=plots))
     return {"markdown": md, "html": html, **paths}
