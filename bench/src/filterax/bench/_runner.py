@@ -30,13 +30,13 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
+from ._files import check_output_dir, read_json, write_json_atomic
 from ._registry import (
     Benchmark,
     MethodConfig,
     finite_or_none,
     get_suite,
     resolve_cells,
-    write_json_atomic,
 )
 
 __all__ = [
@@ -549,16 +549,52 @@ def score_cell(plan: CellPlan, *, memory_budget: int = 2 * 2**30) -> dict[str, A
     return cell
 
 
-def load_results(out: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read ``<out>/results.json`` (or the file itself); an empty result set if absent."""
+def results_path(out: str | os.PathLike[str]) -> Path:
+    """``<out>/results.json`` for a directory `out`, `out` itself for a ``.json`` file."""
     path = Path(out)
     if path.is_dir() or path.suffix != ".json":
         path = path / "results.json"
+    return path
+
+
+def load_results(out: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read ``<out>/results.json`` (or the file itself); an empty result set if absent.
+
+    A file that cannot be read, is not JSON or is not a results file (schema, a ``cells``
+    object of cells that name their method and benchmark) raises a one-line `ValueError`
+    naming it and the fix.
+    """
+    path = results_path(out)
     if not path.exists():
         return {"schema": RESULTS_SCHEMA, "cells": {}}
-    data = json.loads(path.read_text())
-    if data.get("schema") != RESULTS_SCHEMA:
-        raise ValueError(f"{path}: unknown results schema {data.get('schema')!r}.")
+    fix = "delete it (or move it away) and rerun `filterax-bench run`"
+    data = read_json(path, what="results", fix=fix)
+    if not isinstance(data, dict):
+        raise ValueError(
+            f'{path} is not a results file (a JSON object with "schema" and "cells"; found '
+            f"a JSON {type(data).__name__}); {fix}."
+        )
+    schema = data.get("schema")
+    if schema != RESULTS_SCHEMA:
+        raise ValueError(
+            f"{path}: unknown results schema {schema!r} (this version reads {RESULTS_SCHEMA}); "
+            f"{fix}."
+        )
+    cells = data.get("cells")
+    if not isinstance(cells, dict):
+        raise ValueError(
+            f'{path}: "cells" must be an object {{"<benchmark>/<method>": cell}}; {fix}.'
+        )
+    for key, cell in cells.items():
+        if not (
+            isinstance(cell, dict)
+            and isinstance(cell.get("method"), str)
+            and isinstance(cell.get("benchmark"), str)
+        ):
+            raise ValueError(
+                f"{path}: cell {key!r} is not a results cell (an object with its method and "
+                f"benchmark); {fix}."
+            )
     return data
 
 
@@ -617,7 +653,9 @@ def run(
 
     - `methods`, `benchmarks`: names, glob patterns or objects (see `resolve_cells`).
     - `seeds`: scoring seeds (default: the suite's, else each benchmark's).
-    - `out`: output directory.
+    - `out`: output directory (created if missing). A file in its place, a directory that
+      cannot be written, or a corrupt ``results.json`` in it is a one-line `ValueError`
+      before any cell runs.
     - `suite`: ``"quick"``, ``"standard"``, ``"full"`` or a registered suite name; with neither
       a suite nor both `methods` and `benchmarks`, ``"quick"`` is used.
     - `n_cycles`: run length for every cell (default: the suite's, else the benchmark's).
@@ -630,9 +668,9 @@ def run(
     """
     if suite is None and methods is None and benchmarks is None:
         suite = "quick"
-    plans = plan_cells(methods, benchmarks, seeds, suite=suite, n_cycles=n_cycles)
-    out = Path(out)
+    out = check_output_dir(out, create_parents=True)
     results = load_results(out)
+    plans = plan_cells(methods, benchmarks, seeds, suite=suite, n_cycles=n_cycles)
     path = out / "results.json"
     todo = [
         p for p in plans if force or not _is_finished(results["cells"].get(p.key), p.identity())
