@@ -244,6 +244,7 @@ def _builtin_methods() -> list[MethodConfig]:
             settings={L63: {}},
             reference_labels={L63: "EnKF-N N=3"},
             safety=("xN", -1),
+            optional_params=("xN",),
             description="finite-size EnKF (Bocquet 2011), inflation-free, N=3",
         ),
         MethodConfig(
@@ -255,6 +256,7 @@ def _builtin_methods() -> list[MethodConfig]:
             settings={L63: {}, L96_SMALL: {}},
             reference_labels={L63: "EnKF-N N=10 rot"},
             safety=("xN", -1),
+            optional_params=("xN",),
             description="finite-size EnKF, inflation-free, N=10, random rotation",
         ),
         MethodConfig(
@@ -265,6 +267,7 @@ def _builtin_methods() -> list[MethodConfig]:
             settings={L96: {}, LIN: {}, LIN_HALF: {}, L96_VI: {}},
             reference_labels={L96: "EnKF-N N=20"},
             safety=("xN", -1),
+            optional_params=("xN",),
             description="finite-size EnKF, inflation-free, N=20",
         ),
         MethodConfig(
@@ -276,6 +279,7 @@ def _builtin_methods() -> list[MethodConfig]:
             settings={L96: {}, L96_HALF: {}},
             reference_labels={L96: "EnKF-N N=20 xN=2"},
             safety=("xN", -1),
+            optional_params=("xN",),
             description="finite-size EnKF with DAPPER's xN=2 (Raanes et al. 2019), N=20",
         ),
         # --- LETKF ---------------------------------------------------------------------

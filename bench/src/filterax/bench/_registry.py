@@ -15,12 +15,16 @@ import datetime
 import fnmatch
 import functools
 import inspect
-import json
 import math
+import numbers
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+
+from ._files import read_json, write_json_atomic
 
 __all__ = [
     "Benchmark",
@@ -205,17 +209,58 @@ class TunedSetting:
         }
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> TunedSetting:
+    def from_json(cls, data: Any) -> TunedSetting:
+        """The setting `to_json` wrote; a one-line `ValueError` saying what is malformed."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"an entry must be a JSON object; got {type(data).__name__}")
+        missing = [k for k in ("values", "date") if k not in data]
+        if missing:
+            raise ValueError(f"the entry has no {' or '.join(map(repr, missing))}")
+        values, grid = data["values"], data.get("grid", {})
+        if not isinstance(values, Mapping) or not values:
+            raise ValueError("'values' must be a non-empty object {param: value}")
+        if not isinstance(grid, Mapping) or not all(isinstance(v, list) for v in grid.values()):
+            raise ValueError("'grid' must be an object {param: [value, ...]}")
+        for name, value in [*values.items(), *((k, x) for k, v in grid.items() for x in v)]:
+            if not isinstance(value, ParamValue):
+                raise ValueError(
+                    f"{name}={value!r} is not allowed: a hyper-parameter value is a finite "
+                    "number or a string"
+                )
+        seeds, n_cycles = data.get("tuning_seeds", []), data.get("n_cycles", 0)
+        if not isinstance(seeds, list) or not all(_is_int(s) for s in seeds):
+            raise ValueError(f"'tuning_seeds' must be a list of ints; got {seeds!r}")
+        if not _is_int(n_cycles):
+            raise ValueError(f"'n_cycles' must be an int; got {n_cycles!r}")
+        for field in ("rmse_a", "margin"):
+            value = data.get(field)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float)
+            ):
+                raise ValueError(f"{field!r} must be a number or null; got {value!r}")
         return cls(
-            values=dict(data["values"]),
+            values=dict(values),
             date=str(data["date"]),
-            grid={k: tuple(v) for k, v in data.get("grid", {}).items()},
-            tuning_seeds=tuple(int(s) for s in data.get("tuning_seeds", ())),
-            n_cycles=int(data.get("n_cycles", 0)),
-            rmse_a=data.get("rmse_a"),
-            margin=data.get("margin"),
+            grid={k: tuple(v) for k, v in grid.items()},
+            tuning_seeds=tuple(seeds),
+            n_cycles=n_cycles,
+            rmse_a=_float_or_none(data.get("rmse_a")),
+            margin=_float_or_none(data.get("margin")),
             rule=str(data.get("rule", "")),
         )
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _float_or_none(x: Any) -> float | None:
+    return None if x is None else float(x)
+
+
+def _show(value: Any) -> str:
+    """A hyper-parameter value as written on the command line (strings quoted)."""
+    return repr(value) if isinstance(value, str) else str(value)
 
 
 def _call_factory(factory: Any, params: Mapping[str, Any], benchmark: Benchmark) -> Any:
@@ -282,6 +327,15 @@ class MethodConfig:
       n_ensemble)`` when `n_ensemble` is set.
     - `runner`: optional ``runner(key, benchmark, twin, params) -> Trajectory`` replacing the
       built-in drivers (smoothers, learned methods, anything else).
+    - `optional_params`: hyper-parameters the factories read with a default of their own
+      (``params.get("xN", 1.0)``) that nothing above gives a value. With the names in
+      `inflation` (implied for an ensemble method with the default inflator),
+      `localization_radius`, `hyper`, `settings`, `tune_grid` and `static` they are the names
+      a tuning grid or a tuned setting may set (`param_names`).
+    - `check`: ``check(params)`` or ``check(params, benchmark)``, for a `runner`: build (or
+      check) what the runner builds from the hyper-parameters, raising `ValueError` on a value
+      it cannot take, so that a tuning grid or a tuned setting is refused before any run
+      (`check_params`). Without a runner the filter and inflator are built for this.
     - `description`: one line for listings.
     """
 
@@ -304,6 +358,8 @@ class MethodConfig:
     kind: str = "ensemble"
     initial: Callable[..., Any] | None = None
     runner: Callable[..., Any] | None = None
+    optional_params: Sequence[str] = ()
+    check: Callable[..., Any] | None = None
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -339,6 +395,7 @@ class MethodConfig:
         object.__setattr__(self, "settings", {k: dict(v) for k, v in self.settings.items()})
         object.__setattr__(self, "tune_grid", {k: tuple(v) for k, v in self.tune_grid.items()})
         object.__setattr__(self, "static", tuple(self.static))
+        object.__setattr__(self, "optional_params", tuple(self.optional_params))
         if (
             len(self.safety) != 2
             or not isinstance(self.safety[0], str)
@@ -368,6 +425,71 @@ class MethodConfig:
             if name in self.tuned:
                 out.update(self.tuned[name].values)
         return out
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        """The hyper-parameters a tuning grid or a tuned setting may set, sorted (see
+        `optional_params`)."""
+        names = {*self.hyper, *self.static, *self.tune_grid, *self.optional_params}
+        for values in self.settings.values():
+            names.update(values)
+        default_inflator = self.kind == "ensemble" and self.runner is None and self.inflator is None
+        if self.inflation is not None or default_inflator:
+            names.add("inflation")
+        if self.localization_radius is not None:
+            names.add("localization_radius")
+        return tuple(sorted(names))
+
+    def check_param_names(self, names: Iterable[str]) -> None:
+        """Raise a one-line `ValueError` listing `param_names` if a name is not among them."""
+        unknown = [k for k in names if k not in self.param_names]
+        if unknown:
+            valid = ", ".join(self.param_names) or "none"
+            raise ValueError(
+                f"{self.name} has no hyper-parameter {', '.join(map(repr, unknown))} (its "
+                f"hyper-parameters: {valid})"
+            )
+
+    def check_params(self, values: Mapping[str, Any], benchmark: Benchmark) -> None:
+        """Raise a one-line `ValueError` unless `values` (``{param: value}``: a tuning grid point,
+        a tuned setting) set hyper-parameters of this method to values it takes on `benchmark`.
+
+        The names must be in `param_names` and the values finite numbers or strings. Then the
+        method's components are built from them (over the method's own parameters), one value
+        at a time and all together, so that the library's validators judge each value: the
+        `filterax.primitives.MultiplicativeInflator` for ``inflation``, the filter's
+        constructor for its own (`LETKF`'s radius, `ExtendedKF`'s ``infl``, `EnKF_N`'s ``xN``),
+        `check` for a `runner`. Nothing is run.
+        """
+        self.check_param_names(values)
+        for name, value in values.items():
+            number = isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
+            if not (isinstance(value, str) or (number and math.isfinite(value))):
+                raise ValueError(
+                    f"{name}={value!r} is not allowed: a hyper-parameter value is a finite "
+                    "number or a string"
+                )
+        subsets = [{k: v} for k, v in values.items()] if len(values) > 1 else []
+        for subset in [*subsets, dict(values)]:
+            problem = self._build_problem({**self.params(benchmark), **subset}, benchmark)
+            if problem is not None:
+                shown = ", ".join(f"{k}={_show(v)}" for k, v in subset.items())
+                raise ValueError(f"{shown} is not allowed: {problem}")
+
+    def _build_problem(self, params: Mapping[str, Any], benchmark: Benchmark) -> str | None:
+        """Why the components cannot be built from `params` (the library's message), or None."""
+        try:
+            if self.runner is None:
+                self.build_filter(params, benchmark)
+                if self.kind == "ensemble":
+                    self.build_inflator(params, benchmark)
+            if self.check is not None:
+                _call_factory(self.check, params, benchmark)
+        except KeyError as err:
+            return f"building it looked up {err.args[0]!r}, which has no value here"
+        except (ValueError, TypeError) as err:
+            return " ".join(str(err).split()).rstrip(".")
+        return None
 
     def source(self, benchmark: str) -> str:
         """Where the settings on `benchmark` come from: ``tuned <date>``, ``published`` or
@@ -647,15 +769,80 @@ def default_tuned_path() -> Path:
     return Path(__file__).with_name("tuned.json")
 
 
+TUNED_FIX = "fix or delete it (`filterax-bench tune --into FILE` writes a new one)"
+
+
 def read_tuned(path: str | os.PathLike[str]) -> dict[str, TunedSetting]:
-    """Read a tuned-settings JSON: ``{"schema": 1, "settings": {"<bench>/<method>": ...}}``."""
+    """Read a tuned-settings JSON: ``{"schema": 1, "settings": {"<bench>/<method>": ...}}``.
+
+    An absent file reads as no settings. A file that cannot be read, is not JSON or does not
+    have this structure raises a one-line `ValueError` naming it and the entry at fault.
+    """
     path = Path(path)
     if not path.exists():
         return {}
-    data = json.loads(path.read_text())
-    if data.get("schema") != TUNED_SCHEMA:
-        raise ValueError(f"{path}: unknown tuned-settings schema {data.get('schema')!r}.")
-    return {k: TunedSetting.from_json(v) for k, v in data.get("settings", {}).items()}
+    data = read_json(path, what="tuned-settings", fix=TUNED_FIX)
+    if not isinstance(data, dict):
+        raise ValueError(
+            f'{path} is not a tuned-settings file (a JSON object with "schema" and "settings"; '
+            f"found a JSON {type(data).__name__}); {TUNED_FIX}."
+        )
+    schema = data.get("schema")
+    if schema != TUNED_SCHEMA:
+        raise ValueError(
+            f"{path}: unknown tuned-settings schema {schema!r} (expected an object with "
+            f'"schema": {TUNED_SCHEMA} and "settings"); {TUNED_FIX}.'
+        )
+    settings = data.get("settings")
+    if not isinstance(settings, dict):
+        raise ValueError(
+            f'{path}: "settings" must be an object {{"<benchmark>/<method>": entry}}; {TUNED_FIX}.'
+        )
+    out = {}
+    for key, entry in settings.items():
+        bench, sep, name = key.partition("/")
+        if not (sep and bench and name):
+            raise ValueError(
+                f"{path}: entry {key!r} is not named '<benchmark>/<method>'; {TUNED_FIX}."
+            )
+        try:
+            out[key] = TunedSetting.from_json(entry)
+        except ValueError as err:
+            raise ValueError(f"{path}: entry {key!r}: {err}; {TUNED_FIX}.") from err
+    return out
+
+
+def check_tuned(
+    settings: Mapping[str, TunedSetting],
+    source: str | os.PathLike[str],
+    *,
+    registered_only: bool = False,
+) -> None:
+    """Raise a one-line `ValueError` naming `source` and the entry unless every entry names a
+    registered benchmark and method and holds values that method takes there
+    (`MethodConfig.check_params`). ``registered_only=True`` skips the entries of benchmarks
+    or methods not registered (yet)."""
+    for key, setting in settings.items():
+        bench, name = key.split("/", 1)
+        where = f"{source}: entry {key!r}"
+        for what, registry, entry_name in (
+            ("benchmark", _BENCHMARKS, bench),
+            ("method", _METHODS, name),
+        ):
+            if entry_name not in registry:
+                if registered_only:
+                    break
+                raise ValueError(
+                    f"{where}: no {what} named {entry_name!r} is registered; register it (on "
+                    "the command line: --import the module that does) or delete the entry."
+                )
+        else:
+            try:
+                _METHODS[name].check_params(setting.values, _BENCHMARKS[bench])
+            except ValueError as err:
+                raise ValueError(
+                    f"{where}: {err}; correct or delete the entry, or rerun `filterax-bench tune`."
+                ) from err
 
 
 def load_tuned(path: str | os.PathLike[str] | None = None) -> dict[str, TunedSetting]:
@@ -664,8 +851,15 @@ def load_tuned(path: str | os.PathLike[str] | None = None) -> dict[str, TunedSet
     Each entry ``"<benchmark>/<method>"`` becomes that method's `tuned` setting on that
     benchmark (overriding its published / default values there). Entries for methods that are
     not registered yet are applied when they register. Returns what was read.
+
+    The entries of registered methods in a given `path` are checked first (`check_tuned`): a
+    hyper-parameter the method does not have, or a value it does not take, is a `ValueError`
+    naming the file and the entry, and nothing is applied. (The packaged file is checked by
+    the test suite, which keeps the import free of JAX work.)
     """
     settings = read_tuned(default_tuned_path() if path is None else path)
+    if path is not None:
+        check_tuned(settings, path, registered_only=True)
     for key, setting in settings.items():
         bench, name = key.split("/", 1)
         _PENDING_TUNED[key] = setting
@@ -688,14 +882,6 @@ def save_tuned(
     }
     write_json_atomic(path, payload)
     return path
-
-
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON to `path` via a temporary file and `os.replace` (never half-written)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=1, allow_nan=False) + "\n")
-    os.replace(tmp, path)
 
 
 def today() -> str:

@@ -8,6 +8,8 @@ filter history with `filterax.smoothers.assimilate_and_smooth` (one compiled cal
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -28,6 +30,34 @@ def _inflator(params: Mapping[str, Any]) -> Any:
     return None if infl is None else MultiplicativeInflator(infl)
 
 
+def _whole(params: Mapping[str, Any], name: str, default: Any) -> int:
+    """``params[name]`` as an int: a whole number (``2`` or ``2.0``); ``2.5`` is refused, not
+    truncated."""
+    value = params.get(name, default)
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        if math.isfinite(value) and float(value).is_integer():
+            return int(value)
+    raise ValueError(f"{name} must be a whole number; got {value!r}")
+
+
+def _ienks(params: Mapping[str, Any]) -> Any:
+    from filterax.smoothers import iEnKS
+
+    return iEnKS(
+        lag=_whole(params, "lag", 1),
+        n_iter=_whole(params, "n_iter", 10),
+        variant=str(params.get("variant", "sqrt")),
+    )
+
+
+def _check_ienks(params: Mapping[str, Any]) -> None:
+    # What the runner builds from the hyper-parameters (MethodConfig.check).
+    _ienks(params)
+    _inflator(params)
+
+
 def _trajectory(result: Any) -> Trajectory:
     # A SmootherResult scored like a filter run, with the smoothed means for rmse.s.
     return Trajectory(
@@ -42,16 +72,9 @@ def _trajectory(result: Any) -> Trajectory:
 
 def _ienks_runner(n_ensemble: int, rotate: bool) -> Callable[..., Trajectory]:
     def runner(keys: Any, benchmark: Benchmark, twin: Any, params: Mapping[str, Any]):
-        from filterax.smoothers import iEnKS
-
         model = benchmark.ssm
         _, k_ens, k_da = keys
-        method = iEnKS(
-            lag=int(params.get("lag", 1)),
-            n_iter=int(params.get("n_iter", 10)),
-            variant=str(params.get("variant", "sqrt")),
-        )
-        result = method.run(
+        result = _ienks(params).run(
             model.dynamics,
             model.obs_op,
             model.obs_noise,
@@ -102,6 +125,17 @@ def _history_smoother_runner(
     return runner
 
 
+def _history_smoother_check(
+    smoother_factory: Callable[[Mapping[str, Any]], Any],
+) -> Callable[[Mapping[str, Any]], None]:
+    def check(params: Mapping[str, Any]) -> None:
+        # What the runner builds from the hyper-parameters (MethodConfig.check).
+        smoother_factory(params)
+        _inflator(params)
+
+    return check
+
+
 def _enks(params: Mapping[str, Any]) -> Any:
     from filterax.smoothers import EnKS
 
@@ -112,7 +146,7 @@ def _enks(params: Mapping[str, Any]) -> Any:
 def _fixed_lag(params: Mapping[str, Any]) -> Any:
     from filterax.smoothers import FixedLagSmoother
 
-    return FixedLagSmoother(lag=int(params["lag"]))
+    return FixedLagSmoother(lag=_whole(params, "lag", None))
 
 
 def smoother_methods(inflation_grid: tuple[float, ...]) -> list[MethodConfig]:
@@ -124,6 +158,7 @@ def smoother_methods(inflation_grid: tuple[float, ...]) -> list[MethodConfig]:
             n_ensemble=10,
             rotate=True,
             runner=_ienks_runner(10, rotate=True),
+            check=_check_ienks,
             hyper={"lag": 1, "n_iter": 10, "variant": "sqrt"},
             static=("lag", "n_iter", "variant"),
             settings={L63: {"inflation": 1.02}},
@@ -137,6 +172,7 @@ def smoother_methods(inflation_grid: tuple[float, ...]) -> list[MethodConfig]:
             n_ensemble=40,
             rotate=True,
             runner=_ienks_runner(40, rotate=True),
+            check=_check_ienks,
             hyper={"lag": 1, "n_iter": 10, "variant": "sqrt"},
             static=("lag", "n_iter", "variant"),
             settings={L96: {"inflation": 1.01}},
@@ -150,6 +186,7 @@ def smoother_methods(inflation_grid: tuple[float, ...]) -> list[MethodConfig]:
             n_ensemble=10,
             rotate=True,
             runner=_history_smoother_runner(_enks, "ETKF", 10, rotate=True),
+            check=_history_smoother_check(_enks),
             settings={L63: {"inflation": 1.02}},
             tune_grid={"inflation": inflation_grid},
             description="ensemble Kalman smoother (Evensen & van Leeuwen 2000) on ETKF-10",
@@ -160,6 +197,7 @@ def smoother_methods(inflation_grid: tuple[float, ...]) -> list[MethodConfig]:
             n_ensemble=20,
             rotate=True,
             runner=_history_smoother_runner(_enks, "ETKF", 20, rotate=True),
+            check=_history_smoother_check(_enks),
             settings={L96: {"inflation": 1.04}},
             tune_grid={"inflation": inflation_grid},
             description="ensemble Kalman smoother on ETKF-20 (rmse.a = ETKF-20's)",
@@ -170,6 +208,7 @@ def smoother_methods(inflation_grid: tuple[float, ...]) -> list[MethodConfig]:
             n_ensemble=20,
             rotate=True,
             runner=_history_smoother_runner(_fixed_lag, "ETKF", 20, rotate=True),
+            check=_history_smoother_check(_fixed_lag),
             hyper={"lag": 4},
             static=("lag",),
             settings={L96: {"inflation": 1.04}},

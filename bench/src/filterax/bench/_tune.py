@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
+import numbers
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -25,6 +27,7 @@ from ._registry import (
     Benchmark,
     MethodConfig,
     TunedSetting,
+    _as_seeds,
     get_benchmark,
     get_method,
     register_method,
@@ -33,7 +36,7 @@ from ._registry import (
 )
 from ._runner import cell_function, diverged as diverged_runs
 
-__all__ = ["TuneResult", "select", "tune"]
+__all__ = ["TuneResult", "check_tuning", "select", "tune"]
 
 DEFAULT_TUNING_SEEDS = (1000, 1001, 1002)
 
@@ -115,6 +118,77 @@ def select(
     return tuple(int(i) for i in order[0]), rule
 
 
+def check_tuning(
+    method: str | MethodConfig,
+    benchmark: str | Benchmark,
+    grid: Mapping[str, Sequence[Any]] | None = None,
+    tuning_seeds: Sequence[int] = DEFAULT_TUNING_SEEDS,
+    *,
+    n_cycles: int | None = None,
+    margin: float = 0.02,
+) -> tuple[dict[str, tuple[Any, ...]], tuple[int, ...], int]:
+    """Check a tuning job before it runs: a one-line `ValueError` naming the cell otherwise.
+
+    - `grid` (default ``method.tune_grid``): at least one axis, each a hyper-parameter of the
+      method (`MethodConfig.param_names`) with at least one value; the values of a vmapped
+      (non-`static`) axis are finite real numbers; and every value, and every grid point, is
+      accepted by the method's components (`MethodConfig.check_params`: the library's own
+      validators, e.g. `filterax.primitives.MultiplicativeInflator` refuses ``inflation <=
+      0``).
+    - `tuning_seeds`: distinct non-negative ints, none of them a scoring seed of `benchmark`.
+    - `n_cycles` (default the benchmark's): more cycles than the burn-in; `margin`: finite,
+      ``>= 0``.
+
+    **Returns:** ``(grid, tuning_seeds, n_cycles)`` normalised (tuples, ints).
+    """
+    method = get_method(method)
+    benchmark = get_benchmark(benchmark)
+    cell = f"{benchmark.name}/{method.name}"
+    grid = dict(method.tune_grid if grid is None else grid)
+    if not grid:
+        raise ValueError(
+            f"{cell}: {method.name} has no tune_grid; give a grid, e.g. {{'inflation': [...]}} "
+            "(--grid inflation=1.0:1.2:0.01)."
+        )
+    grid = {k: tuple(v) for k, v in grid.items()}
+    try:
+        method.check_param_names(grid)
+        for name, values in grid.items():
+            if not values:
+                raise ValueError(f"the axis {name!r} has no values")
+            for value in values:
+                dynamic = name not in method.static
+                if dynamic and (
+                    isinstance(value, bool | np.bool_)
+                    or not isinstance(value, numbers.Real)
+                    or not math.isfinite(value)
+                ):
+                    raise ValueError(
+                        f"{name}={value!r} is not allowed: the values of a swept (vmapped) "
+                        "hyper-parameter are finite real numbers"
+                    )
+                method.check_params({name: value}, benchmark)
+        if len(grid) > 1:
+            for point in itertools.product(*grid.values()):
+                method.check_params(dict(zip(grid, point, strict=True)), benchmark)
+    except ValueError as err:
+        raise ValueError(f"tuning grid of {cell}: {err}.") from err
+    seeds = _as_seeds(tuning_seeds, "tuning seeds")
+    overlap = set(seeds) & set(benchmark.seeds)
+    if overlap:
+        raise ValueError(
+            f"tuning seeds {sorted(overlap)} are also scoring seeds of {benchmark.name}; tune on "
+            "separate seeds so that scores are out of sample."
+        )
+    n_cycles = benchmark.n_cycles if n_cycles is None else n_cycles
+    if isinstance(n_cycles, bool) or not isinstance(n_cycles, int) or n_cycles < 2:
+        raise ValueError(f"{cell}: the run length must be an int >= 2; got {n_cycles!r}.")
+    benchmark.burn_in(n_cycles)
+    if not (isinstance(margin, numbers.Real) and math.isfinite(margin) and margin >= 0):
+        raise ValueError(f"the margin must be a finite number >= 0 (0.02 is 2 %); got {margin!r}.")
+    return grid, seeds, int(n_cycles)
+
+
 def _as_array(values: Sequence[Any]) -> jnp.ndarray:
     return jnp.asarray(np.asarray(values, dtype=np.float64), dtype=jnp.result_type(float))
 
@@ -181,23 +255,16 @@ def tune(
     - `into`: a tuned-settings JSON path to merge the result into.
     - `register`: apply the result to the registered method.
 
+    Everything is checked before the first run (`check_tuning`): a grid axis that is not a
+    hyper-parameter of the method, or a value its components refuse, is a `ValueError`.
+
     **Returns:** a `TuneResult`.
     """
     method = get_method(method)
     benchmark = get_benchmark(benchmark)
-    grid = dict(method.tune_grid if grid is None else grid)
-    if not grid:
-        raise ValueError(
-            f"method {method.name!r} has no tune_grid; pass grid={{'inflation': [...]}}."
-        )
-    grid = {k: tuple(v) for k, v in grid.items()}
-    overlap = set(tuning_seeds) & set(benchmark.seeds)
-    if overlap:
-        raise ValueError(
-            f"tuning seeds {sorted(overlap)} are also scoring seeds of {benchmark.name}; tune on "
-            "separate seeds so that scores are out of sample."
-        )
-    n_cycles = benchmark.n_cycles if n_cycles is None else n_cycles
+    grid, tuning_seeds, n_cycles = check_tuning(
+        method, benchmark, grid, tuning_seeds, n_cycles=n_cycles, margin=margin
+    )
     static_names = [k for k in grid if k in method.static]
     dynamic = {k: v for k, v in grid.items() if k not in method.static}
     t0 = time.perf_counter()
