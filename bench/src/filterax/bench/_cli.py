@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import sys
@@ -12,6 +13,13 @@ from pathlib import Path
 from ._version import __version__
 
 DEFAULT_OUT = "bench-results"
+MAX_GRID_POINTS = 1000  # per --grid axis: the grid x seeds runs as one vmapped call
+
+
+class _UsageError(Exception):
+    """A mistake in the command line or in a file it names. `main` prints it as one line,
+    ``filterax-bench <command>: error: <message>``, and exits with status 2 (as argparse does
+    for its own errors)."""
 
 
 def _split(values: list[str] | None) -> list[str] | None:
@@ -36,22 +44,59 @@ def _import_plugins(args: argparse.Namespace) -> None:
 
     for target in getattr(args, "imports", None) or []:
         if target.endswith(".py") or os.sep in target:
-            if not Path(target).exists():
-                raise SystemExit(f"filterax-bench: --import {target}: no such file.")
+            if not Path(target).is_file():
+                raise _UsageError(f"--import {target}: no such file.")
             runpy.run_path(target, run_name="__filterax_bench_plugin__")
         else:
             importlib.import_module(target)
 
 
 def _load_tuned(args: argparse.Namespace) -> None:
-    from ._registry import load_tuned
+    """Import the plugins, then check and apply every ``--tuned`` file (all of it or none)."""
+    from ._registry import check_tuned, load_tuned, read_tuned
 
     _import_plugins(args)
 
     for path in getattr(args, "tuned", None) or []:
-        if not Path(path).exists():
-            raise SystemExit(f"filterax-bench: tuned-settings file {path} does not exist.")
-        load_tuned(path)
+        if not Path(path).is_file():
+            raise _UsageError(
+                f"--tuned {path}: no such file (`filterax-bench tune --into {path}` writes one)."
+            )
+        try:
+            # Every entry must name a registered benchmark and method, and hold values that
+            # method takes there: a stale or hand-edited file is refused, never half-applied.
+            check_tuned(read_tuned(path), path)
+            load_tuned(path)
+        except ValueError as err:
+            raise _UsageError(str(err)) from err
+
+
+def _checked_out(args: argparse.Namespace) -> Path:
+    """``--out`` as a directory that exists or can be created, checked before any work."""
+    from ._files import check_output_dir
+
+    try:
+        return check_output_dir(args.out)
+    except ValueError as err:
+        raise _UsageError(str(err)) from err
+
+
+def _load_results(out: Path, *, required: bool) -> dict:
+    """``<out>/results.json`` (checked); with `required`, a missing or empty one is an error."""
+    from ._runner import load_results, results_path
+
+    path = results_path(out)
+    if required and not path.exists():
+        raise _UsageError(f"no {path}; write it with `filterax-bench run --out {out}` first.")
+    try:
+        results = load_results(out)
+    except ValueError as err:
+        raise _UsageError(str(err)) from err
+    if required and not results["cells"]:
+        raise _UsageError(
+            f"{path} holds no results; write them with `filterax-bench run --out {out}`."
+        )
+    return results
 
 
 def _render(results: dict, out: Path, *, files: bool = True) -> None:
@@ -124,6 +169,8 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    out = _checked_out(args)
+    _load_results(out, required=False)  # a corrupt one is refused before any cell runs
     _setup_jax(args)
     _load_tuned(args)
     from ._runner import run
@@ -132,7 +179,6 @@ def _run(args: argparse.Namespace) -> int:
     suite = args.suite
     if suite is None and methods is None and benchmarks is None:
         suite = "quick"
-    out = Path(args.out)
     t0 = time.perf_counter()
     try:
         results = run(
@@ -146,8 +192,7 @@ def _run(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
         )
     except (KeyError, ValueError) as err:
-        print(f"filterax-bench run: {err.args[0] if err.args else err}", file=sys.stderr)
-        return 2
+        raise _UsageError(err.args[0] if err.args else str(err)) from err
     wall = time.perf_counter() - t0
     _render(results, out, files=not args.no_render)
     print(f"wall time {wall:.1f} s")
@@ -155,62 +200,139 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from ._runner import load_results
-
     out = Path(args.out)
-    if not (out / "results.json").exists():
-        print(f"filterax-bench report: no {out / 'results.json'}; run first.", file=sys.stderr)
-        return 2
-    _render(load_results(out), out)
+    results = _load_results(out, required=True)
+    _checked_out(args)  # the leaderboard files are written there
+    _render(results, out)
     return 0
 
 
 # --- tune ----------------------------------------------------------------------------------
 
 
+_GRID_USAGE = "write NAME=START:STOP:STEP or NAME=V1,V2,... (e.g. inflation=1.0:1.2:0.01)"
+
+
 def _parse_grid(specs: list[str] | None) -> dict[str, tuple[float, ...]] | None:
-    """``inflation=1.0:1.1:0.01`` (start:stop:step, inclusive) or ``loc=2,4,6``."""
+    """``inflation=1.0:1.1:0.01`` (start:stop:step, inclusive) or ``loc=2,4,6``.
+
+    Anything else is a `_UsageError` naming the spec: no name or no values, an empty value
+    (``1.0,``), a value that is not a finite number, a name given twice, a range whose step
+    is not positive or does not divide it, more than `MAX_GRID_POINTS` values.
+    """
     if not specs:
         return None
-    import numpy as np
-
-    grid = {}
+    grid: dict[str, tuple[float, ...]] = {}
     for spec in specs:
-        name, sep, values = spec.partition("=")
+        name, sep, text = (part.strip() for part in spec.partition("="))
         if not sep or not name:
-            raise SystemExit(f"--grid {spec!r}: write NAME=START:STOP:STEP or NAME=V1,V2,...")
-        if ":" in values:
-            start, stop, step = (float(v) for v in values.split(":"))
-            n = int(round((stop - start) / step)) + 1
-            grid[name] = tuple(round(float(v), 10) for v in np.linspace(start, stop, n))
+            raise _UsageError(f"--grid {spec!r}: {_GRID_USAGE}.")
+        if name in grid:
+            raise _UsageError(f"--grid {spec!r}: {name} is given twice; give it once.")
+        if not text:
+            raise _UsageError(f"--grid {spec!r}: no values; {_GRID_USAGE}.")
+        if ":" in text:
+            grid[name] = _parse_range(spec, text)
         else:
-            grid[name] = tuple(float(v) for v in values.split(","))
+            grid[name] = tuple(_parse_number(spec, v) for v in text.split(","))
+        if len(grid[name]) > MAX_GRID_POINTS:
+            raise _UsageError(
+                f"--grid {spec!r}: {len(grid[name])} values; at most {MAX_GRID_POINTS} per "
+                "hyper-parameter (the grid runs as one vmapped call)."
+            )
     return grid
 
 
+def _parse_number(spec: str, text: str) -> float:
+    text = text.strip()
+    if not text:
+        raise _UsageError(f"--grid {spec!r}: an empty value (a stray comma?); {_GRID_USAGE}.")
+    try:
+        value = float(text)
+    except ValueError:
+        raise _UsageError(f"--grid {spec!r}: {text!r} is not a number.") from None
+    if not math.isfinite(value):
+        raise _UsageError(f"--grid {spec!r}: {text} is not a finite number.")
+    return value
+
+
+def _parse_range(spec: str, text: str) -> tuple[float, ...]:
+    import numpy as np
+
+    parts = text.split(":")
+    if len(parts) != 3:
+        raise _UsageError(
+            f"--grid {spec!r}: a range is START:STOP:STEP (three numbers); {_GRID_USAGE}."
+        )
+    start, stop, step = (_parse_number(spec, part) for part in parts)
+    if not step > 0:
+        raise _UsageError(f"--grid {spec!r}: the step must be > 0; got {step:g}.")
+    if stop < start:
+        raise _UsageError(f"--grid {spec!r}: STOP {stop:g} is below START {start:g}.")
+    steps = (stop - start) / step
+    n = round(steps)
+    if n + 1 > MAX_GRID_POINTS:
+        raise _UsageError(
+            f"--grid {spec!r}: {n + 1} values; at most {MAX_GRID_POINTS} per hyper-parameter "
+            "(the grid runs as one vmapped call)."
+        )
+    if abs(steps - n) > 1e-6 * max(n, 1):
+        # round() would silently change the step (1:2:0.3 gave 1, 1.333, 1.667, 2).
+        raise _UsageError(
+            f"--grid {spec!r}: the step {step:g} does not divide STOP - START = "
+            f"{stop - start:g} ({steps:.4g} steps); pick one that does or list the values."
+        )
+    return tuple(round(float(v), 10) for v in np.linspace(start, stop, n + 1))
+
+
+def _checked_into(args: argparse.Namespace) -> Path:
+    """The tuned-settings file ``tune`` merges into, checked before any work: a writable
+    location, and (when it exists) a tuned-settings file, since it is read back to merge."""
+    from ._files import check_output_file
+    from ._registry import read_tuned
+
+    try:
+        if args.into:
+            into = check_output_file(args.into, flag="--into")
+        else:
+            into = Path(_checked_out(args)) / "tuned.json"
+            check_output_file(into, flag="--out", create_parents=True)
+        read_tuned(into)
+    except ValueError as err:
+        raise _UsageError(str(err)) from err
+    return into
+
+
 def _tune(args: argparse.Namespace) -> int:
+    grid = _parse_grid(args.grid)
+    into = _checked_into(args)
     _setup_jax(args)
     _load_tuned(args)
     from rich.console import Console
 
     from . import _registry as reg
-    from ._tune import DEFAULT_TUNING_SEEDS, tune
+    from ._tune import DEFAULT_TUNING_SEEDS, check_tuning, tune
 
     console = Console()
     methods, benchmarks = _split(args.methods), _split(args.benchmarks)
     try:
         cells = reg.resolve_cells(args.suite, methods, benchmarks)
     except (KeyError, ValueError) as err:
-        print(f"filterax-bench tune: {err.args[0] if err.args else err}", file=sys.stderr)
-        return 2
-    grid = _parse_grid(args.grid)
-    into = Path(args.into) if args.into else Path(args.out) / "tuned.json"
+        raise _UsageError(err.args[0] if err.args else str(err)) from err
     seeds = args.tuning_seeds or list(DEFAULT_TUNING_SEEDS)
-    failed = 0
+    todo = []
     for bench, method in cells:
         if grid is None and not method.tune_grid:
             console.print(f"[dim]{bench.name}/{method.name}: nothing to tune, skipped[/dim]")
             continue
+        # Every cell's grid, seeds and run length are checked before the first one runs.
+        try:
+            check_tuning(method, bench, grid, seeds, n_cycles=args.cycles, margin=args.margin)
+        except ValueError as err:
+            raise _UsageError(str(err)) from err
+        todo.append((bench, method))
+    failed = stored = 0
+    for bench, method in todo:
         try:
             with console.status(f"tuning {bench.name}/{method.name}"):
                 res = tune(
@@ -226,6 +348,7 @@ def _tune(args: argparse.Namespace) -> int:
             console.print(f"[red]{bench.name}/{method.name}: {err}[/red] (nothing stored)")
             failed += 1
             continue
+        stored += 1
         chosen = ", ".join(f"{k}={v}" for k, v in res.best.items())
         console.print(
             f"{bench.name}/{method.name}: [bold]{chosen}[/bold] rmse.a {res.setting.rmse_a:.4f} "
@@ -233,7 +356,8 @@ def _tune(args: argparse.Namespace) -> int:
             f"{res.seconds:.1f} s)"
         )
         _print_tune_table(console, res)
-    console.print(f"[dim]tuned settings merged into {into}; use them with --tuned {into}[/dim]")
+    if stored:
+        console.print(f"[dim]tuned settings merged into {into}; use them with --tuned {into}[/dim]")
     return 1 if failed else 0
 
 
@@ -306,7 +430,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     from ._calibration import print_table, run_calibration
 
     console = Console()
-    out = Path(args.out)
+    out = _checked_out(args)
 
     def report(cell: dict) -> None:
         s = cell["scores"]
@@ -328,8 +452,7 @@ def _calibrate(args: argparse.Namespace) -> int:
             progress=None if args.no_progress else report,
         )
     except (KeyError, ValueError) as err:
-        print(f"filterax-bench calibrate: {err.args[0] if err.args else err}", file=sys.stderr)
-        return 2
+        raise _UsageError(err.args[0] if err.args else str(err)) from err
     print_table(results)
     console.print(f"[dim]wrote {out / 'calibration.json'} and {out / 'calibration.md'}[/dim]")
     print(f"wall time {time.perf_counter() - t0:.1f} s")
@@ -449,4 +572,19 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``filterax-bench`` console script."""
     args = build_parser().parse_args(argv)
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-    return args.func(args)
+    try:
+        return args.func(args)
+    except _UsageError as err:
+        _error(args.command, str(err))
+        return 2
+    except OSError as err:
+        # The disk, not the user: a failed read or write (full, removed, permissions changed
+        # during the run). Atomic writes leave the previous file intact.
+        where = f" {err.filename}" if err.filename else ""
+        _error(args.command, f"cannot access{where}: {err.strerror or err}")
+        return 1
+
+
+def _error(command: str, message: str) -> None:
+    # One line, whatever the message holds.
+    print(f"filterax-bench {command}: error: {' '.join(message.split())}", file=sys.stderr)
