@@ -1,1 +1,30 @@
+import pytest
+
 from filterax.testing.conftest_common import *  # noqa: F403
+
+
+@pytest.fixture
+def registry_snapshot():
+    """Restore the registries after a test that registers things."""
+    # Imported here: conftest_common configures JAX (x64) before filterax.bench is imported.
+    from filterax.bench import _registry
+
+    saved = (
+        dict(_registry._BENCHMARKS),
+        dict(_registry._METHODS),
+        dict(_registry._SUITES),
+        dict(_registry._PENDING_TUNED),
+    )
+    yield
+    for reg, old in zip(
+        (
+            _registry._BENCHMARKS,
+            _registry._METHODS,
+            _registry._SUITES,
+            _registry._PENDING_TUNED,
+        ),
+        saved,
+        strict=True,
+    ):
+        reg.clear()
+        reg.update(old)

@@ -67,30 +67,6 @@ def tiny_method(name: str = "test-ETKF-6", inflation: float = 1.05, **kw) -> fb.
     )
 
 
-@pytest.fixture
-def registry_snapshot():
-    """Restore the registries after a test that registers things."""
-    saved = (
-        dict(_registry._BENCHMARKS),
-        dict(_registry._METHODS),
-        dict(_registry._SUITES),
-        dict(_registry._PENDING_TUNED),
-    )
-    yield
-    for reg, old in zip(
-        (
-            _registry._BENCHMARKS,
-            _registry._METHODS,
-            _registry._SUITES,
-            _registry._PENDING_TUNED,
-        ),
-        saved,
-        strict=True,
-    ):
-        reg.clear()
-        reg.update(old)
-
-
 def _numbers_only(obj, path="$"):
     """Every leaf of the results JSON is a number, string, bool or null (never NaN text)."""
     if isinstance(obj, dict):
