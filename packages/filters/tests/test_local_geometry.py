@@ -198,3 +198,38 @@ def test_presets_built_separately_reuse_the_compiled_run(l96):
         )
         _run(probe, model, xp, ens0)
     assert len(_SEEN["reuse"]) == 3
+
+
+@pytest.mark.parametrize("name", ["state_coords", "obs_coords"])
+def test_non_finite_coordinates_are_refused(l96, name):
+    # Regression: a NaN state or observation coordinate silently changed which observations
+    # were local (a NaN distance fails every "<= cutoff" test). Refused with the index.
+    ssm, xp, ens0 = l96
+    coords = getattr(ssm, name)
+    bad_model = eqx.tree_at(lambda m: getattr(m, name), ssm, coords.at[3].set(jnp.nan))
+    method = ff.EnsembleFilter(ff.LETKF(radius=RADIUS))
+    with pytest.raises(ValueError, match=rf"model.{name} must be finite.*index \(?3"):
+        ff.run(method, bad_model, ens0, xp.observations, xp.times, key=jax.random.key(2))
+    grid = jnp.arange(40.0)
+    kwargs = {"state_coords": grid, "obs_coords": grid, "distance": PERIODIC40}
+    kwargs[name] = grid.at[5].set(jnp.inf)
+    with pytest.raises(ValueError, match=rf"`{name}` must be finite"):
+        ff.LETKF(radius=RADIUS).analysis(None, ens0, xp.observations[0], ssm.obs_op,
+                                         ssm.obs_noise, **kwargs)  # fmt: skip
+    # Traced coordinates (a model built inside jit) are checked when the program runs.
+    with pytest.raises(Exception, match=rf"`{name}` must be finite"):
+        jax.block_until_ready(
+            jax.jit(
+                lambda c: (
+                    ff.run(
+                        method,
+                        eqx.tree_at(lambda m: getattr(m, name), ssm, c),
+                        ens0,
+                        xp.observations,
+                        xp.times,
+                        key=jax.random.key(2),
+                        throw=False,
+                    ).status
+                )  # fmt: skip
+            )(coords.at[3].set(jnp.nan))
+        )

@@ -262,8 +262,9 @@ def test_relaxation_modules(cls, fn):
     np.testing.assert_array_equal(call_j(cls(0.6), Xa, Xf), fn_j(Xa, Xf, 0.6))
     with pytest.raises(ValueError, match="forecast"):
         cls(0.6)(Xa)
-    with pytest.raises(ValueError, match="non-negative"):
-        cls(-0.1)
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\]"):
+            cls(bad)
     alphas = jnp.array([0.0, 0.5, 1.0])
     batched = jax.jit(jax.vmap(lambda a: cls(a)(Xa, Xf)))(alphas)
     np.testing.assert_allclose(batched[0], Xa, atol=1e-12)

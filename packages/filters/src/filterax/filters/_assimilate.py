@@ -19,6 +19,7 @@ from filterax.primitives import AdaptiveInflator
 from ._ensemble_filter import EnsembleFilter
 from ._run import (
     STATUS_DIVERGED,
+    STATUS_INVALID_NOISE,
     STATUS_INVALID_TIMES,
     STATUS_NONFINITE,
     STATUS_OK,
@@ -87,6 +88,7 @@ class AssimilationResult(eqx.Module):
     NONFINITE: ClassVar[int] = STATUS_NONFINITE
     DIVERGED: ClassVar[int] = STATUS_DIVERGED
     INVALID_TIMES: ClassVar[int] = STATUS_INVALID_TIMES
+    INVALID_NOISE: ClassVar[int] = STATUS_INVALID_NOISE
 
     @property
     def mean(self) -> Float[Array, "T N_x"]:

@@ -132,6 +132,16 @@ def _check_forecast(forecast: Any, where: str) -> Array:
             f"{where}: `forecast` must be a real floating-point array (float32 or float64); "
             f"got dtype {dtype}. Cast it with .astype(jnp.float32) or .astype(jnp.float64)."
         )
+    if not isinstance(forecast, jax.core.Tracer):
+        # A concrete ensemble (a direct, eager call) is checked here; inside a run the driver
+        # reports a non-finite forecast as status NONFINITE.
+        fxp.check_parameter(
+            forecast,
+            f"{where}: `forecast`",
+            allow_inf=False,
+            hint="NaN marks a missing observation, not a missing state; the ensemble must be "
+            "finite (a blown-up forecast needs a smaller time step or less inflation).",
+        )
     return jnp.asarray(forecast)
 
 

@@ -50,6 +50,8 @@ import jax.scipy.linalg as jsl
 from jax import lax
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Scalar
 
+import filterax.primitives as fxp
+
 from ._common import AnalysisInputs
 from ._etkf import etkf_weights_and_transform
 from ._transform_filter import AbstractTransformFilter
@@ -61,12 +63,6 @@ __all__ = ["EnKF_N", "EnKFNInfo", "enkf_n_hyperprior", "enkf_n_inflation"]
 # and a bisection step is taken whenever Newton does not halve the step, so 200 iterations
 # reach float64 round-off from any bracket; typically Newton converges in < 10.
 _MAX_ITER = 200
-
-
-def _as_float(x: Any) -> Array:
-    if isinstance(x, int) and not isinstance(x, bool):
-        x = float(x)
-    return jnp.asarray(x)
 
 
 def _trace_inverse_spd(m: Float[Array, "n n"]) -> Scalar:
@@ -129,27 +125,49 @@ def _stationarity(
     return phi, dphi
 
 
-def _spectral_data(S: Array, delta: Array) -> tuple[Array, Array]:
-    """Eigenvalues ``lambda`` of the smaller Gram matrix and ``p = (v^T S delta)^2``."""
+def _spectral_data(S: Array, delta: Array) -> tuple[Array, Array, Array]:
+    """Eigenvalues ``lambda`` of the smaller Gram matrix, ``p = (v^T S delta)^2`` and
+    ``q = p / lambda^2`` (0 where ``lambda = 0``).
+
+    ``q`` is formed without squaring ``lambda``: with a huge ``R`` (observations switched off)
+    ``lambda`` is ~``1/R``, and ``lambda^2`` underflows to 0 long before ``p / lambda^2`` does
+    (float32 at ``R = 1e20``, float64 at ``R = 1e200``), which made ``0 / 0`` a NaN bracket.
+    """
     n_e, m = S.shape
     if m < n_e:
         lam, vecs = jnp.linalg.eigh(matmul(S.T, S))
         coeff = matmul(vecs.T, delta)
         lam = jnp.maximum(lam, 0.0)
-        return lam, lam * coeff**2
+        positive = lam > 0
+        q = jnp.where(positive, coeff**2 / jnp.where(positive, lam, 1.0), 0.0)
+        return lam, lam * coeff**2, q
     lam, vecs = jnp.linalg.eigh(matmul(S, S.T))
     coeff = matmul(vecs.T, matmul(S, delta))
-    return jnp.maximum(lam, 0.0), coeff**2
+    lam = jnp.maximum(lam, 0.0)
+    positive = lam > 0
+    q = jnp.where(positive, (coeff / jnp.where(positive, lam, 1.0)) ** 2, 0.0)
+    return lam, coeff**2, q
 
 
-def _solve_log_inflation(lam: Array, p: Array, eN: Array, cL: Array, n1: int) -> Array:
+def _drop_null_directions(lam: Array, p: Array, q: Array) -> tuple[Array, Array, Array]:
+    """Zero ``p`` and ``q`` on directions whose ``lambda`` is round-off (``<= eps max lambda
+    size``): exactly, ``p = lambda (u^T delta)^2 = 0`` there, but in float32 with a small
+    ``R`` the round-off ``lambda`` and ``p`` of the anomalies' null direction are large
+    enough to move the root (``R = 1e-8`` gave ``l1 = 2.8`` against float64's 1.23)."""
+    dtype = lam.dtype
+    tiny = jnp.finfo(dtype).eps * jnp.maximum(jnp.max(lam), jnp.finfo(dtype).tiny) * lam.size
+    significant = lam > tiny
+    return lam, jnp.where(significant, p, 0.0), jnp.where(significant, q, 0.0)
+
+
+def _solve_log_inflation(lam: Array, p: Array, q: Array, eN: Array, cL: Array, n1: int) -> Array:
     """Bracketed safeguarded Newton (``rtsafe``) for the root ``t = log l1`` of ``phi``."""
     dtype = lam.dtype
     tiny = jnp.finfo(dtype).eps * jnp.maximum(jnp.max(lam), jnp.finfo(dtype).tiny) * lam.size
     significant = lam > tiny
     # Directions with (numerically) zero lambda carry p ~ lambda |delta|^2 ~ 0: dropped from
     # the bound; if that ever made phi(hi) < 0 the answer is clamped at the bracket's end.
-    ratio = jnp.where(significant, p / jnp.where(significant, lam, 1.0) ** 2, 0.0)
+    ratio = jnp.where(significant, q, 0.0)
     u_lo = eN / cL
     u_hi = 2.0 * (eN + jnp.sum(ratio) / n1) / cL
     t_lo = 0.5 * jnp.log(u_lo)
@@ -223,15 +241,20 @@ def enkf_n_inflation(
     """
     n1 = S.shape[0] - 1
     eN, cL = enkf_n_hyperprior(S, xN, g)
-    lam, p = _spectral_data(lax.stop_gradient(S), lax.stop_gradient(delta))
-    t_root = _solve_log_inflation(lam, p, lax.stop_gradient(eN), lax.stop_gradient(cL), n1)
+    lam, p, q = _drop_null_directions(
+        *_spectral_data(lax.stop_gradient(S), lax.stop_gradient(delta))
+    )
+    t_root = _solve_log_inflation(lam, p, q, lax.stop_gradient(eN), lax.stop_gradient(cL), n1)
     t_root = lax.stop_gradient(t_root)
     phi = _stationarity_differentiable(t_root, S, delta, eN, cL)
     _, dphi = _stationarity(
         jnp.exp(2.0 * t_root), lam, p, lax.stop_gradient(eN), lax.stop_gradient(cL), n1
     )
-    # Implicit-function correction: zero value, derivative -d(phi)/d(theta) / phi'(t).
-    good = dphi > 0
+    # Implicit-function correction: zero value, derivative -d(phi)/d(theta) / phi'(t). A
+    # non-finite phi (the Cholesky of I + u S S^T failing in float32 at a tiny R) must not
+    # turn the root into NaN: then the value stays the root's (without a gradient correction).
+    good = (dphi > 0) & jnp.isfinite(phi)
+    phi = jnp.where(good, phi, 0.0)
     correction = (phi - lax.stop_gradient(phi)) / jnp.where(good, dphi, 1.0)
     t = t_root - jnp.where(good, correction, 0.0)
     return jnp.exp(t)
@@ -317,7 +340,16 @@ class EnKF_N(AbstractTransformFilter):
         ```
     """
 
-    xN: Float[ArrayLike, ""] = eqx.field(default=1.0, converter=_as_float)
+    xN: Float[ArrayLike, ""] = eqx.field(
+        default=1.0,
+        converter=fxp.parameter_converter(
+            "EnKF_N(xN=...)",
+            low=0.0,
+            low_open=True,
+            allow_inf=False,
+            hint="1 = fully agnostic hyperprior, 2 = DAPPER's Lorenz-96 setting.",
+        ),
+    )
     g: int = eqx.field(static=True, default=0)
     info_type: ClassVar[type] = EnKFNInfo
 
@@ -327,15 +359,8 @@ class EnKF_N(AbstractTransformFilter):
                 f"EnKF_N(g=...) must be a non-negative Python int (DAPPER's nullity "
                 f"correction, usually 0); got {self.g!r}."
             )
-        try:
-            concrete = float(self.xN)
-        except Exception:  # traced (e.g. inside jax.vmap over xN): cannot check here
-            return
-        if not concrete > 0:
-            raise ValueError(
-                f"EnKF_N(xN=...) must be positive (1 = fully agnostic hyperprior, 2 = DAPPER's "
-                f"Lorenz-96 setting); got {concrete}."
-            )
+        if jnp.ndim(self.xN) != 0:
+            raise ValueError(f"EnKF_N(xN=...) must be a scalar; got shape {jnp.shape(self.xN)}.")
 
     def weights_and_transform(
         self, inputs: AnalysisInputs, key: PRNGKeyArray | None

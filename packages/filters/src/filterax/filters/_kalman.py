@@ -62,6 +62,7 @@ from filterax.primitives import (
 from ._common import require_no_context
 from ._run import (
     STATUS_DIVERGED,
+    STATUS_INVALID_NOISE,
     STATUS_INVALID_TIMES,
     STATUS_NONFINITE,
     STATUS_OK,
@@ -100,13 +101,6 @@ def _float_dtype(*values: Any) -> Any:
     if not jnp.issubdtype(dtype, jnp.floating):
         dtype = jnp.result_type(float)
     return dtype
-
-
-def _as_float_param(x: Any) -> Any:
-    # A Python int would become an integer array that jax.grad cannot reach.
-    if isinstance(x, int) and not isinstance(x, bool):
-        x = float(x)
-    return jnp.asarray(x)
 
 
 def _check_mean(mean: Any) -> Array:
@@ -296,6 +290,7 @@ class KalmanResult(eqx.Module):
     NONFINITE: ClassVar[int] = STATUS_NONFINITE
     DIVERGED: ClassVar[int] = STATUS_DIVERGED
     INVALID_TIMES: ClassVar[int] = STATUS_INVALID_TIMES
+    INVALID_NOISE: ClassVar[int] = STATUS_INVALID_NOISE
 
     def scores(self, truth: Float[ArrayLike, "T N_x"], burn_in_cycles: int = 0) -> dict[str, Array]:
         """Time-mean DAPPER scores after `burn_in_cycles`: ``rmse_a``, ``rmse_f``, ``spread_a``,
@@ -687,7 +682,12 @@ class ExtendedKF(AbstractKalmanFilter):
     ```
     """
 
-    infl: Float[ArrayLike, ""] = eqx.field(default=1.0, converter=_as_float_param)
+    infl: Float[ArrayLike, ""] = eqx.field(
+        default=1.0,
+        converter=fxp.parameter_converter(
+            "ExtendedKF.infl", low=0.0, low_open=True, allow_inf=False, hint="1 means none."
+        ),
+    )
     form: str = eqx.field(default="standard", static=True)
     jacobian: str = eqx.field(default="rev", static=True)
 
@@ -697,12 +697,6 @@ class ExtendedKF(AbstractKalmanFilter):
                 f"ExtendedKF.infl must be a scalar; got shape {jnp.shape(self.infl)}. To try "
                 "several values, jax.vmap over them."
             )
-        try:
-            concrete = float(np.asarray(self.infl))
-        except Exception:  # traced (e.g. under vmap): cannot be checked here
-            concrete = None
-        if concrete is not None and not concrete > 0:
-            raise ValueError(f"ExtendedKF.infl must be > 0 (1 means none); got {concrete}.")
         if self.form not in ("joseph", "standard"):
             raise ValueError(f'ExtendedKF.form must be "joseph" or "standard"; got {self.form!r}.')
         if self.jacobian not in ("rev", "fwd"):

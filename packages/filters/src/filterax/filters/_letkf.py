@@ -8,7 +8,6 @@ from typing import Any
 
 import equinox as eqx
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 from jax.sharding import Mesh
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
@@ -24,13 +23,6 @@ __all__ = ["LETKF", "LETKFInfo", "letkf_local_update"]
 
 _CONTEXT_KEYS = ("state_coords", "obs_coords", "distance", "local_obs_indices")
 _TRANSFORM_METHODS = ("newton", "eigh")
-
-
-def _as_float_param(x: Any) -> Array:
-    # Python ints would become integer arrays that jax.grad cannot reach.
-    if isinstance(x, int) and not isinstance(x, bool):
-        x = float(x)
-    return jnp.asarray(x)
 
 
 def letkf_local_update(
@@ -138,7 +130,15 @@ def _coordinates(value: Any, name: str, size: int, what: str) -> Array:
     dtype = jnp.result_type(value)
     if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
         raise TypeError(f"LETKF.analysis: `{name}` must be real numbers; got dtype {dtype}.")
-    return jnp.asarray(value)
+    # A NaN coordinate silently changed which observations are local; checked at once when
+    # concrete and when the program runs when traced.
+    return fxp.check_parameter(
+        jnp.asarray(value),
+        f"LETKF.analysis: `{name}`",
+        allow_inf=False,
+        hint="Every grid point and observation needs finite coordinates; to leave an "
+        "observation out, put NaN in its entry of the observations instead.",
+    )
 
 
 class LETKF(fxp.AbstractLocalFilter):
@@ -244,7 +244,15 @@ class LETKF(fxp.AbstractLocalFilter):
         ```
     """
 
-    radius: Float[ArrayLike, ""] = eqx.field(converter=_as_float_param)
+    radius: Float[ArrayLike, ""] = eqx.field(
+        converter=fxp.parameter_converter(
+            "LETKF(radius=...)",
+            low=0.0,
+            low_open=True,
+            hint="It is the Gaspari-Cohn half-width (jnp.inf for no localisation); DAPPER's "
+            "loc_rad converts as 1.82 * loc_rad.",
+        )
+    )
     taper: Callable[..., Array] = eqx.field(static=True, default=fxp.gaspari_cohn)
     distance: Callable[..., Array] | None = eqx.field(static=True, default=None)
     cutoff: float = eqx.field(static=True, default=0.0)
@@ -260,15 +268,6 @@ class LETKF(fxp.AbstractLocalFilter):
             raise ValueError(
                 f"LETKF(radius=...) must be a scalar; got shape {jnp.shape(self.radius)}. "
                 "To sweep radii, jax.vmap over LETKF instances (eqx.filter_vmap)."
-            )
-        try:
-            concrete = float(np.asarray(self.radius))
-        except Exception:  # traced (inside jax.vmap / jax.grad): cannot check here
-            concrete = None
-        if concrete is not None and not concrete > 0:
-            raise ValueError(
-                f"LETKF(radius=...) must be positive (the Gaspari-Cohn half-width; jnp.inf for "
-                f"no localisation); got {concrete}. DAPPER's loc_rad converts as 1.82 * loc_rad."
             )
         if not callable(self.taper) or not (self.distance is None or callable(self.distance)):
             raise TypeError(

@@ -36,6 +36,7 @@ from filterax.primitives import rmse
 __all__ = [
     "SAVE_OPTIONS",
     "STATUS_DIVERGED",
+    "STATUS_INVALID_NOISE",
     "STATUS_INVALID_TIMES",
     "STATUS_NONFINITE",
     "STATUS_OK",
@@ -51,6 +52,7 @@ STATUS_OK = 0
 STATUS_NONFINITE = 1
 STATUS_DIVERGED = 2
 STATUS_INVALID_TIMES = 3
+STATUS_INVALID_NOISE = 4
 
 # The key `init` receives: a fold-in index no cycle uses (cycles are numbered from 0).
 _INIT_FOLD = 2**32 - 1
@@ -83,6 +85,16 @@ def _invalid_times_message(owner: str) -> str:
         "and not earlier than t0 (and t0 finite). Nothing was assimilated (every row is NaN, "
         "cycle_status 3). Pass increasing times, e.g. the times of a TwinExperiment; re-run "
         "with throw=False to get the status instead of this error."
+    )
+
+
+def _invalid_noise_message(owner: str) -> str:
+    return (
+        f"{owner}: the model's noise covariances are invalid: obs_noise must be finite and "
+        "positive definite, process_noise finite and positive semidefinite (a traced noise "
+        "scale under jit/vmap/grad was NaN, inf, zero or negative). Nothing was assimilated "
+        "(every row is NaN, cycle_status 4); re-run with throw=False to get the status instead "
+        "of this error."
     )
 
 
@@ -211,8 +223,13 @@ class RunResult(eqx.Module):
       every later one, which are not assimilated), ``2`` diverged, ``3`` invalid observation
       times (traced times that are not finite, not increasing or before ``t0``: every cycle,
       nothing assimilated; concrete ones are refused before the run).
-    - `status`: ``3`` for invalid times, else ``1`` if any cycle was non-finite, else ``2`` if
-      any diverged, else ``0`` (`RunResult.OK`, `.NONFINITE`, `.DIVERGED`, `.INVALID_TIMES`).
+      ``4`` invalid noise (a traced ``obs_noise`` that is not finite positive definite or
+      ``process_noise`` not finite positive semidefinite: every cycle, nothing assimilated;
+      concrete ones are refused before the run). A cycle whose log-likelihood is not finite
+      counts as non-finite.
+    - `status`: ``3`` for invalid times, else ``4`` for invalid noise, else ``1`` if any cycle
+      was non-finite, else ``2`` if any diverged, else ``0`` (`RunResult.OK`, `.NONFINITE`,
+      `.DIVERGED`, `.INVALID_TIMES`, `.INVALID_NOISE`).
     - `first_failure`: the first cycle with a non-zero status, ``-1`` if none.
     - `n_nonfinite`, `n_diverged`: how many cycles have status 1 and 2.
 
@@ -239,6 +256,7 @@ class RunResult(eqx.Module):
     NONFINITE: ClassVar[int] = STATUS_NONFINITE
     DIVERGED: ClassVar[int] = STATUS_DIVERGED
     INVALID_TIMES: ClassVar[int] = STATUS_INVALID_TIMES
+    INVALID_NOISE: ClassVar[int] = STATUS_INVALID_NOISE
 
     def scores(self, truth: Float[ArrayLike, "T N_x"], burn_in_cycles: int = 0) -> dict[str, Array]:
         """DAPPER's time-mean scores after the burn-in (see `time_mean_scores`)."""
@@ -324,6 +342,7 @@ def check_run_arguments(
         raise ValueError("observations must contain at least one observation time (T >= 1).")
     check_times(obs_times, t0, owner)
     check_model_noise(model, observations.shape[1], owner)
+    check_model_coordinates(model, owner)
     return observations, obs_times
 
 
@@ -335,6 +354,30 @@ def _noise_size(noise: Any) -> int | None:
         return noise.in_size()
     shape = jnp.shape(noise)
     return shape[0] if shape else None
+
+
+def noise_ok(model: fxp.AbstractModel, n_obs: int) -> Array:
+    """Whether the model's noise covariances are valid, as a traced boolean
+    (`filterax.primitives.valid_noise`: ``obs_noise`` finite positive definite,
+    ``process_noise`` finite positive semidefinite): the run-time counterpart of
+    `check_model_noise` for noise that is traced (a noise scale under `vmap` or `grad`)."""
+    ok = jnp.asarray(True)
+    if _noise_size(model.obs_noise) in (None, n_obs):
+        ok &= fxp.valid_noise(model.obs_noise, n_obs)
+    if model.process_noise is not None:
+        n = _noise_size(model.process_noise) or 1
+        ok &= fxp.valid_noise(model.process_noise, n, semidefinite=True)
+    return ok
+
+
+def check_model_coordinates(model: fxp.AbstractModel, owner: str) -> None:
+    """Refuse concrete non-finite ``state_coords`` / ``obs_coords`` (a NaN coordinate silently
+    changes which observations a localising filter treats as local). Traced ones are checked
+    by the localising method when the program runs."""
+    for name in ("state_coords", "obs_coords"):
+        value = getattr(model, name, None)
+        if value is not None and not isinstance(value, jax.core.Tracer):
+            fxp.check_parameter(value, f"{owner}: model.{name}", allow_inf=False)
 
 
 def check_model_noise(model: fxp.AbstractModel, n_obs: int, owner: str) -> None:
@@ -497,6 +540,12 @@ def run_cycles(
     obs_times = jnp.where(times_ok, obs_times, t_first)
     t_prev = jnp.concatenate([t_first[None], obs_times[:-1]])
     steps = jnp.arange(n_times, dtype=jnp.int32)
+    # Traced noise covariances (a noise scale under vmap/grad) are checked here too: a run
+    # with an invalid one assimilates nothing (status 4) instead of reporting NaN as
+    # "non-finite" or, worse, a plausible number.
+    noise_valid = noise_ok(model, observations.shape[1])
+    inputs_ok = times_ok & noise_valid
+    input_status = jnp.where(times_ok, STATUS_INVALID_NOISE, STATUS_INVALID_TIMES)
 
     presampled = isinstance(method, fxp.AbstractPresampledMethod)
 
@@ -510,14 +559,16 @@ def run_cycles(
             new_state, info = method.step(cycle_key, state, model, t_a, t_b, obs)
         # Cycles past the end (padding of the last block) change nothing and are dropped.
         active = step < n_times
-        valid = alive & info.finite
+        # A non-finite log-likelihood is a failed cycle too (float32 overflow, a singular
+        # innovation covariance): status must cover every row it returns.
+        valid = alive & info.finite & jnp.isfinite(info.log_likelihood)
         diverged = jnp.asarray(False)
         if divergence_threshold is not None:
             diverged = _masked_rms(info.innovation, obs) > divergence_threshold
         status = jnp.where(
             valid,
             jnp.where(diverged, STATUS_DIVERGED, STATUS_OK),
-            jnp.where(times_ok, STATUS_NONFINITE, STATUS_INVALID_TIMES),
+            jnp.where(inputs_ok, STATUS_NONFINITE, input_status),
         ).astype(jnp.int32)
         rows = {
             "forecast_mean": info.forecast_mean,
@@ -541,7 +592,7 @@ def run_cycles(
         )
         return (new_state, jnp.where(active, valid, alive)), rows
 
-    carry0 = (state0, times_ok)
+    carry0 = (state0, inputs_ok)
     xs = (steps, observations, t_prev, obs_times)
     if not presampled:
         (final, _), rows = jax.lax.scan(cycle, carry0, (*xs, steps))
@@ -578,8 +629,8 @@ def run_cycles(
     any_nonfinite = jnp.any(cycle_status == STATUS_NONFINITE)
     any_diverged = jnp.any(cycle_status == STATUS_DIVERGED)
     status = jnp.where(
-        ~times_ok,
-        STATUS_INVALID_TIMES,
+        ~inputs_ok,
+        input_status,
         jnp.where(
             any_nonfinite, STATUS_NONFINITE, jnp.where(any_diverged, STATUS_DIVERGED, STATUS_OK)
         ),
@@ -604,6 +655,7 @@ def run_cycles(
     )
     if throw:
         result = eqx.error_if(result, ~times_ok, _invalid_times_message(owner))
+        result = eqx.error_if(result, ~noise_valid, _invalid_noise_message(owner))
         result = eqx.error_if(result, status == STATUS_NONFINITE, _nonfinite_message(owner))
         if divergence_threshold is not None:
             result = eqx.error_if(result, status == STATUS_DIVERGED, _diverged_message(owner))

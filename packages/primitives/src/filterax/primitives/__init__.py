@@ -120,13 +120,20 @@ from ._inflation import (
 from ._validation import concrete_value as concrete_value
 
 # --- trace-time input checks (ensembles, vectors; inverse problems: noise, obs, evaluations) ---
-from ._validation import check_ensemble as check_ensemble, check_vector as check_vector
+from ._validation import (
+    as_float_parameter as as_float_parameter,
+    check_ensemble as check_ensemble,
+    check_parameter as check_parameter,
+    check_vector as check_vector,
+    parameter_converter as parameter_converter,
+)
 from ._covariance_checks import (
     check_forward_evals as check_forward_evals,
     check_observation_vector as check_observation_vector,
     check_prng_key as check_prng_key,
     floating_dtype as floating_dtype,
     positive_definite_noise as positive_definite_noise,
+    valid_noise as valid_noise,
 )
 from ._rotation import (
     mean_preserving_rotation as mean_preserving_rotation,

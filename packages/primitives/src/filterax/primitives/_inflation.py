@@ -19,11 +19,12 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, Real, ScalarLike
 
 from ._cycled import AbstractPostProcessor, CycleObservation
 from ._validation import (
+    as_float_parameter,
     check_ensemble,
-    check_nonnegative,
-    check_positive,
+    check_parameter,
     check_same_members,
     check_vector,
+    parameter_converter,
 )
 
 __all__ = [
@@ -41,19 +42,14 @@ __all__ = [
 ]
 
 
-def _as_float_param(x: Any) -> Any:
-    # Python ints would become integer arrays that jax.grad cannot reach; a Python number stays
-    # weakly typed so it follows the dtype (float32/float64) of the ensemble it meets.
-    if isinstance(x, int) and not isinstance(x, bool):
-        x = float(x)
-    return jnp.asarray(x)
-
-
 def _as_noise_param(x: Any) -> Any:
-    # Operators stay operators (pytrees whose arrays grad reaches); numbers become arrays.
+    # Operators stay operators (pytrees whose arrays grad reaches); numbers become arrays,
+    # checked (also when traced): variances are finite and non-negative.
     if isinstance(x, lx.AbstractLinearOperator):
         return x
-    return _as_float_param(x)
+    return check_parameter(
+        as_float_parameter(x), "AdditiveInflator.noise", low=0.0, allow_inf=False
+    )
 
 
 def _safe_sqrt(x: Array) -> Array:
@@ -111,7 +107,7 @@ def inflate_multiplicative(
     """
     check_ensemble(X, "X")
     _check_scalar(factor, "factor")
-    check_positive(factor, "factor")
+    factor = check_parameter(factor, "factor", low=0.0, low_open=True, allow_inf=False)
     mean = X.mean(axis=0)
     return mean[None, :] + factor * (X - mean[None, :])
 
@@ -159,7 +155,7 @@ def inflate_additive(
             )
         if lx.is_diagonal(noise):
             diag = lx.diagonal(noise)
-            check_nonnegative(diag, "noise variances")
+            diag = check_parameter(diag, "noise variances", low=0.0, allow_inf=False)
             return X + z * _safe_sqrt(diag.astype(X.dtype))[None, :]
         chol = jnp.linalg.cholesky(noise.as_matrix().astype(X.dtype))
         return X + z @ chol.T
@@ -172,7 +168,7 @@ def inflate_additive(
         ) from None
     if not (jnp.issubdtype(q.dtype, jnp.integer) or jnp.issubdtype(q.dtype, jnp.floating)):
         raise TypeError(f"noise variances must be real numbers; got dtype {q.dtype}.")
-    check_nonnegative(noise, "noise variance")
+    q = check_parameter(q, "noise variance", low=0.0, allow_inf=False)
     if q.ndim == 0:
         return X + z * _safe_sqrt(q.astype(X.dtype))
     if q.ndim == 1 and q.shape[0] == n_x:
@@ -202,7 +198,7 @@ def inflate_rtps(
 
     - `analysis`: `(N_e, N_x)` analysis ensemble.
     - `forecast`: `(N_e, N_x)` forecast (prior) ensemble of the same cycle.
-    - `alpha`: relaxation coefficient $\\alpha \\ge 0$ (typically in $[0, 1]$).
+    - `alpha`: relaxation coefficient $\\alpha \\in [0, 1]$ (checked, also when traced).
 
     **Returns:**
 
@@ -219,7 +215,7 @@ def inflate_rtps(
     """
     _check_pair(analysis, forecast)
     _check_scalar(alpha, "alpha")
-    check_nonnegative(alpha, "alpha")
+    alpha = check_parameter(alpha, "alpha", low=0.0, high=1.0)
     mean_a = analysis.mean(axis=0)
     anom_a = analysis - mean_a[None, :]
     anom_f = forecast - forecast.mean(axis=0)[None, :]
@@ -248,7 +244,7 @@ def inflate_rtpp(
 
     - `analysis`: `(N_e, N_x)` analysis ensemble.
     - `forecast`: `(N_e, N_x)` forecast (prior) ensemble of the same cycle.
-    - `alpha`: relaxation coefficient $\\alpha \\ge 0$ (typically in $[0, 1]$).
+    - `alpha`: relaxation coefficient $\\alpha \\in [0, 1]$ (checked, also when traced).
 
     **Returns:**
 
@@ -266,7 +262,7 @@ def inflate_rtpp(
     """
     _check_pair(analysis, forecast)
     _check_scalar(alpha, "alpha")
-    check_nonnegative(alpha, "alpha")
+    alpha = check_parameter(alpha, "alpha", low=0.0, high=1.0)
     mean_a = analysis.mean(axis=0)
     anom_a = analysis - mean_a[None, :]
     anom_f = forecast - forecast.mean(axis=0)[None, :]
@@ -360,10 +356,12 @@ def inflate_adaptive(
             f"obs_noise_variance must be a scalar or a ({n_y},) vector of variances; got shape "
             f"{r.shape}."
         )
-    check_positive(r, "obs_noise_variance")
+    r = check_parameter(r, "obs_noise_variance", low=0.0, low_open=True, traced=False)
     _check_scalar(prior_inflation, "prior_inflation")
     _check_scalar(prior_variance, "prior_variance")
-    check_positive(prior_variance, "prior_variance")
+    prior_variance = check_parameter(
+        prior_variance, "prior_variance", low=0.0, low_open=True, allow_inf=False
+    )
 
     dtype = jnp.result_type(innovation, obs_anomalies, r, prior_inflation, prior_variance)
     d = innovation.astype(dtype)
@@ -444,11 +442,14 @@ class MultiplicativeInflator(AbstractInflator):
     ```
     """
 
-    factor: Float[ArrayLike, ""] = eqx.field(converter=_as_float_param)
+    factor: Float[ArrayLike, ""] = eqx.field(
+        converter=parameter_converter(
+            "MultiplicativeInflator.factor", low=0.0, low_open=True, allow_inf=False
+        )
+    )
 
     def __check_init__(self) -> None:
         _check_scalar(self.factor, "MultiplicativeInflator.factor")
-        check_positive(self.factor, "MultiplicativeInflator.factor")
 
     def __call__(
         self,
@@ -471,10 +472,6 @@ class AdditiveInflator(AbstractInflator):
     """
 
     noise: Any = eqx.field(converter=_as_noise_param)
-
-    def __check_init__(self) -> None:
-        if not isinstance(self.noise, lx.AbstractLinearOperator):
-            check_nonnegative(self.noise, "AdditiveInflator.noise")
 
     def __call__(
         self,
@@ -502,11 +499,12 @@ class RTPS(AbstractInflator):
     ```
     """
 
-    alpha: Float[ArrayLike, ""] = eqx.field(converter=_as_float_param)
+    alpha: Float[ArrayLike, ""] = eqx.field(
+        converter=parameter_converter("RTPS.alpha", low=0.0, high=1.0)
+    )
 
     def __check_init__(self) -> None:
         _check_scalar(self.alpha, "RTPS.alpha")
-        check_nonnegative(self.alpha, "RTPS.alpha")
 
     def __call__(
         self,
@@ -533,11 +531,12 @@ class RTPP(AbstractInflator):
     ```
     """
 
-    alpha: Float[ArrayLike, ""] = eqx.field(converter=_as_float_param)
+    alpha: Float[ArrayLike, ""] = eqx.field(
+        converter=parameter_converter("RTPP.alpha", low=0.0, high=1.0)
+    )
 
     def __check_init__(self) -> None:
         _check_scalar(self.alpha, "RTPP.alpha")
-        check_nonnegative(self.alpha, "RTPP.alpha")
 
     def __call__(
         self,
@@ -582,16 +581,26 @@ class AdaptiveInflator(AbstractPostProcessor):
     - `update_variance`: store the posterior variance after an update (static).
     """
 
-    inflation: Float[ArrayLike, ""] = eqx.field(default=1.0, converter=_as_float_param)
-    inflation_variance: Float[ArrayLike, ""] = eqx.field(default=0.1**2, converter=_as_float_param)
+    inflation: Float[ArrayLike, ""] = eqx.field(default=1.0, converter=as_float_parameter)
+    inflation_variance: Float[ArrayLike, ""] = eqx.field(
+        default=0.1**2, converter=as_float_parameter
+    )
     min_inflation: float | None = eqx.field(static=True, default=1.0)
     update_variance: bool = eqx.field(static=True, default=False)
 
     def __check_init__(self) -> None:
         _check_scalar(self.inflation, "AdaptiveInflator.inflation")
         _check_scalar(self.inflation_variance, "AdaptiveInflator.inflation_variance")
-        check_positive(self.inflation, "AdaptiveInflator.inflation")
-        check_positive(self.inflation_variance, "AdaptiveInflator.inflation_variance")
+        check_parameter(
+            self.inflation, "AdaptiveInflator.inflation", low=0.0, low_open=True, allow_inf=False
+        )
+        check_parameter(
+            self.inflation_variance,
+            "AdaptiveInflator.inflation_variance",
+            low=0.0,
+            low_open=True,
+            allow_inf=False,
+        )
 
     def __call__(
         self,

@@ -49,10 +49,10 @@ def _noise_parts(obs_noise: Any, n_obs: int, dtype: Any) -> tuple[Array | None, 
         )
     noise = jnp.asarray(obs_noise)
     if noise.ndim == 0:
-        check_positive(noise, "obs_noise variance")
+        noise = check_positive(noise, "obs_noise variance")
         return jnp.broadcast_to(noise, (n_obs,)).astype(dtype), None
     if noise.shape == (n_obs,):
-        check_positive(noise, "obs_noise variances")
+        noise = check_positive(noise, "obs_noise variances")
         return noise.astype(dtype), None
     if noise.shape == (n_obs, n_obs):
         return None, noise.astype(dtype)

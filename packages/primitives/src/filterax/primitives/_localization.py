@@ -21,7 +21,7 @@ from jaxtyping import Array, ArrayLike, Float, Real, ScalarLike
 
 from ._distances import euclidean, pairwise_distances
 from ._tapers import gaspari_cohn, gaussian_taper, hard_cutoff, soar_taper
-from ._validation import check_ensemble, check_positive, check_same_members
+from ._validation import check_ensemble, check_same_members, parameter_converter
 
 __all__ = [
     "AbstractLocalizer",
@@ -33,14 +33,6 @@ __all__ = [
     "localization_matrix",
     "localize",
 ]
-
-
-def _as_float_param(x: Any) -> Array:
-    # Python ints would become integer arrays that jax.grad cannot reach; a Python number stays
-    # weakly typed so it follows the dtype (float32/float64) of the arrays it meets.
-    if isinstance(x, int) and not isinstance(x, bool):
-        x = float(x)
-    return jnp.asarray(x)
 
 
 def localization_matrix(
@@ -275,10 +267,9 @@ class GaspariCohnLocalizer(AbstractLocalizer):
     ```
     """
 
-    radius: Float[ArrayLike, ""] = eqx.field(converter=_as_float_param)
-
-    def __check_init__(self) -> None:
-        check_positive(self.radius, "GaspariCohnLocalizer.radius")
+    radius: Float[ArrayLike, ""] = eqx.field(
+        converter=parameter_converter("GaspariCohnLocalizer.radius", low=0.0, low_open=True)
+    )
 
     def taper(self, distance: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
         return gaspari_cohn(distance, self.radius)
@@ -295,10 +286,9 @@ class GaussianLocalizer(AbstractLocalizer):
     ```
     """
 
-    radius: Float[ArrayLike, ""] = eqx.field(converter=_as_float_param)
-
-    def __check_init__(self) -> None:
-        check_positive(self.radius, "GaussianLocalizer.radius")
+    radius: Float[ArrayLike, ""] = eqx.field(
+        converter=parameter_converter("GaussianLocalizer.radius", low=0.0, low_open=True)
+    )
 
     def taper(self, distance: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
         return gaussian_taper(distance, self.radius)
@@ -314,10 +304,9 @@ class SOARLocalizer(AbstractLocalizer):
     ```
     """
 
-    radius: Float[ArrayLike, ""] = eqx.field(converter=_as_float_param)
-
-    def __check_init__(self) -> None:
-        check_positive(self.radius, "SOARLocalizer.radius")
+    radius: Float[ArrayLike, ""] = eqx.field(
+        converter=parameter_converter("SOARLocalizer.radius", low=0.0, low_open=True)
+    )
 
     def taper(self, distance: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
         return soar_taper(distance, self.radius)
@@ -336,10 +325,9 @@ class HardCutoffLocalizer(AbstractLocalizer):
     ```
     """
 
-    radius: Float[ArrayLike, ""] = eqx.field(converter=_as_float_param)
-
-    def __check_init__(self) -> None:
-        check_positive(self.radius, "HardCutoffLocalizer.radius")
+    radius: Float[ArrayLike, ""] = eqx.field(
+        converter=parameter_converter("HardCutoffLocalizer.radius", low=0.0, low_open=True)
+    )
 
     def taper(self, distance: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
         return hard_cutoff(distance, self.radius)

@@ -115,9 +115,10 @@ class LowRankUpdate(lx.AbstractLinearOperator):
                 f"of rows of factor); got shape {diagonal_shape}. Pass the diagonal as a vector "
                 "(jnp.full(n, value) for a constant), or None for no diagonal."
             )
-        check_nonnegative(
+        diagonal = check_nonnegative(
             diagonal,
             "LowRankUpdate(diagonal=...) (variances, not standard deviations)",
+            traced=False,
         )
         dtype = _float_dtype(factor, diagonal)
         self.factor = jnp.asarray(factor, dtype=dtype)

@@ -18,7 +18,10 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Real, ScalarLike
 
 from ._lowrank import LowRankUpdate, _float_dtype
-from ._validation import check_nonnegative, check_vector, concrete_value
+from ._validation import check_parameter, check_vector, concrete_value
+
+# An infinite variance is not a way to switch an observation off: say what is.
+_INF_HINT = "To switch an observation off, put NaN in its entry of the observations instead."
 
 NoiseLike: TypeAlias = lx.AbstractLinearOperator | Real[ArrayLike, "..."]
 """What every ``obs_noise`` argument accepts: a lineax operator, a scalar variance (isotropic,
@@ -53,8 +56,16 @@ def diagonal_noise(variances: Real[ArrayLike, " n"]) -> lx.DiagonalLinearOperato
         ```
     """
     check_vector(variances, "diagonal_noise(variances=...) (pass a 1-D array of variances)")
-    check_nonnegative(variances, "diagonal_noise(variances=...) (variances, not log-variances)")
-    variances = jnp.asarray(variances)
+    variances = jnp.asarray(
+        check_parameter(
+            variances,
+            "diagonal_noise(variances=...) (variances, not log-variances)",
+            low=0.0,
+            traced=False,
+            allow_inf=False,
+            hint=_INF_HINT,
+        )
+    )
     return lx.DiagonalLinearOperator(variances.astype(_float_dtype(variances)))
 
 
@@ -89,8 +100,16 @@ def isotropic_noise(variance: ScalarLike, n: int) -> lx.DiagonalLinearOperator:
         )
     if not isinstance(n, int | np.integer) or n < 1:
         raise ValueError(f"isotropic_noise(n=...) must be a positive Python int; got {n!r}.")
-    check_nonnegative(variance, "isotropic_noise(variance=...)")
-    variance = jnp.asarray(variance)
+    variance = jnp.asarray(
+        check_parameter(
+            variance,
+            "isotropic_noise(variance=...)",
+            low=0.0,
+            allow_inf=False,
+            hint=_INF_HINT,
+            traced=False,
+        )
+    )
     variance = variance.astype(_float_dtype(variance))
     return lx.DiagonalLinearOperator(jnp.full((int(n),), variance, dtype=variance.dtype))
 
@@ -133,6 +152,13 @@ def dense_noise(cov: Float[ArrayLike, "n n"]) -> lx.MatrixLinearOperator:
     except Exception:  # a tracer: cannot be checked at trace time
         concrete = None
     if concrete is not None:
+        if not np.all(np.isfinite(concrete)):
+            bad = tuple(int(i) for i in np.argwhere(~np.isfinite(concrete))[0])
+            raise ValueError(
+                f"dense_noise(cov=...) has a non-finite entry (NaN or inf) at index {bad}; pass "
+                "a finite covariance. To switch an observation off, put NaN in its entry of the "
+                "observations instead."
+            )
         scale = float(np.max(np.abs(concrete))) if concrete.size else 0.0
         # Tolerance: float32 round-off on entries of size `scale` is ~1e-7 * scale; asymmetry
         # beyond 1e-5 relative is a user error (e.g. a transposed factor), not round-off.

@@ -32,7 +32,7 @@ DAPPER_GC_FACTOR = 1.82
 
 
 def _prepare(d: Any, radius: Any, name: str) -> tuple[Array, Array]:
-    check_positive(radius, f"{name}: radius")
+    radius = check_positive(radius, f"{name}: radius")
     d = jnp.asarray(d)
     radius = jnp.asarray(radius)
     if radius.ndim != 0:

@@ -4,6 +4,12 @@ Every package's ``tests/conftest.py`` does ``from filterax.testing.conftest_comm
 to get the same JAX configuration (float64, rank promotion raises) and the ``getkey`` fixture.
 """
 
+from ._fuzz import (
+    BAD_SCALARS as BAD_SCALARS,
+    CLEAR_ERRORS as CLEAR_ERRORS,
+    assert_loud as assert_loud,
+    first_line as first_line,
+)
 from ._helpers import (
     random_ensemble as random_ensemble,
     random_spd as random_spd,
