@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
+from ._checks import check_key, check_noise_entries, check_obs, check_timeout
 from ._executors import evaluate_members
 from ._minibatch import MiniBatcher
 from ._priors import ParameterDistribution
@@ -511,7 +512,7 @@ def calibrate(
     batches: MiniBatcher | None = None,
     prior: ParameterDistribution | None = None,
     progress: bool = False,
-    timeout: float | None = None,
+    timeout: float | int | None = None,
     throw: bool = True,
 ) -> CalibrationResult:
     r"""Run an ensemble Kalman process against a forward model.
@@ -545,7 +546,8 @@ def calibrate(
     - `initial`: what ``process.init`` takes (an ``(N_e, N_p)`` ensemble, or a prior for
         `UKI`), or an ``int`` ``N_e`` to draw that many members from `prior`.
     - `obs`, `obs_noise`: ``y`` and ``Gamma`` (any noise form); None when `batches` is given.
-    - `key`: PRNG key for the process (and for sampling `initial` from the prior).
+    - `key`: PRNG key for the process (and for sampling `initial` from the prior), e.g.
+        ``jax.random.key(0)``.
     - `n_iterations`: run exactly this many updates; or
     - `until_converged`: run until the scheduler reports convergence (algorithm time 1 with
         ``DataMisfitController``), at most `max_iterations` updates.
@@ -554,7 +556,8 @@ def calibrate(
     - `prior`: a `ParameterDistribution`; the ensemble lives in its unconstrained space and
         `forward_fn` receives constrained (physical) parameters.
     - `progress`: print one line per iteration (misfit mean, algorithm time, failures).
-    - `timeout`: executor path only: seconds to wait for one iteration's members.
+    - `timeout`: executor path only: seconds (``> 0``) to wait for one iteration's members;
+        None waits forever.
     - `throw`: raise `CalibrationError` when more than half the ensemble fails.
 
     **Returns:** a `CalibrationResult` with the final state and the full history.
@@ -588,11 +591,24 @@ def calibrate(
             f"calibrate: n_iterations / max_iterations must be a positive int; got {n_run!r}."
         )
     n_run = int(n_run)
+    if not callable(forward_fn):
+        raise TypeError(
+            "calibrate(forward_fn=...) must be a callable theta (N_p,) -> G(theta) (N_y,); got "
+            f"{type(forward_fn).__name__}."
+        )
+    check_key(key, "calibrate(key=...)")
     if executor is not None and not isinstance(executor, cf.Executor):
         raise TypeError(
             "calibrate(executor=...) must be a concurrent.futures.Executor (ThreadPoolExecutor, "
             "ProcessPoolExecutor, distributed.Client(...).get_executor(), ...); got "
             f"{type(executor).__name__}."
+        )
+    check_timeout(timeout, "calibrate(timeout=...)")
+    if timeout is not None and executor is None:
+        raise ValueError(
+            "calibrate(timeout=...) applies to the executor path only: a JAX forward model runs "
+            "inside one compiled program that cannot be interrupted. Pass executor=... (e.g. a "
+            "ThreadPoolExecutor) to time out members, or timeout=None."
         )
     if batches is not None and not isinstance(batches, MiniBatcher):
         raise TypeError(
@@ -614,10 +630,8 @@ def calibrate(
     else:
         if obs is None or obs_noise is None:
             raise ValueError("calibrate: obs and obs_noise are required without batches=.")
-        if jnp.ndim(obs) != 1:
-            raise ValueError(
-                f"calibrate(obs=...) must be a 1-D vector (N_y,); got shape {jnp.shape(obs)}."
-            )
+        check_obs(obs, "calibrate(obs=...)")
+        check_noise_entries(obs_noise, "calibrate(obs_noise=...)")
         n_y = int(jnp.shape(obs)[0])
     if isinstance(initial, int | np.integer) and not isinstance(initial, bool):
         if prior is None:

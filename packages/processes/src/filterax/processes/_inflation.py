@@ -23,10 +23,12 @@ from typing import Any, TypeAlias
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import lineax as lx
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, ScalarLike
 
 import filterax.primitives as fxp
 
+from ._checks import check_hyperparameter, check_noise_entries
 from ._converters import as_float
 
 __all__ = [
@@ -64,6 +66,9 @@ InflationLike: TypeAlias = (
 `filterax.primitives.AbstractInflator`, a tuple of them (applied in order), or None."""
 
 
+_S_HINT = " It scales the time step (s * dt < 1); 0 switches the inflation off."
+
+
 def _checked_step(s: ScalarLike, dt: ScalarLike, dtype: Any, owner: str) -> Array:
     scaled = jnp.asarray(s, dtype) * jnp.asarray(dt, dtype)
     return eqx.error_if(
@@ -98,6 +103,9 @@ class MultiplicativeInflation(AbstractInflation):
     """
 
     s: Float[ArrayLike, ""] = eqx.field(default=1.0, converter=as_float)
+
+    def __check_init__(self) -> None:
+        check_hyperparameter(self.s, "MultiplicativeInflation(s=...)", hint=_S_HINT)
 
     def __call__(
         self, key: PRNGKeyArray, ensemble: Float[Array, "N_e N_p"], dt: ScalarLike
@@ -136,6 +144,17 @@ class AdditiveInflation(AbstractInflation):
 
     cov: fxp.NoiseLike
     s: Float[ArrayLike, ""] = eqx.field(default=1.0, converter=as_float)
+
+    def __check_init__(self) -> None:
+        check_hyperparameter(self.s, "AdditiveInflation(s=...)", hint=_S_HINT)
+        name = "AdditiveInflation(cov=...)"
+        check_noise_entries(self.cov, name, semidefinite=True, hint="")
+        # Matrices and operators: also symmetric positive semidefinite (sizes are their own).
+        if isinstance(self.cov, lx.AbstractLinearOperator):
+            fxp.positive_definite_noise(self.cov, self.cov.in_size(), name=name, semidefinite=True)
+        elif jnp.ndim(self.cov) == 2:
+            n = jnp.shape(self.cov)[0]
+            fxp.positive_definite_noise(self.cov, n, name=name, semidefinite=True)
 
     def __call__(
         self, key: PRNGKeyArray, ensemble: Float[Array, "N_e N_p"], dt: ScalarLike

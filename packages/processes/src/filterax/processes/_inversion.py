@@ -21,6 +21,7 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray
 import filterax.primitives as fxp
 
 from ._calibrate import _strengthen, scan_loop
+from ._checks import check_obs, checked_obs_noise
 from ._process_base import AbstractProcessBase, initial_key
 from ._state import AbstractProcessState
 
@@ -168,9 +169,9 @@ class AbstractInverseSmoother(AbstractProcessBase):
         fxp.check_ensemble(values["ensemble_or_prior"], prior_name)
         x = jnp.asarray(values["ensemble_or_prior"])
         dtype = fxp.floating_dtype(x, prior_name)
-        fxp.check_observation_vector(values["obs"], f"{owner}.init(obs=...)")
         y = jnp.asarray(values["obs"]).astype(dtype)
-        noise = fxp.positive_definite_noise(
+        check_obs(y, f"{owner}.init(obs=...)")
+        noise = checked_obs_noise(
             values["obs_noise"],
             y.shape[0],
             dtype=dtype,

@@ -13,11 +13,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import lineax as lx
+import numpy as np
 from equinox import AbstractVar
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 import filterax.primitives as fxp
 
+from ._checks import check_key, check_obs, checked_obs_noise
 from ._failures import handle_failures
 from ._inflation import InflationLike, apply_inflation
 from ._kalman_update import UpdateData, prepare_update
@@ -43,13 +45,13 @@ def resolve_obs(
     """The observation and noise of this update (state's, or a mini-batch override)."""
     if obs is None:
         if obs_noise is not None:
-            noise = fxp.positive_definite_noise(
-                obs_noise, state.obs.shape[0], dtype=dtype, name="obs_noise"
+            noise = checked_obs_noise(
+                obs_noise, state.obs.shape[0], dtype=dtype, name="update(obs_noise=...)"
             )
             return state.obs, noise
         return state.obs, state.obs_noise
-    fxp.check_vector(obs, "obs (the observation vector)")
     y = jnp.asarray(obs).astype(dtype)
+    check_obs(y, "update(obs=...)")
     if obs_noise is None:
         if state.obs_noise.in_size() != y.shape[0]:
             raise ValueError(
@@ -57,7 +59,7 @@ def resolve_obs(
                 f"{state.obs_noise.in_size()}-dimensional; pass obs_noise for the new batch too."
             )
         return y, state.obs_noise
-    return y, fxp.positive_definite_noise(obs_noise, y.shape[0], dtype=dtype, name="obs_noise")
+    return y, checked_obs_noise(obs_noise, y.shape[0], dtype=dtype, name="update(obs_noise=...)")
 
 
 def check_data_dimension(y: Any, g: Array) -> None:
@@ -108,6 +110,13 @@ def check_prior(prior_mean: Array, prior_cov: Any, owner: str) -> None:
         raise ValueError(
             f"{owner}(prior_mean=...) must be a 1-D array of length N_p; got shape "
             f"{jnp.shape(prior_mean)}."
+        )
+    values = fxp.concrete_value(prior_mean)
+    if values is not None and not np.all(np.isfinite(values)):
+        i = int(np.flatnonzero(~np.isfinite(values))[0])
+        raise ValueError(
+            f"{owner}(prior_mean=...) has a non-finite entry at index {i} ({values[i]}); "
+            "pass a finite prior mean."
         )
     n = jnp.shape(prior_mean)[0]
     dtype = jnp.result_type(prior_mean)
@@ -186,7 +195,7 @@ class AbstractProcessBase(fxp.AbstractProcess):
         return prepare_update(g, y, noise).misfits
 
 
-def initial_key(key: PRNGKeyArray | None, needs_key: bool, owner: str) -> PRNGKeyArray:
+def initial_key(key: Any, needs_key: bool, owner: str) -> PRNGKeyArray:
     if key is None:
         if needs_key:
             raise ValueError(
@@ -195,6 +204,7 @@ def initial_key(key: PRNGKeyArray | None, needs_key: bool, owner: str) -> PRNGKe
             )
         # Only used to re-sample failed members; fixed so deterministic runs are reproducible.
         return jax.random.key(0)
+    check_key(key, f"{owner}.init(key=...)")
     return key
 
 
@@ -273,9 +283,9 @@ class AbstractEnsembleProcess(AbstractProcessBase):
         fxp.check_ensemble(ensemble_or_prior, f"{owner}.init(ensemble_or_prior=...)")
         x = jnp.asarray(ensemble_or_prior)
         dtype = fxp.floating_dtype(x, f"{owner}.init(ensemble_or_prior=...)")
-        fxp.check_vector(obs, f"{owner}.init(obs=...)")
         y = jnp.asarray(obs).astype(dtype)
-        noise = fxp.positive_definite_noise(
+        check_obs(y, f"{owner}.init(obs=...)")
+        noise = checked_obs_noise(
             obs_noise, y.shape[0], dtype=dtype, name=f"{owner}.init(obs_noise=...)"
         )
         self._validate(x.shape[0], x.shape[1], y.shape[0])
