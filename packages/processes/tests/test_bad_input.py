@@ -1,13 +1,14 @@
 """Bad input to the processes gets a clear error that names the fix, or a status: never a NaN
 ensemble, and never a message that blames the wrong thing (the time step, the forward model).
 
-Concrete bad values raise when they are given, naming the argument, the first bad index and
-what to pass instead. One small linear problem throughout.
+Concrete bad values raise when they are given; traced ones (under jit / vmap) set the state's
+`status` and leave the ensemble where it was. One small linear problem throughout.
 """
 
 import inspect
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,6 +26,7 @@ from filterax.processes import (
     SEC,
     TEKI,
     UKI,
+    AbstractProcessState,
     AdditiveInflation,
     DataMisfitController,
     EKSStableScheduler,
@@ -43,6 +45,9 @@ A = jnp.array([[1.0, 0.5], [0.0, 1.0], [1.0, 1.0]])
 Y = A @ jnp.array([0.5, -0.2])
 X0 = jax.random.normal(jax.random.key(0), (8, 2))
 KEY = jax.random.key(1)
+OK = AbstractProcessState.OK
+INVALID_DATA = AbstractProcessState.INVALID_DATA
+INVALID_HYPERPARAMETERS = AbstractProcessState.INVALID_HYPERPARAMETERS
 
 PROCESSES = {
     "EKI": lambda: EKI(),
@@ -55,6 +60,9 @@ PROCESSES = {
     "ESMDA": lambda: ESMDA(),
     "IES": lambda: IES(n_iter=2),
 }
+# The processes whose status a traced bad input sets without raising (ESMDA and IES raise
+# with their default throw=True; see the inverse-smoother test below).
+STATUS_PROCESSES = ["EKI", "ETKI", "GNKI", "TEKI", "SparseInversion", "EKS", "UKI"]
 
 
 def forward(particles):
@@ -137,6 +145,72 @@ def test_minibatch_override_and_minibatcher_are_checked():
         MiniBatcher(Y.at[1].set(jnp.inf), 0.1, [[0], [1], [2]])
     with pytest.raises(ValueError, match=r"MiniBatcher\(obs_noise=\.\.\.\): variance\[2\]"):
         MiniBatcher(Y, jnp.array([0.1, 0.1, 0.0]), [[0], [1], [2]])
+
+
+# --- traced observations and noise: a status, the ensemble never moves ----------------------
+
+
+def _traced_run(name):
+    process = PROCESSES[name]()
+
+    @jax.jit
+    def run(y, noise):
+        first = state = process.init(initial(name), y, noise, key=KEY)
+        for _ in range(2):
+            state = process.update(state, forward(process.particles(state)))
+        return first, state
+
+    return run
+
+
+@pytest.mark.parametrize("name", STATUS_PROCESSES)
+def test_traced_nan_obs_sets_status_not_timestep_message(name):
+    # Under jit the values are unknown when init runs: the status reports them, and the
+    # ensemble stays finite (it used to become NaN, which calibrate blamed on the time step).
+    run = _traced_run(name)
+    first, state = run(Y.at[1].set(jnp.nan), 0.1)
+    assert int(first.status) == int(state.status) == INVALID_DATA
+    np.testing.assert_array_equal(state.ensemble, first.ensemble)
+    assert np.all(np.isfinite(state.ensemble)) and float(state.time) == 0.0
+    _, good = run(Y, 0.1)
+    assert int(good.status) == OK and float(good.time) > 0.0
+
+
+@pytest.mark.parametrize(
+    "noise",
+    [jnp.array([0.1, -0.1, 0.1]), jnp.array([[1.0, 2.0, 0.0], [2.0, 1.0, 0.0], [0.0, 0.0, 1.0]])],
+    ids=["negative-variance", "indefinite-matrix"],
+)
+def test_traced_bad_obs_noise_sets_invalid_data(noise):
+    _, state = _traced_run("EKI")(Y, noise)
+    assert int(state.status) == INVALID_DATA
+    np.testing.assert_array_equal(state.ensemble, X0)
+
+
+def test_vmapped_obs_flag_only_the_bad_member():
+    run = _traced_run("ETKI")
+    ys = jnp.stack([Y, Y.at[2].set(jnp.inf), Y + 0.1])
+    _, states = jax.vmap(run, in_axes=(0, None))(ys, 0.1)
+    np.testing.assert_array_equal(states.status, [OK, INVALID_DATA, OK])
+    np.testing.assert_array_equal(states.ensemble[1], X0)
+    _, alone = run(Y, 0.1)
+    # vmap and a single run differ only by batched-kernel round-off.
+    np.testing.assert_allclose(states.ensemble[0], alone.ensemble, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "make", [lambda t: ESMDA(throw=t), lambda t: IES(n_iter=2, throw=t)], ids=["ESMDA", "IES"]
+)
+def test_inverse_smoothers_traced_nan_obs_raise_or_set_status(make):
+    def run(y, throw):
+        return make(throw).run(lambda t: A @ t, X0, y, 0.1, key=KEY)
+
+    bad = Y.at[0].set(jnp.nan)
+    with pytest.raises(eqx.EquinoxRuntimeError, match=r"update: invalid data \(status 1\)"):
+        jax.block_until_ready(eqx.filter_jit(lambda y: run(y, True))(bad))
+    result = eqx.filter_jit(lambda y: run(y, False))(bad)
+    assert int(result.state.status) == INVALID_DATA
+    np.testing.assert_array_equal(result.ensemble, X0)
 
 
 # --- hyper-parameters ---------------------------------------------------------------------
@@ -228,7 +302,64 @@ def test_invalid_hyperparameter_is_refused_at_construction(case):
         make()
 
 
-# --- timeouts, keys ----------------------------------------------------------------------
+def test_traced_negative_or_nan_step_sets_invalid_hyperparameters():
+    # A vmapped sweep over the time step: the bad members report status 2 and stay put, the
+    # good one moves as usual.
+    def run(dt):
+        eki = EKI(scheduler=FixedScheduler(dt))
+        state = eki.init(X0, Y, 0.1, key=KEY)
+        return eki.update(state, forward(eki.particles(state)))
+
+    states = jax.vmap(run)(jnp.array([0.5, -0.5, jnp.nan, jnp.inf]))
+    np.testing.assert_array_equal(states.status, [OK] + [INVALID_HYPERPARAMETERS] * 3)
+    np.testing.assert_array_equal(states.time, [0.5, 0.0, 0.0, 0.0])
+    for k in (1, 2, 3):
+        np.testing.assert_array_equal(states.ensemble[k], X0)
+    assert not np.allclose(states.ensemble[0], X0)
+
+
+def test_traced_nan_inflation_sets_invalid_hyperparameters():
+    def run(s):
+        eki = EKI(scheduler=FixedScheduler(0.5), inflation=MultiplicativeInflation(s))
+        state = eki.init(X0, Y, 0.1, key=KEY)
+        return eki.update(state, forward(eki.particles(state)))
+
+    states = jax.vmap(run)(jnp.array([0.5, jnp.nan]))
+    np.testing.assert_array_equal(states.status, [OK, INVALID_HYPERPARAMETERS])
+    assert np.all(np.isfinite(states.ensemble))
+
+
+def test_traced_negative_additive_inflation_covariance_raises():
+    def run(cov):
+        eki = EKI(scheduler=FixedScheduler(0.5), inflation=AdditiveInflation(cov))
+        state = eki.init(X0, Y, 0.1, key=KEY)
+        return eki.update(state, forward(eki.particles(state)))
+
+    with pytest.raises(eqx.EquinoxRuntimeError, match="positive-semidefinite covariance"):
+        jax.block_until_ready(eqx.filter_jit(run)(jnp.array([1.0, -1.0])))
+
+
+class _BackwardScheduler(fxp.AbstractScheduler):
+    """A user scheduler with a bug: a negative step."""
+
+    def init(self) -> None:
+        return None
+
+    def step(self, state, misfits, **info):
+        return jnp.asarray(-0.1, jnp.result_type(misfits)), None
+
+
+def test_calibrate_reports_a_negative_step_from_the_scheduler():
+    eki = EKI(scheduler=_BackwardScheduler(), failure_handler="ignore")
+    with pytest.raises(ValueError, match=r"iteration 0\): invalid hyper-parameters \(status 2\)"):
+        calibrate(eki, lambda t: A @ t, X0, Y, 0.1, n_iterations=2, key=KEY)
+    result = calibrate(eki, lambda t: A @ t, X0, Y, 0.1, n_iterations=2, key=KEY, throw=False)
+    assert result.status == INVALID_HYPERPARAMETERS
+    np.testing.assert_array_equal(result.history.status, [INVALID_HYPERPARAMETERS] * 2)
+    np.testing.assert_array_equal(result.ensemble, X0)
+
+
+# --- forward models, timeouts, keys --------------------------------------------------------
 
 
 @pytest.mark.parametrize("timeout", [0, -1.0, float("nan"), float("inf")])

@@ -12,7 +12,8 @@ Two paths share one update step:
 Members whose evaluation fails (an exception, a wrong shape, NaN/inf output) are passed to the
 process as NaN rows; the process handles up to half of them. More than half failing stops the
 run with a `CalibrationError` naming the iteration (and, on the executor path, the first
-exception).
+exception). A process whose `status` turns bad (data or hyper-parameters that are invalid at
+run time, see `AbstractProcessState`) stops changing; `calibrate` raises on it.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from ._checks import check_key, check_noise_entries, check_obs, check_timeout
 from ._executors import evaluate_members
 from ._minibatch import MiniBatcher
 from ._priors import ParameterDistribution
+from ._status import STATUS_OK, status_messages
 
 __all__ = ["CalibrationError", "CalibrationHistory", "CalibrationResult", "calibrate"]
 
@@ -95,6 +97,8 @@ class CalibrationHistory(eqx.Module):
     - `dt`: ``(n,)`` the algorithm time step each update took.
     - `time`: ``(n + 1,)`` algorithm time before the first update and after each update.
     - `batch`: ``(n,)`` the mini-batch used at each iteration (0 without mini-batching).
+    - `status`: ``(n,)`` the process's `status` after each update (0 = OK; see
+        `AbstractProcessState`).
     """
 
     parameters: Float[Array, "n1 N_e N_p"]
@@ -106,6 +110,7 @@ class CalibrationHistory(eqx.Module):
     dt: Float[Array, " n"]
     time: Float[Array, " n1"]
     batch: Int[Array, " n"]
+    status: Int[Array, " n"]
 
     @property
     def misfit_mean(self) -> Float[Array, " n"]:
@@ -136,6 +141,15 @@ class CalibrationResult(eqx.Module):
     failed_iteration: int | None = eqx.field(static=True)
     failures: tuple[tuple[int, int, str], ...] = eqx.field(static=True)
     prior: ParameterDistribution | None
+
+    @property
+    def status(self) -> int:
+        """The process's final `status`: 0 (OK), 1 (invalid data), 2 (invalid hyper-parameters).
+
+        Only a ``throw=False`` run returns with a bad status (``throw=True`` raises); see
+        `AbstractProcessState` for the codes.
+        """
+        return int(_status_of(self.state))
 
     @property
     def ensemble(self) -> Float[Array, "N_e N_p"]:
@@ -170,6 +184,7 @@ class _Record(NamedTuple):
     dt: Array
     time: Array
     batch: Array
+    status: Array
 
 
 # --- shared pieces -----------------------------------------------------------------------------
@@ -183,6 +198,11 @@ def _converged(process: Any, state: Any) -> Bool[Array, ""]:
     if flag is None:
         return jnp.asarray(False)
     return jnp.asarray(flag, dtype=bool)
+
+
+def _status_of(state: Any) -> Int[Array, ""]:
+    # Every filterax process state has `status`; a state without one is always OK.
+    return jnp.asarray(getattr(state, "status", STATUS_OK), dtype=jnp.int32)
 
 
 def _constrain(prior: ParameterDistribution | None, particles: Array) -> Array:
@@ -294,7 +314,16 @@ def _jax_iteration(
             ordered=True,
         )
     record = _Record(
-        particles, mean, outputs, misfits, failed, n_failed, new_state.dt, new_state.time, b
+        particles,
+        mean,
+        outputs,
+        misfits,
+        failed,
+        n_failed,
+        new_state.dt,
+        new_state.time,
+        b,
+        _status_of(new_state),
     )
     return new_state, record, too_many
 
@@ -360,7 +389,8 @@ def _run_while(process, forward_fn, prior, batches, state, max_iterations, n_y, 
             process, forward_fn, prior, batches, state, iteration, n_y, progress
         )
         history = jax.tree.map(lambda h, r: h.at[iteration].set(r), history, record)
-        stop = too_many | _converged(process, new_state)
+        # A bad status makes every further update the identity: nothing left to run.
+        stop = too_many | _converged(process, new_state) | (_status_of(new_state) != STATUS_OK)
         return iteration + 1, new_state, stop, history
 
     init = (jnp.asarray(0, dtype=jnp.int32), state, jnp.asarray(False), history)
@@ -400,6 +430,7 @@ def _history(records: _Record, n: int, final_particles, final_mean, time0) -> Ca
         dt=cut(rec.dt),
         time=jnp.asarray(time),
         batch=cut(rec.batch),
+        status=cut(rec.status),
     )
 
 
@@ -417,7 +448,9 @@ def _executor_update(process, batches, state, full_outputs, iteration):
     new_state, outputs, misfits, failed, n_failed, too_many, b = _apply(
         process, batches, state, full_outputs, iteration
     )
-    return new_state, outputs, misfits, failed, n_failed, b, _converged(process, new_state)
+    converged = _converged(process, new_state)
+    status = _status_of(new_state)
+    return new_state, outputs, misfits, failed, n_failed, b, converged, status
 
 
 def _run_executor(
@@ -456,17 +489,19 @@ def _run_executor(
             break
         full = jnp.asarray(evals.outputs, dtype=particles.dtype)
         it = jnp.asarray(iteration, dtype=jnp.int32)
-        state, outputs, misfits, failed, n_failed, b, conv = _executor_update(
+        state, outputs, misfits, failed, n_failed, b, conv, status = _executor_update(
             process, batches, state, full, it
         )
         if progress:
             misfit = np.nanmean(np.asarray(misfits))
             _print_progress(iteration, misfit, state.time, n_failed, n_e)
         records.append(
-            _Record(particles, mean, outputs, misfits, failed, n_failed, state.dt, state.time, b)
+            _Record(
+                particles, mean, outputs, misfits, failed, n_failed, state.dt, state.time, b, status
+            )
         )
         is_converged = bool(conv)
-        if until_converged and is_converged:
+        if (until_converged and is_converged) or int(status) != STATUS_OK:
             break
     return state, records, failed_at, is_converged, tuple(failures)
 
@@ -485,6 +520,20 @@ def _stack_records(records: list[_Record], n_e: int, n_p: int, n_y: int, dtype) 
         dt=np.zeros((0,), dtype),
         time=np.zeros((0,), dtype),
         batch=np.zeros((0,), np.int32),
+        status=np.zeros((0,), np.int32),
+    )
+
+
+def _raise_on_status(process: Any, state: Any, history: CalibrationHistory) -> None:
+    code = int(_status_of(state))
+    if code == STATUS_OK:
+        return
+    bad = np.flatnonzero(np.asarray(history.status) != STATUS_OK)
+    where = f"at iteration {int(bad[0])}" if bad.size else "before the first update"
+    owner = f"calibrate ({type(process).__name__}, {where})"
+    raise ValueError(
+        status_messages(owner)[code - 1]
+        + " Pass throw=False to get the result (status in CalibrationResult.status) instead."
     )
 
 
@@ -558,7 +607,8 @@ def calibrate(
     - `progress`: print one line per iteration (misfit mean, algorithm time, failures).
     - `timeout`: executor path only: seconds (``> 0``) to wait for one iteration's members;
         None waits forever.
-    - `throw`: raise `CalibrationError` when more than half the ensemble fails.
+    - `throw`: raise `CalibrationError` when more than half the ensemble fails, and
+        `ValueError` when the process's `status` turns bad.
 
     **Returns:** a `CalibrationResult` with the final state and the full history.
 
@@ -696,6 +746,8 @@ def calibrate(
         n_b = n_y if batches is None else batches.batch_size
         records = _stack_records(record_list, *particles.shape, n_b, particles.dtype)
         history = _history(records, n_done, particles, mean, time0)
+    if throw:
+        _raise_on_status(process, state, history)
     return CalibrationResult(
         state=state,
         history=history,

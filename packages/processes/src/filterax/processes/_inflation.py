@@ -163,6 +163,13 @@ class AdditiveInflation(AbstractInflation):
         scaled = _checked_step(self.s, dt, dtype, "AdditiveInflation")
         n_e, n_p = ensemble.shape
         draws = fxp.perturbed_observations(key, jnp.zeros(n_p, dtype), self.cov, n_e)
+        # A traced covariance is only known here: a negative variance has a NaN square root.
+        draws = eqx.error_if(
+            draws,
+            ~jnp.all(jnp.isfinite(draws)),
+            "AdditiveInflation(cov=...) must be a finite positive-semidefinite covariance; "
+            "its square root has non-finite entries (a negative or NaN variance).",
+        )
         return ensemble + jnp.sqrt(scaled / (1.0 - scaled)) * draws
 
 

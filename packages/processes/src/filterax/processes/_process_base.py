@@ -24,6 +24,13 @@ from ._failures import handle_failures
 from ._inflation import InflationLike, apply_inflation
 from ._kalman_update import UpdateData, prepare_update
 from ._state import AbstractProcessState, ProcessState
+from ._status import (
+    STATUS_OK,
+    data_ok,
+    hyperparameters_ok,
+    initial_status,
+    next_status,
+)
 
 __all__ = [
     "AbstractEnsembleProcess",
@@ -31,6 +38,7 @@ __all__ = [
     "check_data_dimension",
     "check_prior",
     "check_prior_size",
+    "checked_step",
     "initial_key",
     "new_state",
     "prior_operator",
@@ -95,6 +103,18 @@ def schedule(
     terminated = getattr(sched_state, "terminated", None)
     converged = jnp.asarray(False) if terminated is None else jnp.asarray(terminated, bool)
     return dt, sched_state, converged
+
+
+def checked_step(
+    process: Any, state: AbstractProcessState, data: UpdateData, dt: Array
+) -> tuple[Array, Array]:
+    """``(dt, status)``: the update's status, and ``dt = 0`` (the identity) unless it is OK."""
+    status = next_status(
+        state.status,
+        data_ok(data.yw, data.whitening.factor),
+        hyperparameters_ok(process, dt),
+    )
+    return jnp.where(status == STATUS_OK, dt, jnp.zeros_like(dt)), status
 
 
 def prior_operator(
@@ -215,12 +235,20 @@ def new_state(
     sched_state: Any,
     converged: Array,
     data: UpdateData,
+    status: Array,
     extra: Any = None,
 ) -> ProcessState:
+    """The state after an update; ``dt = 0`` (e.g. a bad `status`) keeps the ensemble."""
     moved = dt > 0
     ensemble = jnp.where(moved, ensemble, state.ensemble)
     if extra is not None:
         extra = jax.tree.map(lambda new, old: jnp.where(moved, new, old), extra, state.extra)
+    valid = status == STATUS_OK
+    sched_state = jax.tree.map(
+        lambda new, old: jnp.where(valid, new, old).astype(jnp.result_type(new)),
+        sched_state,
+        state.scheduler_state,
+    )
     return ProcessState(
         ensemble=ensemble,
         obs=state.obs,
@@ -231,7 +259,8 @@ def new_state(
         dt=dt,
         scheduler_state=sched_state,
         n_failed=jnp.sum(data.failed).astype(jnp.int32),
-        converged=jnp.logical_or(jnp.asarray(state.converged, bool), converged),
+        converged=jnp.logical_or(jnp.asarray(state.converged, bool), converged & valid),
+        status=status,
         extra=extra,
     )
 
@@ -300,6 +329,7 @@ class AbstractEnsembleProcess(AbstractProcessBase):
             scheduler_state=self.scheduler.init(),
             n_failed=jnp.asarray(0, jnp.int32),
             converged=jnp.asarray(False),
+            status=initial_status(self, y, noise, dtype),
             extra=None,
         )
 
@@ -333,12 +363,13 @@ class AbstractEnsembleProcess(AbstractProcessBase):
         self._validate(n_e, n_p, g.shape[1])
         data = prepare_update(g, y, noise)
         dt, sched_state, converged = schedule(self.scheduler, state, data, g.shape[1], dtype)
+        dt, status = checked_step(self, state, data, dt)
         step_key = jax.random.fold_in(state.key, state.iteration)
         k_update, k_fail, k_inflate = jax.random.split(step_key, 3)
         updated = self._analysis(k_update, x, data, dt)
         updated = handle_failures(self.failure_handler, k_fail, x, updated, data.failed)
         updated = apply_inflation(self.inflation, k_inflate, updated, dt, previous=x)
-        return new_state(state, updated, dt, sched_state, converged, data)
+        return new_state(state, updated, dt, sched_state, converged, data, status)
 
     def mean(self, state: ProcessState) -> Float[Array, " N_p"]:
         """The ensemble mean."""

@@ -27,6 +27,7 @@ from ._process_base import (
     AbstractProcessBase,
     check_data_dimension,
     check_prior,
+    checked_step,
     initial_key,
     new_state,
     prior_operator,
@@ -35,6 +36,7 @@ from ._process_base import (
 )
 from ._schedulers import FixedScheduler
 from ._state import ProcessState
+from ._status import initial_status
 
 __all__ = ["UKI", "UKIState", "sigma_points"]
 
@@ -336,6 +338,7 @@ class UKI(AbstractProcessBase):
             scheduler_state=self.scheduler.init(),
             n_failed=jnp.asarray(0, jnp.int32),
             converged=jnp.asarray(False),
+            status=initial_status(self, y, noise, dtype),
             extra=extra,
         )
 
@@ -366,6 +369,7 @@ class UKI(AbstractProcessBase):
         check_data_dimension(y, g)
         data = prepare_update(g, y, noise)
         dt, sched_state, converged = schedule(self.scheduler, state, data, g.shape[1], dtype)
+        dt, status = checked_step(self, state, data, dt)
         mean, cov = self._analysis(x, data, dt)
         alpha_reg, update_freq = self._settings()
         alpha_reg = jnp.asarray(alpha_reg, dtype)
@@ -379,7 +383,7 @@ class UKI(AbstractProcessBase):
         pred_cov = alpha_reg**2 * cov + dt * sigma_omega
         points = self._points(pred_mean, pred_cov)
         new_extra = UKIState(mean=mean, cov=cov, sigma_omega=sigma_omega)
-        return new_state(state, points, dt, sched_state, converged, data, new_extra)
+        return new_state(state, points, dt, sched_state, converged, data, status, new_extra)
 
     def _analysis(self, x: Array, data: UpdateData, dt: Array) -> tuple[Array, Array]:
         dtype = x.dtype
