@@ -362,6 +362,42 @@ def test_calibrate_reports_a_negative_step_from_the_scheduler():
 # --- forward models, timeouts, keys --------------------------------------------------------
 
 
+def _uses_float(theta):
+    return A @ theta * float(theta[0])
+
+
+def _python_if(theta):
+    return A @ theta if theta[0] > 0 else -(A @ theta)
+
+
+@pytest.mark.parametrize(
+    "model", [numpy_forward, _uses_float, _python_if], ids=["numpy", "float", "python-if"]
+)
+def test_non_jax_forward_model_names_executor(model):
+    # Used to fail deep inside JAX (TracerArrayConversionError from vmap inside the scan).
+    eki = EKI(scheduler=FixedScheduler(0.5), failure_handler="ignore")
+    with pytest.raises(TypeError, match=r"executor=SerialExecutor\(\)") as e:
+        calibrate(eki, model, X0, Y, 0.1, n_iterations=2, key=KEY)
+    assert "forward_fn cannot be traced by JAX" in str(e.value)
+    assert isinstance(e.value.__cause__, jax.errors.JAXTypeError)
+
+
+def test_non_jax_forward_model_runs_with_the_executor_the_message_names():
+    eki = EKI(scheduler=FixedScheduler(0.5), failure_handler="ignore")
+    with pytest.raises(TypeError, match="executor"):
+        calibrate(eki, numpy_forward, X0, Y, 0.1, until_converged=True, key=KEY)
+    result = calibrate(
+        eki, numpy_forward, X0, Y, 0.1, n_iterations=2, key=KEY, executor=SerialExecutor()
+    )
+    assert result.n_iterations == 2 and np.all(np.isfinite(result.ensemble))
+
+
+def test_inverse_smoother_run_names_the_calibrate_executor_path():
+    with pytest.raises(TypeError, match=r"ESMDA\.run: forward_fn cannot be traced") as e:
+        ESMDA().run(numpy_forward, X0, Y, 0.1, key=KEY)
+    assert "calibrate(ESMDA(...), forward_fn, prior_ensemble" in str(e.value)
+
+
 @pytest.mark.parametrize("timeout", [0, -1.0, float("nan"), float("inf")])
 def test_timeout_must_be_positive(timeout):
     message = r"timeout=\.\.\.\) must be a positive, finite number of seconds"

@@ -19,7 +19,8 @@ run time, see `AbstractProcessState`) stops changing; `calibrate` raises on it.
 from __future__ import annotations
 
 import concurrent.futures as cf
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import equinox as eqx
@@ -203,6 +204,45 @@ def _converged(process: Any, state: Any) -> Bool[Array, ""]:
 def _status_of(state: Any) -> Int[Array, ""]:
     # Every filterax process state has `status`; a state without one is always OK.
     return jnp.asarray(getattr(state, "status", STATUS_OK), dtype=jnp.int32)
+
+
+_TRACER_ERRORS = (
+    jax.errors.ConcretizationTypeError,
+    jax.errors.TracerArrayConversionError,
+    jax.errors.TracerIntegerConversionError,
+)
+
+
+@contextlib.contextmanager
+def raise_if_untraceable(
+    forward_fn: Callable[..., Any], particles: Array, owner: str, executor_call: str
+) -> Iterator[None]:
+    """Turn JAX's tracer errors into a `TypeError` naming the executor path.
+
+    Only when ``forward_fn`` itself cannot be traced (checked with `jax.eval_shape` on one
+    member, after the failure, so a traceable model pays nothing); any other error passes.
+    """
+    try:
+        yield
+    except _TRACER_ERRORS as err:
+        member = jax.ShapeDtypeStruct(particles.shape[1:], particles.dtype)
+        try:
+            jax.eval_shape(forward_fn, member)
+        except _TRACER_ERRORS:
+            first_line = (str(err).strip().splitlines() or [""])[0]
+            raise TypeError(
+                f"{owner}: forward_fn cannot be traced by JAX ({type(err).__name__}: "
+                f"{first_line}). Without an executor the forward model runs inside one "
+                "compiled JAX program, vmapped over the members, so it must be written with "
+                "jax.numpy: no NumPy/SciPy calls, float()/int() or Python if/while on its "
+                "values. To run a NumPy, SciPy or external model (a subprocess, a simulator), "
+                f"give it an executor: {executor_call}. filterax.processes.SerialExecutor runs "
+                "the members one after another (for debugging); concurrent.futures."
+                "ThreadPoolExecutor / ProcessPoolExecutor or distributed.Client(...)"
+                ".get_executor() run them in parallel. Each member then receives a NumPy "
+                "array."
+            ) from err
+        raise
 
 
 def _constrain(prior: ParameterDistribution | None, particles: Array) -> Array:
@@ -695,16 +735,20 @@ def calibrate(
     time0 = np.asarray(state.time)
 
     if executor is None:
-        if until_converged:
-            state, records, failed_at, n_done, conv, particles, mean = _run_while(
-                process, forward_fn, prior, batches, state, n_run, n_y, progress
-            )
-            n_done, is_converged = int(n_done), bool(conv)
-        else:
-            state, records, failed_at, particles, mean = _run_scan(
-                process, forward_fn, prior, batches, state, n_run, n_y, progress
-            )
-            n_done, is_converged = n_run, bool(_converged(process, state))
+        untraceable = raise_if_untraceable(
+            forward_fn, state.ensemble, "calibrate", "calibrate(..., executor=SerialExecutor())"
+        )
+        with untraceable:
+            if until_converged:
+                state, records, failed_at, n_done, conv, particles, mean = _run_while(
+                    process, forward_fn, prior, batches, state, n_run, n_y, progress
+                )
+                n_done, is_converged = int(n_done), bool(conv)
+            else:
+                state, records, failed_at, particles, mean = _run_scan(
+                    process, forward_fn, prior, batches, state, n_run, n_y, progress
+                )
+                n_done, is_converged = n_run, bool(_converged(process, state))
         failed_at = int(failed_at)
         records = jax.tree.map(np.asarray, records)
         if failed_at >= 0:

@@ -20,7 +20,7 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray
 
 import filterax.primitives as fxp
 
-from ._calibrate import _strengthen, scan_loop
+from ._calibrate import _strengthen, raise_if_untraceable, scan_loop
 from ._checks import check_obs, checked_obs_noise
 from ._process_base import AbstractProcessBase, initial_key
 from ._state import AbstractProcessState
@@ -251,7 +251,15 @@ class AbstractInverseSmoother(AbstractProcessBase):
                 f"{type(forward_fn).__name__}."
             )
         state = self.init(key, prior_ensemble, obs, obs_noise)
-        return _run(self, forward_fn, _strengthen(state))
+        owner = type(self).__name__
+        with raise_if_untraceable(
+            forward_fn,
+            state.ensemble,
+            f"{owner}.run",
+            f"calibrate({owner}(...), forward_fn, prior_ensemble, obs, obs_noise, key=key, "
+            f"n_iterations={self.n_steps}, executor=SerialExecutor())",
+        ):
+            return _run(self, forward_fn, _strengthen(state))
 
 
 @eqx.filter_jit
