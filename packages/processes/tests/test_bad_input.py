@@ -6,6 +6,8 @@ Concrete bad values raise when they are given; traced ones (under jit / vmap) se
 """
 
 import inspect
+import pathlib
+import re
 from typing import Any
 
 import equinox as eqx
@@ -437,3 +439,22 @@ def test_missing_or_wrong_key_is_a_type_error_naming_jax_random_key():
         inspect.unwrap(fpr.optax.process_transform)(
             lambda anchor, std: EKI(), lambda t: A @ t, Y, 0.1, make_initial=None, key=None
         )
+
+
+# --- failure handlers: code and README agree ------------------------------------------------
+
+
+def test_eks_default_failure_handler_keeps_failed_members_as_the_readme_says():
+    # The README said every process re-samples failed members; EKS (as EKP's Sampler) ignores
+    # them: they keep their position and are left out of the statistics.
+    eks = EKS(jnp.zeros(2), jnp.ones(2), scheduler=FixedScheduler(0.05))
+    assert eks.failure_handler == "ignore" and EKI().failure_handler == "sample_succ_gauss"
+    state = eks.init(X0, Y, 0.1, key=KEY)
+    new = eks.update(state, forward(X0).at[jnp.array([1, 4])].set(jnp.nan))
+    np.testing.assert_array_equal(new.ensemble[jnp.array([1, 4])], X0[jnp.array([1, 4])])
+    assert int(new.n_failed) == 2 and not np.allclose(new.ensemble[0], X0[0])
+    readme = pathlib.Path(__file__).parents[1].joinpath("README.md").read_text()
+    text = re.sub(r"\s+", " ", readme)
+    assert '`EKS` leaves them where they were and updates the others (`"ignore"`' in text
+    assert "re-samples them from a Gaussian fitted to the successful members" in text
+    assert "re-sampled from a Gaussian fitted to the others" not in text

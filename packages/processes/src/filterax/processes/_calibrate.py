@@ -623,10 +623,20 @@ def calibrate(
     update runs between rounds.
 
     **Failures**: a member that raises, times out, or returns NaN/inf (on either path) is passed
-    to the process as a NaN row; the process handles it (at most half of the ensemble). If more
-    than half fail in one iteration, a `CalibrationError` names the iteration and the first
-    exception (``throw=False`` instead stops and returns the history so far with
-    ``failed_iteration`` set).
+    to the process as a NaN row; the process handles it as its ``failure_handler`` says (at most
+    half of the ensemble; `ESMDA` and `IES` raise on any failed member unless built with
+    ``throw=False`` or, for `ESMDA`, a ``failure_handler``). If more than half fail in one
+    iteration, a `CalibrationError` names the iteration and the first exception
+    (``throw=False`` instead stops and returns the history so far with ``failed_iteration``
+    set).
+
+    **Bad input**: ``obs`` with a NaN/inf entry (processes do not support missing data),
+    ``obs_noise`` that is not finite and positive definite, a key that is not a PRNG key and
+    a ``timeout`` that is not a positive number of seconds raise before anything runs. A
+    ``forward_fn`` that JAX cannot trace (NumPy, SciPy, Python control flow on values) on the
+    JAX path raises a `TypeError` that says to pass an ``executor``. A process whose `status`
+    turns bad during the run (see `AbstractProcessState`) raises a `ValueError` naming the
+    iteration (``throw=False``: it is returned in `CalibrationResult.status`).
 
     **Arguments:**
 
