@@ -259,6 +259,11 @@ CONCRETE_HYPERPARAMETERS = {
         lambda: AdditiveInflation(jnp.array([[1.0, 2.0], [2.0, 1.0]])),
         r"AdditiveInflation\(cov=\.\.\.\) must be a positive-semidefinite covariance",
     ),
+    "AdditiveInflation-singular-dense-cov": (
+        lambda: AdditiveInflation(jnp.ones((2, 2))),
+        r"AdditiveInflation\(cov=\.\.\.\) \(dense, drawn by Cholesky\) must be a "
+        r"positive-definite covariance",
+    ),
     "AdditiveInflation-nan-s": (
         lambda: AdditiveInflation(1.0, s=float("nan")),
         r"AdditiveInflation\(s=\.\.\.\)",

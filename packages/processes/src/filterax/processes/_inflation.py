@@ -149,12 +149,14 @@ class AdditiveInflation(AbstractInflation):
         check_hyperparameter(self.s, "AdditiveInflation(s=...)", hint=_S_HINT)
         name = "AdditiveInflation(cov=...)"
         check_noise_entries(self.cov, name, semidefinite=True, hint="")
-        # Matrices and operators: also symmetric positive semidefinite (sizes are their own).
-        if isinstance(self.cov, lx.AbstractLinearOperator):
-            fxp.positive_definite_noise(self.cov, self.cov.in_size(), name=name, semidefinite=True)
-        elif jnp.ndim(self.cov) == 2:
-            n = jnp.shape(self.cov)[0]
-            fxp.positive_definite_noise(self.cov, n, name=name, semidefinite=True)
+        # Matrices and operators: symmetric positive semidefinite (sizes are their own), and
+        # positive definite when dense: the draws use its Cholesky factor.
+        if isinstance(self.cov, lx.AbstractLinearOperator) or jnp.ndim(self.cov) == 2:
+            n = self.cov.in_size() if isinstance(self.cov, lx.AbstractLinearOperator) else None
+            n = jnp.shape(self.cov)[0] if n is None else n
+            op = fxp.positive_definite_noise(self.cov, n, name=name, semidefinite=True)
+            if fxp.noise_structure(op) == "dense":
+                fxp.positive_definite_noise(op, n, name=name + " (dense, drawn by Cholesky)")
 
     def __call__(
         self, key: PRNGKeyArray, ensemble: Float[Array, "N_e N_p"], dt: ScalarLike
@@ -167,8 +169,9 @@ class AdditiveInflation(AbstractInflation):
         draws = eqx.error_if(
             draws,
             ~jnp.all(jnp.isfinite(draws)),
-            "AdditiveInflation(cov=...) must be a finite positive-semidefinite covariance; "
-            "its square root has non-finite entries (a negative or NaN variance).",
+            "AdditiveInflation(cov=...) must be a finite positive-semidefinite covariance "
+            "(positive definite when dense); its square root has non-finite entries (a "
+            "negative or NaN variance, or a dense matrix that is not positive definite).",
         )
         return ensemble + jnp.sqrt(scaled / (1.0 - scaled)) * draws
 
