@@ -116,15 +116,23 @@ def check_noise_entries(
         if np.any(low):
             i = int(np.flatnonzero(low)[0])
             index = (i, i) if values.ndim == 2 else ((i,) if values.ndim == 1 else ())
-            bound = (
-                "non-negative (>= 0)"
-                if semidefinite
-                else "positive (> 0: the noise is whitened by Gamma^{-1/2})"
-            )
+            kind = "semidefinite" if semidefinite else "definite"
+            if variances[i] < 0 and values.ndim == 2:
+                problem = (
+                    f"a covariance with negative variances on its diagonal is not positive {kind}"
+                )
+            elif variances[i] < 0:
+                problem = "a variance must be non-negative (it is a squared standard deviation)"
+                if not semidefinite:
+                    problem += ", and > 0 for a positive definite covariance"
+            else:  # a zero variance where a positive definite covariance is needed
+                problem = (
+                    "a covariance must be positive definite (the noise is whitened by "
+                    "Gamma^{-1/2}), so every variance must be > 0"
+                )
             raise ValueError(
-                f"{name}: {what}{_where(index)} is {variances[i]}; every variance must be "
-                f"{bound}. Pass variances (squared standard deviations), not log-variances or "
-                "signed values."
+                f"{name}: {what}{_where(index)} is {variances[i]}; {problem}. Pass variances "
+                "(squared standard deviations), not log-variances or signed values."
             )
 
 
