@@ -12,13 +12,15 @@ Two paths share one update step:
 Members whose evaluation fails (an exception, a wrong shape, NaN/inf output) are passed to the
 process as NaN rows; the process handles up to half of them. More than half failing stops the
 run with a `CalibrationError` naming the iteration (and, on the executor path, the first
-exception).
+exception). A process whose `status` turns bad (data or hyper-parameters that are invalid at
+run time, see `AbstractProcessState`) stops changing; `calibrate` raises on it.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import equinox as eqx
@@ -27,9 +29,11 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
+from ._checks import check_key, check_noise_entries, check_obs, check_timeout
 from ._executors import evaluate_members
 from ._minibatch import MiniBatcher
 from ._priors import ParameterDistribution
+from ._status import STATUS_OK, status_messages
 
 __all__ = ["CalibrationError", "CalibrationHistory", "CalibrationResult", "calibrate"]
 
@@ -94,6 +98,8 @@ class CalibrationHistory(eqx.Module):
     - `dt`: ``(n,)`` the algorithm time step each update took.
     - `time`: ``(n + 1,)`` algorithm time before the first update and after each update.
     - `batch`: ``(n,)`` the mini-batch used at each iteration (0 without mini-batching).
+    - `status`: ``(n,)`` the process's `status` after each update (0 = OK; see
+        `AbstractProcessState`).
     """
 
     parameters: Float[Array, "n1 N_e N_p"]
@@ -105,6 +111,7 @@ class CalibrationHistory(eqx.Module):
     dt: Float[Array, " n"]
     time: Float[Array, " n1"]
     batch: Int[Array, " n"]
+    status: Int[Array, " n"]
 
     @property
     def misfit_mean(self) -> Float[Array, " n"]:
@@ -135,6 +142,15 @@ class CalibrationResult(eqx.Module):
     failed_iteration: int | None = eqx.field(static=True)
     failures: tuple[tuple[int, int, str], ...] = eqx.field(static=True)
     prior: ParameterDistribution | None
+
+    @property
+    def status(self) -> int:
+        """The process's final `status`: 0 (OK), 1 (invalid data), 2 (invalid hyper-parameters).
+
+        Only a ``throw=False`` run returns with a bad status (``throw=True`` raises); see
+        `AbstractProcessState` for the codes.
+        """
+        return int(_status_of(self.state))
 
     @property
     def ensemble(self) -> Float[Array, "N_e N_p"]:
@@ -169,6 +185,7 @@ class _Record(NamedTuple):
     dt: Array
     time: Array
     batch: Array
+    status: Array
 
 
 # --- shared pieces -----------------------------------------------------------------------------
@@ -182,6 +199,50 @@ def _converged(process: Any, state: Any) -> Bool[Array, ""]:
     if flag is None:
         return jnp.asarray(False)
     return jnp.asarray(flag, dtype=bool)
+
+
+def _status_of(state: Any) -> Int[Array, ""]:
+    # Every filterax process state has `status`; a state without one is always OK.
+    return jnp.asarray(getattr(state, "status", STATUS_OK), dtype=jnp.int32)
+
+
+_TRACER_ERRORS = (
+    jax.errors.ConcretizationTypeError,
+    jax.errors.TracerArrayConversionError,
+    jax.errors.TracerIntegerConversionError,
+)
+
+
+@contextlib.contextmanager
+def raise_if_untraceable(
+    forward_fn: Callable[..., Any], particles: Array, owner: str, executor_call: str
+) -> Iterator[None]:
+    """Turn JAX's tracer errors into a `TypeError` naming the executor path.
+
+    Only when ``forward_fn`` itself cannot be traced (checked with `jax.eval_shape` on one
+    member, after the failure, so a traceable model pays nothing); any other error passes.
+    """
+    try:
+        yield
+    except _TRACER_ERRORS as err:
+        member = jax.ShapeDtypeStruct(particles.shape[1:], particles.dtype)
+        try:
+            jax.eval_shape(forward_fn, member)
+        except _TRACER_ERRORS:
+            first_line = (str(err).strip().splitlines() or [""])[0]
+            raise TypeError(
+                f"{owner}: forward_fn cannot be traced by JAX ({type(err).__name__}: "
+                f"{first_line}). Without an executor the forward model runs inside one "
+                "compiled JAX program, vmapped over the members, so it must be written with "
+                "jax.numpy: no NumPy/SciPy calls, float()/int() or Python if/while on its "
+                "values. To run a NumPy, SciPy or external model (a subprocess, a simulator), "
+                f"give it an executor: {executor_call}. filterax.processes.SerialExecutor runs "
+                "the members one after another (for debugging); concurrent.futures."
+                "ThreadPoolExecutor / ProcessPoolExecutor or distributed.Client(...)"
+                ".get_executor() run them in parallel. Each member then receives a NumPy "
+                "array."
+            ) from err
+        raise
 
 
 def _constrain(prior: ParameterDistribution | None, particles: Array) -> Array:
@@ -293,7 +354,16 @@ def _jax_iteration(
             ordered=True,
         )
     record = _Record(
-        particles, mean, outputs, misfits, failed, n_failed, new_state.dt, new_state.time, b
+        particles,
+        mean,
+        outputs,
+        misfits,
+        failed,
+        n_failed,
+        new_state.dt,
+        new_state.time,
+        b,
+        _status_of(new_state),
     )
     return new_state, record, too_many
 
@@ -359,7 +429,8 @@ def _run_while(process, forward_fn, prior, batches, state, max_iterations, n_y, 
             process, forward_fn, prior, batches, state, iteration, n_y, progress
         )
         history = jax.tree.map(lambda h, r: h.at[iteration].set(r), history, record)
-        stop = too_many | _converged(process, new_state)
+        # A bad status makes every further update the identity: nothing left to run.
+        stop = too_many | _converged(process, new_state) | (_status_of(new_state) != STATUS_OK)
         return iteration + 1, new_state, stop, history
 
     init = (jnp.asarray(0, dtype=jnp.int32), state, jnp.asarray(False), history)
@@ -399,6 +470,7 @@ def _history(records: _Record, n: int, final_particles, final_mean, time0) -> Ca
         dt=cut(rec.dt),
         time=jnp.asarray(time),
         batch=cut(rec.batch),
+        status=cut(rec.status),
     )
 
 
@@ -416,7 +488,9 @@ def _executor_update(process, batches, state, full_outputs, iteration):
     new_state, outputs, misfits, failed, n_failed, too_many, b = _apply(
         process, batches, state, full_outputs, iteration
     )
-    return new_state, outputs, misfits, failed, n_failed, b, _converged(process, new_state)
+    converged = _converged(process, new_state)
+    status = _status_of(new_state)
+    return new_state, outputs, misfits, failed, n_failed, b, converged, status
 
 
 def _run_executor(
@@ -455,17 +529,19 @@ def _run_executor(
             break
         full = jnp.asarray(evals.outputs, dtype=particles.dtype)
         it = jnp.asarray(iteration, dtype=jnp.int32)
-        state, outputs, misfits, failed, n_failed, b, conv = _executor_update(
+        state, outputs, misfits, failed, n_failed, b, conv, status = _executor_update(
             process, batches, state, full, it
         )
         if progress:
             misfit = np.nanmean(np.asarray(misfits))
             _print_progress(iteration, misfit, state.time, n_failed, n_e)
         records.append(
-            _Record(particles, mean, outputs, misfits, failed, n_failed, state.dt, state.time, b)
+            _Record(
+                particles, mean, outputs, misfits, failed, n_failed, state.dt, state.time, b, status
+            )
         )
         is_converged = bool(conv)
-        if until_converged and is_converged:
+        if (until_converged and is_converged) or int(status) != STATUS_OK:
             break
     return state, records, failed_at, is_converged, tuple(failures)
 
@@ -484,6 +560,20 @@ def _stack_records(records: list[_Record], n_e: int, n_p: int, n_y: int, dtype) 
         dt=np.zeros((0,), dtype),
         time=np.zeros((0,), dtype),
         batch=np.zeros((0,), np.int32),
+        status=np.zeros((0,), np.int32),
+    )
+
+
+def _raise_on_status(process: Any, state: Any, history: CalibrationHistory) -> None:
+    code = int(_status_of(state))
+    if code == STATUS_OK:
+        return
+    bad = np.flatnonzero(np.asarray(history.status) != STATUS_OK)
+    where = f"at iteration {int(bad[0])}" if bad.size else "before the first update"
+    owner = f"calibrate ({type(process).__name__}, {where})"
+    raise ValueError(
+        status_messages(owner)[code - 1]
+        + " Pass throw=False to get the result (status in CalibrationResult.status) instead."
     )
 
 
@@ -511,7 +601,7 @@ def calibrate(
     batches: MiniBatcher | None = None,
     prior: ParameterDistribution | None = None,
     progress: bool = False,
-    timeout: float | None = None,
+    timeout: float | int | None = None,
     throw: bool = True,
 ) -> CalibrationResult:
     r"""Run an ensemble Kalman process against a forward model.
@@ -533,10 +623,20 @@ def calibrate(
     update runs between rounds.
 
     **Failures**: a member that raises, times out, or returns NaN/inf (on either path) is passed
-    to the process as a NaN row; the process handles it (at most half of the ensemble). If more
-    than half fail in one iteration, a `CalibrationError` names the iteration and the first
-    exception (``throw=False`` instead stops and returns the history so far with
-    ``failed_iteration`` set).
+    to the process as a NaN row; the process handles it as its ``failure_handler`` says (at most
+    half of the ensemble; `ESMDA` and `IES` raise on any failed member unless built with
+    ``throw=False`` or, for `ESMDA`, a ``failure_handler``). If more than half fail in one
+    iteration, a `CalibrationError` names the iteration and the first exception
+    (``throw=False`` instead stops and returns the history so far with ``failed_iteration``
+    set).
+
+    **Bad input**: ``obs`` with a NaN/inf entry (processes do not support missing data),
+    ``obs_noise`` that is not finite and positive definite, a key that is not a PRNG key and
+    a ``timeout`` that is not a positive number of seconds raise before anything runs. A
+    ``forward_fn`` that JAX cannot trace (NumPy, SciPy, Python control flow on values) on the
+    JAX path raises a `TypeError` that says to pass an ``executor``. A process whose `status`
+    turns bad during the run (see `AbstractProcessState`) raises a `ValueError` naming the
+    iteration (``throw=False``: it is returned in `CalibrationResult.status`).
 
     **Arguments:**
 
@@ -545,7 +645,8 @@ def calibrate(
     - `initial`: what ``process.init`` takes (an ``(N_e, N_p)`` ensemble, or a prior for
         `UKI`), or an ``int`` ``N_e`` to draw that many members from `prior`.
     - `obs`, `obs_noise`: ``y`` and ``Gamma`` (any noise form); None when `batches` is given.
-    - `key`: PRNG key for the process (and for sampling `initial` from the prior).
+    - `key`: PRNG key for the process (and for sampling `initial` from the prior), e.g.
+        ``jax.random.key(0)``.
     - `n_iterations`: run exactly this many updates; or
     - `until_converged`: run until the scheduler reports convergence (algorithm time 1 with
         ``DataMisfitController``), at most `max_iterations` updates.
@@ -554,8 +655,10 @@ def calibrate(
     - `prior`: a `ParameterDistribution`; the ensemble lives in its unconstrained space and
         `forward_fn` receives constrained (physical) parameters.
     - `progress`: print one line per iteration (misfit mean, algorithm time, failures).
-    - `timeout`: executor path only: seconds to wait for one iteration's members.
-    - `throw`: raise `CalibrationError` when more than half the ensemble fails.
+    - `timeout`: executor path only: seconds (``> 0``) to wait for one iteration's members;
+        None waits forever.
+    - `throw`: raise `CalibrationError` when more than half the ensemble fails, and
+        `ValueError` when the process's `status` turns bad.
 
     **Returns:** a `CalibrationResult` with the final state and the full history.
 
@@ -588,11 +691,24 @@ def calibrate(
             f"calibrate: n_iterations / max_iterations must be a positive int; got {n_run!r}."
         )
     n_run = int(n_run)
+    if not callable(forward_fn):
+        raise TypeError(
+            "calibrate(forward_fn=...) must be a callable theta (N_p,) -> G(theta) (N_y,); got "
+            f"{type(forward_fn).__name__}."
+        )
+    check_key(key, "calibrate(key=...)")
     if executor is not None and not isinstance(executor, cf.Executor):
         raise TypeError(
             "calibrate(executor=...) must be a concurrent.futures.Executor (ThreadPoolExecutor, "
             "ProcessPoolExecutor, distributed.Client(...).get_executor(), ...); got "
             f"{type(executor).__name__}."
+        )
+    check_timeout(timeout, "calibrate(timeout=...)")
+    if timeout is not None and executor is None:
+        raise ValueError(
+            "calibrate(timeout=...) applies to the executor path only: a JAX forward model runs "
+            "inside one compiled program that cannot be interrupted. Pass executor=... (e.g. a "
+            "ThreadPoolExecutor) to time out members, or timeout=None."
         )
     if batches is not None and not isinstance(batches, MiniBatcher):
         raise TypeError(
@@ -614,10 +730,8 @@ def calibrate(
     else:
         if obs is None or obs_noise is None:
             raise ValueError("calibrate: obs and obs_noise are required without batches=.")
-        if jnp.ndim(obs) != 1:
-            raise ValueError(
-                f"calibrate(obs=...) must be a 1-D vector (N_y,); got shape {jnp.shape(obs)}."
-            )
+        check_obs(obs, "calibrate(obs=...)")
+        check_noise_entries(obs_noise, "calibrate(obs_noise=...)")
         n_y = int(jnp.shape(obs)[0])
     if isinstance(initial, int | np.integer) and not isinstance(initial, bool):
         if prior is None:
@@ -631,16 +745,20 @@ def calibrate(
     time0 = np.asarray(state.time)
 
     if executor is None:
-        if until_converged:
-            state, records, failed_at, n_done, conv, particles, mean = _run_while(
-                process, forward_fn, prior, batches, state, n_run, n_y, progress
-            )
-            n_done, is_converged = int(n_done), bool(conv)
-        else:
-            state, records, failed_at, particles, mean = _run_scan(
-                process, forward_fn, prior, batches, state, n_run, n_y, progress
-            )
-            n_done, is_converged = n_run, bool(_converged(process, state))
+        untraceable = raise_if_untraceable(
+            forward_fn, state.ensemble, "calibrate", "calibrate(..., executor=SerialExecutor())"
+        )
+        with untraceable:
+            if until_converged:
+                state, records, failed_at, n_done, conv, particles, mean = _run_while(
+                    process, forward_fn, prior, batches, state, n_run, n_y, progress
+                )
+                n_done, is_converged = int(n_done), bool(conv)
+            else:
+                state, records, failed_at, particles, mean = _run_scan(
+                    process, forward_fn, prior, batches, state, n_run, n_y, progress
+                )
+                n_done, is_converged = n_run, bool(_converged(process, state))
         failed_at = int(failed_at)
         records = jax.tree.map(np.asarray, records)
         if failed_at >= 0:
@@ -682,6 +800,8 @@ def calibrate(
         n_b = n_y if batches is None else batches.batch_size
         records = _stack_records(record_list, *particles.shape, n_b, particles.dtype)
         history = _history(records, n_done, particles, mean, time0)
+    if throw:
+        _raise_on_status(process, state, history)
     return CalibrationResult(
         state=state,
         history=history,

@@ -63,7 +63,10 @@ class EKS(AbstractEnsembleProcess):
         stability limit ``~ 1 / ||D||_F``, which shrinks with small ``Gamma`` (e.g. about
         ``1e-4`` at the prior for ``Gamma = 0.01 I`` on EKP's exponential sinusoid); beyond
         it the ensemble blows up to NaN (`calibrate` then reports non-finite parameters).
-    - `failure_handler`: ``"ignore"`` (default, as EKP's sampler) or ``"sample_succ_gauss"``.
+    - `failure_handler`: ``"ignore"`` (default, as EKP's ``Sampler``, whose only handler it
+        is: a failed member keeps its position and is left out of the ensemble statistics;
+        a draw from a Gaussian fitted to the others would not be a step of the sampler's
+        dynamics) or ``"sample_succ_gauss"``.
     - `inflation`: optional (rarely wanted for a sampler).
 
     **Reference:** A. Garbuno-Iñigo, F. Hoffmann, W. Li & A. M. Stuart (2020), *SIAM J. Appl.

@@ -15,6 +15,7 @@ from ._failures import check_failure_handler, handle_failures, masked_stats
 from ._inversion import (
     AbstractInverseSmoother,
     InversionState,
+    checked_status,
     draw_perturbations,
     failure_guard,
     no_minibatches,
@@ -239,6 +240,7 @@ class ESMDA(AbstractInverseSmoother):
         )
         alpha = self.alphas.astype(dtype)[jnp.minimum(iteration, self.n_steps - 1)]
         whitening = fxp.noise_whitening(state.obs_noise, dtype)
+        dt, status = checked_status(self, state, whitening, (1.0 / alpha).astype(dtype), self.throw)
         # Statistics of the successful members only (all of them unless a failure handler is
         # set: with `throw` a failure has raised, without it the update is skipped).
         x_mean, x_centred, count = masked_stats(x, ok)
@@ -276,9 +278,8 @@ class ESMDA(AbstractInverseSmoother):
             assert self.failure_handler is not None
             fail_key = jax.random.fold_in(step_key, 1)
             updated = handle_failures(self.failure_handler, fail_key, x, updated, failed)
-        dt = (1.0 / alpha).astype(dtype)
         new = InversionState(
-            ensemble=updated,
+            ensemble=jnp.where(dt > 0, updated, x),
             prior=state.prior,
             obs=state.obs,
             obs_noise=state.obs_noise,
@@ -290,6 +291,7 @@ class ESMDA(AbstractInverseSmoother):
             time=state.time + dt,
             dt=dt,
             converged=state.iteration + 1 >= self.n_steps,
+            status=status,
         )
         # With throw=True (and no handler) a failure has already raised; the select is only
         # needed otherwise.

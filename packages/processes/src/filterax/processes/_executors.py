@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from ._checks import check_timeout
+
 __all__ = ["MemberEvaluations", "SerialExecutor", "evaluate_members"]
 
 
@@ -108,7 +110,7 @@ def evaluate_members(
     executor: Any = None,  # a concurrent.futures.Executor; checked with a clear message
     *,
     output_size: int | None = None,
-    timeout: float | None = None,
+    timeout: float | int | None = None,
 ) -> MemberEvaluations:
     """Evaluate a (non-JAX) forward model on every ensemble member, in parallel.
 
@@ -126,7 +128,8 @@ def evaluate_members(
     - `executor`: any ``concurrent.futures.Executor``; None runs serially in this thread.
     - `output_size`: the expected ``N_y`` (inferred from the first success if None, and then
         every other member must agree).
-    - `timeout`: seconds to wait for all members together; None waits forever.
+    - `timeout`: seconds (``> 0``, finite) to wait for all members together; None waits
+        forever.
 
     **Returns:** a `MemberEvaluations` (outputs with NaN rows for failures, mask, exceptions).
 
@@ -152,6 +155,7 @@ def evaluate_members(
             f"evaluate_members(particles=...) must be a 2-D (N_e, N_p) array; got shape "
             f"{thetas.shape}."
         )
+    check_timeout(timeout, "evaluate_members(timeout=...)")
     if executor is None:
         executor = SerialExecutor()
     if not isinstance(executor, cf.Executor):

@@ -13,6 +13,7 @@ from ._converters import as_float
 from ._inversion import (
     AbstractInverseSmoother,
     InversionState,
+    checked_status,
     draw_perturbations,
     failure_guard,
     no_minibatches,
@@ -248,8 +249,10 @@ class IES(AbstractInverseSmoother):
         g, failed = failure_guard(g, self.throw, "IES")
         n_failed = jnp.sum(failed).astype(jnp.int32)
         w = state.weights
-        gamma = self.gamma(state.iteration + 1).astype(dtype)
         whitening = fxp.noise_whitening(state.obs_noise, dtype)
+        gamma, status = checked_status(
+            self, state, whitening, self.gamma(state.iteration + 1).astype(dtype), self.throw
+        )
         denom = jnp.sqrt(jnp.asarray(n_e - 1, dtype))
         prior_anom = state.prior - jnp.mean(state.prior, axis=0, keepdims=True)  # A_0^T, (N_e, N_p)
         y_rows = whitening.white(g - jnp.mean(g, axis=0, keepdims=True)) / denom  # Y_i^T, whitened
@@ -268,8 +271,9 @@ class IES(AbstractInverseSmoother):
         h_rows = mm(w.T, s_rows) + whitening.white(data - g)
         # (S S^T + Gamma)^{-1} in whitened coordinates: (I + F F^T)^{-1}, F = [S~, U~].
         z = fxp.whitened_noise_solve(h_rows, stack_factor(s_rows.T, whitening.factor))
-        w_new = w - gamma * (w - mm(s_rows, z.T))
-        updated = state.prior + mm(w_new.T, prior_anom) / denom
+        # gamma = 0 (a bad status) keeps W and the ensemble exactly.
+        w_new = jnp.where(gamma > 0, w - gamma * (w - mm(s_rows, z.T)), w)
+        updated = jnp.where(gamma > 0, state.prior + mm(w_new.T, prior_anom) / denom, x)
         new = InversionState(
             ensemble=updated,
             prior=state.prior,
@@ -283,6 +287,7 @@ class IES(AbstractInverseSmoother):
             time=state.time + gamma,
             dt=gamma,
             converged=state.iteration + 1 >= self.n_steps,
+            status=status,
         )
         # With throw=True a failure has already raised; the select is only needed otherwise.
         return new if self.throw else skip_if_failed(new, state, n_failed)

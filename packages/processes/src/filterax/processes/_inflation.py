@@ -23,10 +23,12 @@ from typing import Any, TypeAlias
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import lineax as lx
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, ScalarLike
 
 import filterax.primitives as fxp
 
+from ._checks import check_hyperparameter, check_noise_entries
 from ._converters import as_float
 
 __all__ = [
@@ -64,6 +66,9 @@ InflationLike: TypeAlias = (
 `filterax.primitives.AbstractInflator`, a tuple of them (applied in order), or None."""
 
 
+_S_HINT = " It scales the time step (s * dt < 1); 0 switches the inflation off."
+
+
 def _checked_step(s: ScalarLike, dt: ScalarLike, dtype: Any, owner: str) -> Array:
     scaled = jnp.asarray(s, dtype) * jnp.asarray(dt, dtype)
     return eqx.error_if(
@@ -98,6 +103,9 @@ class MultiplicativeInflation(AbstractInflation):
     """
 
     s: Float[ArrayLike, ""] = eqx.field(default=1.0, converter=as_float)
+
+    def __check_init__(self) -> None:
+        check_hyperparameter(self.s, "MultiplicativeInflation(s=...)", hint=_S_HINT)
 
     def __call__(
         self, key: PRNGKeyArray, ensemble: Float[Array, "N_e N_p"], dt: ScalarLike
@@ -137,6 +145,19 @@ class AdditiveInflation(AbstractInflation):
     cov: fxp.NoiseLike
     s: Float[ArrayLike, ""] = eqx.field(default=1.0, converter=as_float)
 
+    def __check_init__(self) -> None:
+        check_hyperparameter(self.s, "AdditiveInflation(s=...)", hint=_S_HINT)
+        name = "AdditiveInflation(cov=...)"
+        check_noise_entries(self.cov, name, semidefinite=True, hint="")
+        # Matrices and operators: symmetric positive semidefinite (sizes are their own), and
+        # positive definite when dense: the draws use its Cholesky factor.
+        if isinstance(self.cov, lx.AbstractLinearOperator) or jnp.ndim(self.cov) == 2:
+            n = self.cov.in_size() if isinstance(self.cov, lx.AbstractLinearOperator) else None
+            n = jnp.shape(self.cov)[0] if n is None else n
+            op = fxp.positive_definite_noise(self.cov, n, name=name, semidefinite=True)
+            if fxp.noise_structure(op) == "dense":
+                fxp.positive_definite_noise(op, n, name=name + " (dense, drawn by Cholesky)")
+
     def __call__(
         self, key: PRNGKeyArray, ensemble: Float[Array, "N_e N_p"], dt: ScalarLike
     ) -> Float[Array, "N_e N_p"]:
@@ -144,6 +165,14 @@ class AdditiveInflation(AbstractInflation):
         scaled = _checked_step(self.s, dt, dtype, "AdditiveInflation")
         n_e, n_p = ensemble.shape
         draws = fxp.perturbed_observations(key, jnp.zeros(n_p, dtype), self.cov, n_e)
+        # A traced covariance is only known here: a negative variance has a NaN square root.
+        draws = eqx.error_if(
+            draws,
+            ~jnp.all(jnp.isfinite(draws)),
+            "AdditiveInflation(cov=...) must be a finite positive-semidefinite covariance "
+            "(positive definite when dense); its square root has non-finite entries (a "
+            "negative or NaN variance, or a dense matrix that is not positive definite).",
+        )
         return ensemble + jnp.sqrt(scaled / (1.0 - scaled)) * draws
 
 

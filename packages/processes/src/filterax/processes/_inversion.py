@@ -20,9 +20,18 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray
 
 import filterax.primitives as fxp
 
-from ._calibrate import _strengthen, scan_loop
+from ._calibrate import _strengthen, raise_if_untraceable, scan_loop
+from ._checks import check_obs, checked_obs_noise
 from ._process_base import AbstractProcessBase, initial_key
 from ._state import AbstractProcessState
+from ._status import (
+    STATUS_OK,
+    data_ok,
+    hyperparameters_ok,
+    initial_status,
+    next_status,
+    status_messages,
+)
 
 __all__ = ["AbstractInverseSmoother", "InversionResult", "InversionState"]
 
@@ -59,6 +68,9 @@ class InversionState(AbstractProcessState):
       length ``gamma_i`` (`IES`).
     - `converged`: all configured updates are done (``N_a`` assimilations, ``n_iter``
       iterations); `calibrate(..., until_converged=True)` stops there.
+    - `status`: `AbstractProcessState.OK` (0), `.INVALID_DATA` (1) or
+      `.INVALID_HYPERPARAMETERS` (2), for values only known at run time (see
+      `AbstractProcessState`); with ``throw=True`` a bad one raises inside `jit` instead.
     """
 
     ensemble: Float[Array, "N_e N_p"]
@@ -73,6 +85,7 @@ class InversionState(AbstractProcessState):
     time: Float[Array, ""]
     dt: Float[Array, ""]
     converged: Bool[ArrayLike, ""]
+    status: Int[Array, ""]
 
 
 class InversionResult(eqx.Module):
@@ -168,9 +181,9 @@ class AbstractInverseSmoother(AbstractProcessBase):
         fxp.check_ensemble(values["ensemble_or_prior"], prior_name)
         x = jnp.asarray(values["ensemble_or_prior"])
         dtype = fxp.floating_dtype(x, prior_name)
-        fxp.check_observation_vector(values["obs"], f"{owner}.init(obs=...)")
         y = jnp.asarray(values["obs"]).astype(dtype)
-        noise = fxp.positive_definite_noise(
+        check_obs(y, f"{owner}.init(obs=...)")
+        noise = checked_obs_noise(
             values["obs_noise"],
             y.shape[0],
             dtype=dtype,
@@ -192,6 +205,7 @@ class AbstractInverseSmoother(AbstractProcessBase):
             time=jnp.zeros((), dtype),
             dt=jnp.zeros((), dtype),
             converged=jnp.asarray(False),
+            status=initial_status(self, y, noise, dtype),
         )
 
     def mean(self, state: InversionState) -> Float[Array, " N_p"]:
@@ -237,7 +251,15 @@ class AbstractInverseSmoother(AbstractProcessBase):
                 f"{type(forward_fn).__name__}."
             )
         state = self.init(key, prior_ensemble, obs, obs_noise)
-        return _run(self, forward_fn, _strengthen(state))
+        owner = type(self).__name__
+        with raise_if_untraceable(
+            forward_fn,
+            state.ensemble,
+            f"{owner}.run",
+            f"calibrate({owner}(...), forward_fn, prior_ensemble, obs, obs_noise, key=key, "
+            f"n_iterations={self.n_steps}, executor=SerialExecutor())",
+        ):
+            return _run(self, forward_fn, _strengthen(state))
 
 
 @eqx.filter_jit
@@ -284,6 +306,27 @@ def failure_guard(forward_evals: Array, throw: bool, owner: str) -> tuple[Array,
             ),
         )
     return forward_evals, failed
+
+
+def checked_status(
+    method: Any, state: InversionState, whitening: fxp.Whitening, dt: Array, throw: bool
+) -> tuple[Array, Array]:
+    """``(dt, status)`` of an update (`_status.py`); ``dt = 0`` unless OK; raises if ``throw``.
+
+    ``dt`` is the step the method takes (``1/alpha_i``, ``gamma_i``), so a non-finite or
+    negative one counts as invalid hyper-parameters.
+    """
+    status = next_status(
+        state.status,
+        data_ok(whitening.white(state.obs), whitening.factor),
+        hyperparameters_ok(method, dt),
+    )
+    if throw:
+        owner = f"{type(method).__name__}.update"
+        status = eqx.branched_error_if(
+            status, status != STATUS_OK, jnp.maximum(status - 1, 0), status_messages(owner)
+        )
+    return jnp.where(status == STATUS_OK, dt, jnp.zeros_like(dt)), status
 
 
 def skip_if_failed(new: InversionState, old: InversionState, n_failed: Array) -> InversionState:

@@ -17,6 +17,7 @@ from jaxtyping import Array, ArrayLike, Float, ScalarLike
 
 import filterax.primitives as fxp
 
+from ._checks import check_hyperparameter
 from ._converters import as_float
 from ._linalg import mm
 
@@ -82,6 +83,13 @@ class TaperLocalizer(AbstractCovarianceLocalizer):
                 f"TaperLocalizer(matrix=...) must be a 2-D (N_p, N_y) array of weights; got "
                 f"shape {jnp.shape(self.matrix)}."
             )
+        values = fxp.concrete_value(self.matrix)
+        if values is not None and not np.all(np.isfinite(values)):
+            i, j = (int(k) for k in np.argwhere(~np.isfinite(values))[0])
+            raise ValueError(
+                f"TaperLocalizer(matrix=...) has a non-finite weight at ({i}, {j}) "
+                f"({values[i, j]}); pass finite weights (0 drops a parameter-observation pair)."
+            )
 
     def weights(
         self, corr: Float[Array, "N_p N_y"], n_ensemble: ScalarLike
@@ -122,6 +130,14 @@ class SEC(AbstractCovarianceLocalizer):
 
     alpha: Float[ArrayLike, ""] = eqx.field(default=1.0, converter=as_float)
     cutoff: Float[ArrayLike, ""] = eqx.field(default=0.0, converter=as_float)
+
+    def __check_init__(self) -> None:
+        check_hyperparameter(
+            self.alpha,
+            "SEC(alpha=...)",
+            hint=" A correlation r is shrunk to r |r|^alpha; 0 leaves it unchanged.",
+        )
+        check_hyperparameter(self.cutoff, "SEC(cutoff=...)", hint=" 0: no sparsification.")
 
     def weights(
         self, corr: Float[Array, "N_p N_y"], n_ensemble: ScalarLike
@@ -221,6 +237,9 @@ class SECNice(AbstractCovarianceLocalizer):
     """
 
     delta: Float[ArrayLike, ""] = eqx.field(default=1.0, converter=as_float)
+
+    def __check_init__(self) -> None:
+        check_hyperparameter(self.delta, "SECNice(delta=...)")
 
     def weights(
         self, corr: Float[Array, "N_p N_y"], n_ensemble: ScalarLike

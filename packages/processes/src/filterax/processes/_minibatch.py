@@ -21,10 +21,11 @@ from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Real
 from filterax.primitives import (
     LowRankUpdate,
     NoiseLike,
-    as_noise_operator,
     dense_noise,
     noise_structure,
 )
+
+from ._checks import check_key, check_obs, checked_obs_noise
 
 __all__ = ["MiniBatcher"]
 
@@ -100,6 +101,7 @@ class MiniBatcher(eqx.Module):
             raise ValueError(f"MiniBatcher(obs=...) must be 1-D (N_y,); got shape {obs.shape}.")
         if not jnp.issubdtype(obs.dtype, jnp.floating):
             obs = obs.astype(float)
+        check_obs(obs, "MiniBatcher(obs=...)")
         n_obs = obs.shape[0]
         try:
             index_rows = [np.asarray(b, dtype=np.int64).reshape(-1) for b in batches]
@@ -124,7 +126,11 @@ class MiniBatcher(eqx.Module):
             )
         if shuffle and key is None:
             raise ValueError("MiniBatcher(shuffle=True) needs key=jax.random.key(...).")
-        noise = as_noise_operator(obs_noise, n_obs, dtype=obs.dtype)
+        if key is not None:
+            check_key(key, "MiniBatcher(key=...)")
+        noise = checked_obs_noise(
+            obs_noise, n_obs, dtype=obs.dtype, name="MiniBatcher(obs_noise=...)"
+        )
         noises = [_restrict_noise(noise, row) for row in idx]
         self.indices = jnp.asarray(idx)
         self.obs = obs[self.indices]

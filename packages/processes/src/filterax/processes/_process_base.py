@@ -13,15 +13,24 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import lineax as lx
+import numpy as np
 from equinox import AbstractVar
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 import filterax.primitives as fxp
 
+from ._checks import check_key, check_obs, checked_obs_noise
 from ._failures import handle_failures
 from ._inflation import InflationLike, apply_inflation
 from ._kalman_update import UpdateData, prepare_update
 from ._state import AbstractProcessState, ProcessState
+from ._status import (
+    STATUS_OK,
+    data_ok,
+    hyperparameters_ok,
+    initial_status,
+    next_status,
+)
 
 __all__ = [
     "AbstractEnsembleProcess",
@@ -29,6 +38,7 @@ __all__ = [
     "check_data_dimension",
     "check_prior",
     "check_prior_size",
+    "checked_step",
     "initial_key",
     "new_state",
     "prior_operator",
@@ -43,13 +53,13 @@ def resolve_obs(
     """The observation and noise of this update (state's, or a mini-batch override)."""
     if obs is None:
         if obs_noise is not None:
-            noise = fxp.positive_definite_noise(
-                obs_noise, state.obs.shape[0], dtype=dtype, name="obs_noise"
+            noise = checked_obs_noise(
+                obs_noise, state.obs.shape[0], dtype=dtype, name="update(obs_noise=...)"
             )
             return state.obs, noise
         return state.obs, state.obs_noise
-    fxp.check_vector(obs, "obs (the observation vector)")
     y = jnp.asarray(obs).astype(dtype)
+    check_obs(y, "update(obs=...)")
     if obs_noise is None:
         if state.obs_noise.in_size() != y.shape[0]:
             raise ValueError(
@@ -57,7 +67,7 @@ def resolve_obs(
                 f"{state.obs_noise.in_size()}-dimensional; pass obs_noise for the new batch too."
             )
         return y, state.obs_noise
-    return y, fxp.positive_definite_noise(obs_noise, y.shape[0], dtype=dtype, name="obs_noise")
+    return y, checked_obs_noise(obs_noise, y.shape[0], dtype=dtype, name="update(obs_noise=...)")
 
 
 def check_data_dimension(y: Any, g: Array) -> None:
@@ -95,6 +105,18 @@ def schedule(
     return dt, sched_state, converged
 
 
+def checked_step(
+    process: Any, state: AbstractProcessState, data: UpdateData, dt: Array
+) -> tuple[Array, Array]:
+    """``(dt, status)``: the update's status, and ``dt = 0`` (the identity) unless it is OK."""
+    status = next_status(
+        state.status,
+        data_ok(data.yw, data.whitening.factor),
+        hyperparameters_ok(process, dt),
+    )
+    return jnp.where(status == STATUS_OK, dt, jnp.zeros_like(dt)), status
+
+
 def prior_operator(
     prior_cov: fxp.NoiseLike, n_params: int, dtype: jnp.dtype, owner: str
 ) -> lx.AbstractLinearOperator:
@@ -108,6 +130,13 @@ def check_prior(prior_mean: Array, prior_cov: Any, owner: str) -> None:
         raise ValueError(
             f"{owner}(prior_mean=...) must be a 1-D array of length N_p; got shape "
             f"{jnp.shape(prior_mean)}."
+        )
+    values = fxp.concrete_value(prior_mean)
+    if values is not None and not np.all(np.isfinite(values)):
+        i = int(np.flatnonzero(~np.isfinite(values))[0])
+        raise ValueError(
+            f"{owner}(prior_mean=...) has a non-finite entry at index {i} ({values[i]}); "
+            "pass a finite prior mean."
         )
     n = jnp.shape(prior_mean)[0]
     dtype = jnp.result_type(prior_mean)
@@ -186,7 +215,7 @@ class AbstractProcessBase(fxp.AbstractProcess):
         return prepare_update(g, y, noise).misfits
 
 
-def initial_key(key: PRNGKeyArray | None, needs_key: bool, owner: str) -> PRNGKeyArray:
+def initial_key(key: Any, needs_key: bool, owner: str) -> PRNGKeyArray:
     if key is None:
         if needs_key:
             raise ValueError(
@@ -195,6 +224,7 @@ def initial_key(key: PRNGKeyArray | None, needs_key: bool, owner: str) -> PRNGKe
             )
         # Only used to re-sample failed members; fixed so deterministic runs are reproducible.
         return jax.random.key(0)
+    check_key(key, f"{owner}.init(key=...)")
     return key
 
 
@@ -205,12 +235,20 @@ def new_state(
     sched_state: Any,
     converged: Array,
     data: UpdateData,
+    status: Array,
     extra: Any = None,
 ) -> ProcessState:
+    """The state after an update; ``dt = 0`` (e.g. a bad `status`) keeps the ensemble."""
     moved = dt > 0
     ensemble = jnp.where(moved, ensemble, state.ensemble)
     if extra is not None:
         extra = jax.tree.map(lambda new, old: jnp.where(moved, new, old), extra, state.extra)
+    valid = status == STATUS_OK
+    sched_state = jax.tree.map(
+        lambda new, old: jnp.where(valid, new, old).astype(jnp.result_type(new)),
+        sched_state,
+        state.scheduler_state,
+    )
     return ProcessState(
         ensemble=ensemble,
         obs=state.obs,
@@ -221,7 +259,8 @@ def new_state(
         dt=dt,
         scheduler_state=sched_state,
         n_failed=jnp.sum(data.failed).astype(jnp.int32),
-        converged=jnp.logical_or(jnp.asarray(state.converged, bool), converged),
+        converged=jnp.logical_or(jnp.asarray(state.converged, bool), converged & valid),
+        status=status,
         extra=extra,
     )
 
@@ -273,9 +312,9 @@ class AbstractEnsembleProcess(AbstractProcessBase):
         fxp.check_ensemble(ensemble_or_prior, f"{owner}.init(ensemble_or_prior=...)")
         x = jnp.asarray(ensemble_or_prior)
         dtype = fxp.floating_dtype(x, f"{owner}.init(ensemble_or_prior=...)")
-        fxp.check_vector(obs, f"{owner}.init(obs=...)")
         y = jnp.asarray(obs).astype(dtype)
-        noise = fxp.positive_definite_noise(
+        check_obs(y, f"{owner}.init(obs=...)")
+        noise = checked_obs_noise(
             obs_noise, y.shape[0], dtype=dtype, name=f"{owner}.init(obs_noise=...)"
         )
         self._validate(x.shape[0], x.shape[1], y.shape[0])
@@ -290,6 +329,7 @@ class AbstractEnsembleProcess(AbstractProcessBase):
             scheduler_state=self.scheduler.init(),
             n_failed=jnp.asarray(0, jnp.int32),
             converged=jnp.asarray(False),
+            status=initial_status(self, y, noise, dtype),
             extra=None,
         )
 
@@ -323,12 +363,13 @@ class AbstractEnsembleProcess(AbstractProcessBase):
         self._validate(n_e, n_p, g.shape[1])
         data = prepare_update(g, y, noise)
         dt, sched_state, converged = schedule(self.scheduler, state, data, g.shape[1], dtype)
+        dt, status = checked_step(self, state, data, dt)
         step_key = jax.random.fold_in(state.key, state.iteration)
         k_update, k_fail, k_inflate = jax.random.split(step_key, 3)
         updated = self._analysis(k_update, x, data, dt)
         updated = handle_failures(self.failure_handler, k_fail, x, updated, data.failed)
         updated = apply_inflation(self.inflation, k_inflate, updated, dt, previous=x)
-        return new_state(state, updated, dt, sched_state, converged, data)
+        return new_state(state, updated, dt, sched_state, converged, data, status)
 
     def mean(self, state: ProcessState) -> Float[Array, " N_p"]:
         """The ensemble mean."""

@@ -17,6 +17,7 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Scalar
 
 import filterax.primitives as fxp
 
+from ._checks import check_hyperparameter
 from ._converters import as_float
 
 __all__ = [
@@ -25,16 +26,6 @@ __all__ = [
     "EKSStableScheduler",
     "FixedScheduler",
 ]
-
-
-def _positive_concrete(value: Any, name: str, *, strict: bool = True) -> None:
-    try:
-        v = float(value)
-    except Exception:  # traced: cannot be checked at construction
-        return
-    if not (v > 0 if strict else v >= 0) or v != v:
-        kind = "positive" if strict else "non-negative"
-        raise ValueError(f"{name} must be {kind}; got {value!r}.")
 
 
 def _require(info: dict[str, Any], name: str, scheduler: str) -> Any:
@@ -70,7 +61,11 @@ class FixedScheduler(fxp.AbstractScheduler):
     dt: Float[ArrayLike, ""] = eqx.field(default=1.0, converter=as_float)
 
     def __check_init__(self) -> None:
-        _positive_concrete(self.dt, "FixedScheduler(dt=...)", strict=False)
+        check_hyperparameter(
+            self.dt,
+            "FixedScheduler(dt=...)",
+            hint=" It is the algorithm time step (EKI: 1 is one full Kalman update).",
+        )
 
     def init(self) -> None:
         return None
@@ -150,7 +145,13 @@ class DataMisfitController(fxp.AbstractScheduler):
                 "DataMisfitController(on_terminate=...) must be 'stop', 'continue' or "
                 f"'continue_fixed'; got {self.on_terminate!r}."
             )
-        _positive_concrete(self.terminate_at, "DataMisfitController(terminate_at=...)")
+        check_hyperparameter(
+            self.terminate_at,
+            "DataMisfitController(terminate_at=...)",
+            strict=True,
+            hint=" It is the final algorithm time T (1: the posterior); to keep stepping "
+            "after T use on_terminate='continue'.",
+        )
 
     def init(self) -> DataMisfitControllerState:
         return DataMisfitControllerState(
@@ -233,8 +234,8 @@ class EKSStableScheduler(fxp.AbstractScheduler):
     eps: Float[ArrayLike, ""] = eqx.field(default=1e-8, converter=as_float)
 
     def __check_init__(self) -> None:
-        _positive_concrete(self.alpha, "EKSStableScheduler(alpha=...)")
-        _positive_concrete(self.eps, "EKSStableScheduler(eps=...)")
+        check_hyperparameter(self.alpha, "EKSStableScheduler(alpha=...)", strict=True)
+        check_hyperparameter(self.eps, "EKSStableScheduler(eps=...)", strict=True)
 
     def init(self) -> None:
         return None

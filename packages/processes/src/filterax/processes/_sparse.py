@@ -10,6 +10,7 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 import filterax.primitives as fxp
 
+from ._checks import check_hyperparameter
 from ._converters import as_float
 from ._failures import check_failure_handler, masked_stats
 from ._inflation import (
@@ -100,13 +101,11 @@ class SparseInversion(AbstractEnsembleProcess):
     def __check_init__(self) -> None:
         check_failure_handler(self.failure_handler, "SparseInversion")
         check_inflation(self.inflation, "SparseInversion")
-        for value, name in ((self.l1_weight, "l1_weight"), (self.threshold_value, "threshold")):
-            try:
-                negative = float(value) < 0
-            except Exception:  # traced
-                negative = False
-            if negative:
-                raise ValueError(f"SparseInversion({name}=...) must be >= 0; got {value!r}.")
+        for value, name in (
+            (self.l1_weight, "l1_weight"),
+            (self.threshold_value, "threshold_value"),
+        ):
+            check_hyperparameter(value, f"SparseInversion({name}=...)")
         if self.localizer is not None and not self.stochastic:
             raise ValueError(
                 "SparseInversion(stochastic=False) uses the square-root EKI step, which cannot "

@@ -1,10 +1,14 @@
 """The state every ensemble Kalman process carries between updates."""
 
 # No `from __future__ import annotations`: equinox needs evaluated `AbstractVar` annotations.
+from typing import ClassVar
+
 import equinox as eqx
 import lineax as lx
 from equinox import AbstractVar
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray, PyTree
+
+from ._status import STATUS_INVALID_DATA, STATUS_INVALID_HYPERPARAMETERS, STATUS_OK
 
 __all__ = ["AbstractProcessState", "ProcessState"]
 
@@ -14,11 +18,29 @@ class AbstractProcessState(eqx.Module):
 
     `ProcessState` (the EKI family, EKS, UKI) and `InversionState` (`ESMDA`, `IES`) implement
     it. `particles` and `misfits` read `ensemble`, `obs` and `obs_noise`; the driver records
-    `dt` and `time` and stops at `converged`.
+    `dt` and `time`, stops at `converged` and reports `status`.
 
     **Fields:** `ensemble`, `obs`, `obs_noise`, `key`, `iteration`, `time`, `dt`, `n_failed`,
-    `converged`, as documented on `ProcessState`.
+    `converged`, `status`, as documented on `ProcessState`.
+
+    **Status codes** (`status`, an int32 scalar; class attributes):
+
+    - ``0`` `OK`: every update so far used valid data and hyper-parameters.
+    - ``1`` `INVALID_DATA`: ``obs``/``obs_noise`` (traced, or a mini-batch) had a NaN/inf
+        entry, a variance ``<= 0`` or a covariance that is not positive definite.
+    - ``2`` `INVALID_HYPERPARAMETERS`: a floating-point field of the process was NaN/inf, or
+        the time step was NaN, infinite or negative.
+
+    Concrete bad inputs raise a `ValueError` when they are given; the status is for values
+    only known at run time (under `jit`, `vmap`, `grad`). Once it is not `OK` every update is
+    the identity (the ensemble, time and scheduler state are kept, never NaN) and the code
+    stays. `calibrate` raises on it (``throw=True``) or returns it in
+    `CalibrationResult.status`.
     """
+
+    OK: ClassVar[int] = STATUS_OK
+    INVALID_DATA: ClassVar[int] = STATUS_INVALID_DATA
+    INVALID_HYPERPARAMETERS: ClassVar[int] = STATUS_INVALID_HYPERPARAMETERS
 
     ensemble: AbstractVar[Float[Array, "N_e N_p"]]
     obs: AbstractVar[Float[Array, " N_y"]]
@@ -29,6 +51,7 @@ class AbstractProcessState(eqx.Module):
     dt: AbstractVar[Float[Array, ""]]
     n_failed: AbstractVar[Int[Array, ""]]
     converged: AbstractVar[Bool[ArrayLike, ""]]
+    status: AbstractVar[Int[Array, ""]]
 
 
 class ProcessState(AbstractProcessState):
@@ -54,6 +77,8 @@ class ProcessState(AbstractProcessState):
     - `converged`: the scheduler has terminated (e.g. `DataMisfitController` with
         ``on_terminate="stop"`` after landing on its final time); further updates are the
         identity.
+    - `status`: `AbstractProcessState.OK` (0), `.INVALID_DATA` (1) or
+        `.INVALID_HYPERPARAMETERS` (2): see `AbstractProcessState`.
     - `extra`: method-specific state (e.g. `UKI`'s mean and covariance), or ``None``.
 
     **Reference:** EnsembleKalmanProcesses.jl's ``EnsembleKalmanProcess`` struct holds the same
@@ -70,4 +95,5 @@ class ProcessState(AbstractProcessState):
     scheduler_state: PyTree
     n_failed: Int[Array, ""]
     converged: Bool[ArrayLike, ""]
+    status: Int[Array, ""]
     extra: PyTree = None

@@ -12,6 +12,7 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, ScalarLike
 
 import filterax.primitives as fxp
 
+from ._checks import check_hyperparameter, check_obs, checked_obs_noise
 from ._converters import as_float
 from ._failures import check_failure_handler
 from ._kalman_update import (
@@ -26,6 +27,7 @@ from ._process_base import (
     AbstractProcessBase,
     check_data_dimension,
     check_prior,
+    checked_step,
     initial_key,
     new_state,
     prior_operator,
@@ -34,6 +36,7 @@ from ._process_base import (
 )
 from ._schedulers import FixedScheduler
 from ._state import ProcessState
+from ._status import initial_status
 
 __all__ = ["UKI", "UKIState", "sigma_points"]
 
@@ -239,12 +242,22 @@ class UKI(AbstractProcessBase):
         check_prior(self.prior_mean, self.prior_cov, "UKI")
         if self.update_freq < 0:
             raise ValueError(f"UKI(update_freq=...) must be >= 0; got {self.update_freq}.")
-        try:
-            a = float(self.alpha_reg)
-        except Exception:  # traced
-            a = 1.0
-        if not 0.0 < a <= 1.0:
-            raise ValueError(f"UKI(alpha_reg=...) must lie in (0, 1]; got {self.alpha_reg!r}.")
+        check_hyperparameter(self.alpha_reg, "UKI(alpha_reg=...)", strict=True, high=1.0)
+        if self.alpha is not None:
+            check_hyperparameter(
+                self.alpha,
+                "UKI(alpha=...)",
+                strict=True,
+                hint=" It sets the spread of the sigma points (None: the default).",
+            )
+        for value, name in ((self.beta, "beta"), (self.kappa, "kappa")):
+            if not math.isfinite(value):
+                raise ValueError(f"UKI({name}=...) must be finite; got {value!r}.")
+        if self.n_params + self.kappa <= 0:
+            raise ValueError(
+                f"UKI(kappa=...) must be > -N_p = {-self.n_params} (the sigma points are "
+                f"spread by sqrt(alpha^2 (N_p + kappa))); got {self.kappa!r}."
+            )
 
     @property
     def n_params(self) -> int:
@@ -306,9 +319,9 @@ class UKI(AbstractProcessBase):
         dtype = fxp.floating_dtype(mean, "UKI.init(ensemble_or_prior=(mean, ...))")
         mean = mean.astype(dtype)
         cov = jnp.asarray(cov).astype(dtype)
-        fxp.check_vector(obs, "UKI.init(obs=...)")
         y = jnp.asarray(obs).astype(dtype)
-        noise = fxp.positive_definite_noise(
+        check_obs(y, "UKI.init(obs=...)")
+        noise = checked_obs_noise(
             obs_noise, y.shape[0], dtype=dtype, name="UKI.init(obs_noise=...)"
         )
         alpha_reg, _ = self._settings()
@@ -325,6 +338,7 @@ class UKI(AbstractProcessBase):
             scheduler_state=self.scheduler.init(),
             n_failed=jnp.asarray(0, jnp.int32),
             converged=jnp.asarray(False),
+            status=initial_status(self, y, noise, dtype),
             extra=extra,
         )
 
@@ -355,6 +369,7 @@ class UKI(AbstractProcessBase):
         check_data_dimension(y, g)
         data = prepare_update(g, y, noise)
         dt, sched_state, converged = schedule(self.scheduler, state, data, g.shape[1], dtype)
+        dt, status = checked_step(self, state, data, dt)
         mean, cov = self._analysis(x, data, dt)
         alpha_reg, update_freq = self._settings()
         alpha_reg = jnp.asarray(alpha_reg, dtype)
@@ -368,7 +383,7 @@ class UKI(AbstractProcessBase):
         pred_cov = alpha_reg**2 * cov + dt * sigma_omega
         points = self._points(pred_mean, pred_cov)
         new_extra = UKIState(mean=mean, cov=cov, sigma_omega=sigma_omega)
-        return new_state(state, points, dt, sched_state, converged, data, new_extra)
+        return new_state(state, points, dt, sched_state, converged, data, status, new_extra)
 
     def _analysis(self, x: Array, data: UpdateData, dt: Array) -> tuple[Array, Array]:
         dtype = x.dtype

@@ -26,6 +26,7 @@ from jax.flatten_util import ravel_pytree
 from jaxtyping import PRNGKeyArray, PyTree
 
 from ._calibrate import _strengthen
+from ._checks import check_key
 from ._eki import EKI
 from ._eks import EKS
 from ._uki import UKI
@@ -99,6 +100,7 @@ def process_transform(
 
     **Returns:** an ``optax.GradientTransformationExtraArgs``.
     """
+    check_key(key, "the transformation's key=...")
 
     def init_fn(params: PyTree) -> ProcessTransformState:
         flat, _ = ravel_pytree(params)
