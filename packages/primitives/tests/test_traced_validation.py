@@ -158,3 +158,12 @@ def test_valid_noise_low_rank_and_matrix_free_operators():
     # A matrix-free operator is not materialised: reported valid.
     op = lx.FunctionLinearOperator(lambda v: 2.0 * v, jax.ShapeDtypeStruct((3,), jnp.float64))
     assert bool(fxp.valid_noise(op, 3))
+
+
+def test_perturbed_observations_without_a_key_names_the_fix():
+    # Regression: perturbed_observations(key=None) failed deep inside JAX.
+    import inspect
+
+    fn = inspect.unwrap(fxp.perturbed_observations)  # past the test-only type checker
+    with pytest.raises(TypeError, match=r"perturbed_observations\(key=...\).*jax.random.key"):
+        fn(None, jnp.zeros(3), 1.0, 4)

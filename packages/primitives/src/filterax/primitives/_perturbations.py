@@ -9,6 +9,7 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from ._missing import fill_missing, observation_mask
 from ._noise import NoiseLike, as_noise_operator, noise_sqrt
+from ._covariance_checks import check_prng_key
 from ._validation import check_vector
 
 
@@ -64,6 +65,7 @@ def perturbed_observations(
         D.shape, D.mean(axis=0)  # (100, 3), ~[0, 0, 0] to round-off
         ```
     """
+    check_prng_key(key, "perturbed_observations(key=...)")
     check_vector(obs, "obs (the observation vector, NaN where missing)")
     obs = jnp.asarray(obs)
     if not isinstance(n_ensemble, int) or isinstance(n_ensemble, bool) or n_ensemble < 1:
