@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import lineax as lx
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
+from ._covariance_checks import check_prng_key
 from ._missing import fill_missing, observation_mask
 from ._noise import NoiseLike, as_noise_operator, noise_sqrt
-from ._covariance_checks import check_prng_key
 from ._validation import check_vector
 
 
