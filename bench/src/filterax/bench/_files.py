@@ -51,6 +51,31 @@ def read_json(path: str | os.PathLike[str], *, what: str, fix: str) -> Any:
         ) from err
 
 
+def read_schema_json(
+    path: Path, *, what: str, schema: int, body: str, body_shape: str, fix: str
+) -> dict[str, Any]:
+    """Read a JSON object ``{"schema": schema, body: {...}}`` and return its ``body`` object.
+
+    A file that cannot be read, is not JSON, is not an object, has another schema or whose
+    ``body`` is not an object raises a one-line `ValueError` naming the file and `fix`.
+    """
+    data = read_json(path, what=what, fix=fix)
+    if not isinstance(data, dict):
+        raise ValueError(
+            f'{path} is not a {what} file (a JSON object with "schema" and "{body}"; found '
+            f"a JSON {type(data).__name__}); {fix}."
+        )
+    found = data.get("schema")
+    if found != schema:
+        raise ValueError(
+            f"{path}: unknown {what} schema {found!r} (this version reads {schema}); {fix}."
+        )
+    content = data.get(body)
+    if not isinstance(content, dict):
+        raise ValueError(f'{path}: "{body}" must be an object {body_shape}; {fix}.')
+    return content
+
+
 def _unwritable(directory: Path) -> str | None:
     """Why no file can be created in the existing `directory`, or ``None`` if one can.
 

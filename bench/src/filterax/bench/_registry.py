@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ._files import read_json, write_json_atomic
+from ._files import read_schema_json, write_json_atomic
 
 __all__ = [
     "Benchmark",
@@ -781,23 +781,14 @@ def read_tuned(path: str | os.PathLike[str]) -> dict[str, TunedSetting]:
     path = Path(path)
     if not path.exists():
         return {}
-    data = read_json(path, what="tuned-settings", fix=TUNED_FIX)
-    if not isinstance(data, dict):
-        raise ValueError(
-            f'{path} is not a tuned-settings file (a JSON object with "schema" and "settings"; '
-            f"found a JSON {type(data).__name__}); {TUNED_FIX}."
-        )
-    schema = data.get("schema")
-    if schema != TUNED_SCHEMA:
-        raise ValueError(
-            f"{path}: unknown tuned-settings schema {schema!r} (expected an object with "
-            f'"schema": {TUNED_SCHEMA} and "settings"); {TUNED_FIX}.'
-        )
-    settings = data.get("settings")
-    if not isinstance(settings, dict):
-        raise ValueError(
-            f'{path}: "settings" must be an object {{"<benchmark>/<method>": entry}}; {TUNED_FIX}.'
-        )
+    settings = read_schema_json(
+        path,
+        what="tuned-settings",
+        schema=TUNED_SCHEMA,
+        body="settings",
+        body_shape='{"<benchmark>/<method>": entry}',
+        fix=TUNED_FIX,
+    )
     out = {}
     for key, entry in settings.items():
         bench, sep, name = key.partition("/")

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
-from ._files import check_output_dir, read_json, write_json_atomic
+from ._files import check_output_dir, read_schema_json, write_json_atomic
 from ._registry import (
     Benchmark,
     MethodConfig,
@@ -568,23 +568,14 @@ def load_results(out: str | os.PathLike[str]) -> dict[str, Any]:
     if not path.exists():
         return {"schema": RESULTS_SCHEMA, "cells": {}}
     fix = "delete it (or move it away) and rerun `filterax-bench run`"
-    data = read_json(path, what="results", fix=fix)
-    if not isinstance(data, dict):
-        raise ValueError(
-            f'{path} is not a results file (a JSON object with "schema" and "cells"; found '
-            f"a JSON {type(data).__name__}); {fix}."
-        )
-    schema = data.get("schema")
-    if schema != RESULTS_SCHEMA:
-        raise ValueError(
-            f"{path}: unknown results schema {schema!r} (this version reads {RESULTS_SCHEMA}); "
-            f"{fix}."
-        )
-    cells = data.get("cells")
-    if not isinstance(cells, dict):
-        raise ValueError(
-            f'{path}: "cells" must be an object {{"<benchmark>/<method>": cell}}; {fix}.'
-        )
+    cells = read_schema_json(
+        path,
+        what="results",
+        schema=RESULTS_SCHEMA,
+        body="cells",
+        body_shape='{"<benchmark>/<method>": cell}',
+        fix=fix,
+    )
     for key, cell in cells.items():
         if not (
             isinstance(cell, dict)
@@ -595,7 +586,7 @@ def load_results(out: str | os.PathLike[str]) -> dict[str, Any]:
                 f"{path}: cell {key!r} is not a results cell (an object with its method and "
                 f"benchmark); {fix}."
             )
-    return data
+    return {"schema": RESULTS_SCHEMA, "cells": cells}
 
 
 def _is_finished(cell: Mapping[str, Any] | None, identity: Mapping[str, Any]) -> bool:
