@@ -111,7 +111,11 @@ class MultiplicativeInflation(AbstractInflation):
         self, key: PRNGKeyArray, ensemble: Float[Array, "N_e N_p"], dt: ScalarLike
     ) -> Float[Array, "N_e N_p"]:
         scaled = _checked_step(self.s, dt, ensemble.dtype, "MultiplicativeInflation")
-        return fxp.inflate_multiplicative(ensemble, 1.0 / jnp.sqrt(1.0 - scaled))
+        factor = 1.0 / jnp.sqrt(1.0 - scaled)
+        # A traced NaN `s` is reported by the state's status (INVALID_HYPERPARAMETERS) and the
+        # process does not move; a neutral factor keeps the primitive's own check quiet.
+        factor = jnp.where(jnp.isnan(factor), jnp.ones_like(factor), factor)
+        return fxp.inflate_multiplicative(ensemble, factor)
 
 
 class AdditiveInflation(AbstractInflation):
