@@ -110,12 +110,12 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(CASES))
-@pytest.mark.parametrize("bad", list(BAD_SCALARS))
+@pytest.mark.parametrize(
+    ("case", "bad"),
+    [(case, bad) for case, spec in CASES.items() for bad in spec[2].split()],
+)
 def test_primitive_refuses_bad_scalar(case, bad):
-    call, match, refused, traced = CASES[case]
-    if bad not in refused.split():
-        pytest.skip(f"{bad} is a valid value here")
+    call, match, _, traced = CASES[case]
     value = BAD_SCALARS[bad]
     assert assert_loud(functools.partial(call, value), match=match) == "error"
     if traced:
