@@ -195,12 +195,13 @@ class _ETKFWithLocalizer(fxp.AbstractSequentialFilter):
 
 def test_driver_localizer_reaches_the_filter_analysis():
     # Regression: assimilate() no longer takes localizer=...; assimilate_and_smooth still
-    # does and hands it to filt.analysis through context (an ETKF that ignores it otherwise).
+    # does and hands it to filt.analysis through context (an ETKF that ignores it otherwise),
+    # also in the EnKS's replay. The RTS smoothers refuse a filter given a localizer.
     problem = refs.make_linear_gaussian(0, n_times=5)
     ens0 = problem.exact_ensemble(8)
     localizer = fxp.GaspariCohnLocalizer(1.0)
     rest = (problem.observations, problem.times)
-    smoother = fs.EnsembleRTS()
+    smoother = fs.EnKS()
     out = fs.assimilate_and_smooth(
         smoother, *_args(problem, ens0, _ETKFWithLocalizer()), *rest, key=jax.random.key(0),
         localizer=localizer,
@@ -211,6 +212,11 @@ def test_driver_localizer_reaches_the_filter_analysis():
         fs.assimilate_and_smooth(
             smoother, *_args(problem, ens0, _ETKFWithLocalizer()), *rest, key=jax.random.key(0),
             localizer=localizer, context={"localizer": localizer},
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="localised filter"):
+        fs.assimilate_and_smooth(
+            fs.EnsembleRTS(), *_args(problem, ens0, _ETKFWithLocalizer()), *rest,
+            key=jax.random.key(0), localizer=localizer,
         )  # fmt: skip
 
 
