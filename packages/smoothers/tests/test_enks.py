@@ -132,7 +132,11 @@ def test_rotated_runs_keep_the_members_paired(smoother):
         ref_mean, ref_cov = refs.fixed_lag(problem, smoother.lag)
     assert refs.rel_err(mean, ref_mean) < TOL
     assert refs.rel_err(cov, ref_cov) < TOL
-    unpaired = _smooth(smoother, problem, filt, history, key, save_ensembles=True)
+    # Smoothing it without the rotations is refused (the replay check sees the relabelling);
+    # forced past the check, it is indeed wrong.
+    with pytest.raises(ValueError, match="key or the rotate flag"):
+        _smooth(smoother, problem, filt, history, key)
+    unpaired = _smooth(smoother, problem, filt, history, key, check_replay=False)
     assert refs.rel_err(unpaired.smoothed_mean, ref_mean) > 1e-3
     # the online rolling buffer applies the rotations too
     if isinstance(smoother, fs.FixedLagSmoother):
@@ -336,7 +340,8 @@ def test_bad_inputs_raise_clear_errors():
             problem.observations, problem.times, key=key,
         )  # fmt: skip
         _smooth(enks, problem, filt, stats_only, key)
-    with pytest.raises(ValueError, match="LETKF"):
+    # a localised filter is replayed point by point and needs its geometry (context)
+    with pytest.raises(ValueError, match="LETKF is a localised filter.*state_coords"):
         _smooth(enks, problem, ff.LETKF(radius=2.0), history, key)
     with pytest.raises(ValueError, match="T=8"):
         enks.smooth(

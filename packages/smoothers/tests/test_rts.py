@@ -96,7 +96,7 @@ def test_ensemble_rts_is_exact_on_linear_gaussian(smoother, missing):
     problem = refs.make_linear_gaussian(2, n_times=7, missing=missing)
     key = jax.random.key(0)
     history = _history(problem, ff.ETKF(), problem.exact_ensemble(9), key)
-    out = smoother.smooth(None, history, None, None, None, key=None, save_ensembles=True)
+    out = smoother.smooth(ff.ETKF(), history, None, None, None, key=None, save_ensembles=True)
     mean, cov = refs.sample_moments(out.smoothed_ensembles)
     ref_mean, ref_cov = refs.rts(problem)
     assert refs.rel_err(mean, ref_mean) < TOL
@@ -143,7 +143,9 @@ def test_sqrt_smoother_keeps_rts_covariance_with_model_noise():
         ff.ETKF(), dynamics, problem.obs_op, problem.obs_noise, problem.exact_ensemble(7),
         problem.observations, problem.times, key=key, save="forecast_and_analysis",
     )  # fmt: skip
-    out = fs.EnsembleSqrtSmoother().smooth(None, history, None, None, None, save_ensembles=True)
+    out = fs.EnsembleSqrtSmoother().smooth(
+        ff.ETKF(), history, None, None, None, save_ensembles=True
+    )
     xa = np.asarray(history.ensembles[1])
     xf = np.asarray(history.forecast_ensembles[2])
     xs_next = np.asarray(out.smoothed_ensembles[2])
@@ -156,12 +158,14 @@ def test_sqrt_smoother_keeps_rts_covariance_with_model_noise():
     assert refs.rel_err(out.smoothed_mean[1], mean_ref) < 1e-8
 
 
-def test_rts_smoothers_ignore_filter_inputs():
+def test_rts_smoothers_ignore_replay_inputs():
+    # Only the filter's identity (global or localised) is used: no observations, operators or
+    # key are needed (nothing is replayed).
     problem = refs.make_linear_gaussian(5)
     key = jax.random.key(0)
     history = _history(problem, ff.ETKF(), problem.exact_ensemble(8), key)
     for smoother in (fs.EnsembleRTS(), fs.EnsembleSqrtSmoother()):
-        a = smoother.smooth(None, history, None, None, None, key=None)
+        a = smoother.smooth(ff.ETKF(), history, None, None, None, key=None)
         b = _smooth(smoother, problem, ff.ETKF(), history, key)
         np.testing.assert_array_equal(a.smoothed_mean, b.smoothed_mean)
         np.testing.assert_allclose(a.smoothed_mean[-1], history.analysis_mean[-1], atol=1e-12)
@@ -206,8 +210,8 @@ def test_decorr_scales_the_gain():
     history = _history(problem, ff.ETKF(), ens0, key)
     c = 0.6
     for cls in (fs.EnsembleRTS, fs.EnsembleSqrtSmoother):
-        full = _smooth(cls(), problem, None, history, None, save_ensembles=True)
-        damped = _smooth(cls(decorr=c), problem, None, history, None, save_ensembles=True)
+        full = _smooth(cls(), problem, ff.ETKF(), history, None, save_ensembles=True)
+        damped = _smooth(cls(decorr=c), problem, ff.ETKF(), history, None, save_ensembles=True)
         inc_full = full.smoothed_mean[0] - history.analysis_mean[0]
         inc_damped = damped.smoothed_mean[0] - history.analysis_mean[0]
         np.testing.assert_allclose(inc_damped, c * inc_full, rtol=1e-9, atol=1e-12)

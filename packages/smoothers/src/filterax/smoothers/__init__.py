@@ -21,7 +21,10 @@ from ._rts import (
     GaussianSmoothResult as GaussianSmoothResult,
     rts_smooth as rts_smooth,
 )
-from ._transforms import ensemble_transform as ensemble_transform
+from ._transforms import (
+    ensemble_transform as ensemble_transform,
+    local_ensemble_transforms as local_ensemble_transforms,
+)
 
 # --- iterative ensemble Kalman smoother (iEnKS) ---
 from ._ienks import (

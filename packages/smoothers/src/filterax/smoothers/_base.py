@@ -13,10 +13,12 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray
 
 import filterax.filters as ff
+import filterax.primitives as fxp
 from filterax.primitives import rms_spread
 
+from ._replay import ReplayErrors, analysis_conditioning, cycle_replay_errors
 from ._result import SmootherResult
-from ._transforms import ensemble_transform, matmul
+from ._transforms import ensemble_transform, local_ensemble_transforms, matmul
 
 __all__ = ["AbstractEnsembleSmoother"]
 
@@ -44,6 +46,7 @@ class AbstractEnsembleSmoother(eqx.Module):
         context: Mapping[str, Any] | None = None,
         save_ensembles: bool = False,
         rotate: bool = False,
+        check_replay: bool = True,
     ) -> SmootherResult:
         """Smooth the filter run `history` (see the subclasses for what is used).
 
@@ -61,6 +64,10 @@ class AbstractEnsembleSmoother(eqx.Module):
           relabels the members; the smoothers that replay the filter's transforms (`EnKS`,
           `FixedLagSmoother`) apply it to the past states too, so that the members stay
           paired across times (it leaves their mean and covariance unchanged).
+        - `check_replay`: the smoothers that replay the filter (`EnKS`, `FixedLagSmoother`)
+          check every cycle's replay against the history and refuse a mismatch (another
+          key, rotate flag, filter, observations, ...). ``False`` skips the check, for runs
+          whose inflator it cannot see through (`AdditiveInflator`, custom callables).
 
         **Returns:** a `SmootherResult`.
         """
@@ -100,20 +107,33 @@ def check_history(history: Any) -> tuple[int, int, int]:
     return n_times, n_e, n_x
 
 
+def is_localised(filt: Any, context: Mapping[str, Any] | None = None) -> bool:
+    """Whether `filt` analyses each grid point with its own transform (a localised filter:
+    an `AbstractLocalFilter` such as `LETKF`, or a filter handed a ``localizer``)."""
+    return isinstance(filt, fxp.AbstractLocalFilter) or "localizer" in (context or {})
+
+
 def check_filter(filt: Any) -> None:
-    """Refuse filters without a single ensemble-space transform (localised analyses)."""
-    if isinstance(filt, ff.LETKF):
-        raise ValueError(
-            "LETKF uses a different ensemble transform at every grid point, so its analysis "
-            "is not X^a = W X^f with one N_e x N_e matrix W and the EnKS / fixed-lag smoother "
-            "cannot replay it. Smooth a global filter (ETKF, EnSRF, DEnKF, ...), or use "
-            "EnsembleRTS / EnsembleSqrtSmoother, which only need the saved ensembles."
-        )
+    """Refuse objects without an ``analysis`` method (the replaying smoothers need one)."""
     if not callable(getattr(filt, "analysis", None)):
         raise TypeError(
             "filt must be a sequential filter with an analysis(key, forecast, obs, obs_op, "
             f"obs_noise, **context) method; got {type(filt).__name__}."
         )
+
+
+def check_global_filter(filt: Any, where: str) -> None:
+    """Refuse localised filters where only one ensemble transform per cycle is supported."""
+    if isinstance(filt, fxp.AbstractLocalFilter):
+        raise ValueError(
+            f"{where} applies one N_e x N_e transform per cycle to its buffer, but "
+            f"{type(filt).__name__} analyses every grid point with its own transform. Save the "
+            "run with assimilate(..., save='forecast_and_analysis', context=...) and smooth it "
+            "with FixedLagSmoother(lag).smooth(filt, history, observations, obs_op, "
+            "obs_noise, key=key, context=context, rotate=rotate), which replays the local "
+            "transforms (a local EnKS)."
+        )
+    check_filter(filt)
 
 
 def check_observations(observations: Any, n_times: int, dtype: Any) -> Array:
@@ -212,6 +232,21 @@ def identity_like(w: Array) -> Array:
     return jnp.broadcast_to(jnp.eye(w.shape[-1], dtype=w.dtype), w.shape)
 
 
+def replay_inputs(
+    history: ff.AssimilationResult, observations: Array
+) -> tuple[Array, Array, Array, Array, Array]:
+    """``(valid, steps, forecasts, analyses, observations)`` for a replay: the forecasts and
+    analyses of non-finite (frozen) cycles are zeros and their observations all missing, a
+    harmless finite stand-in so no NaN reaches values or gradients."""
+    n_times = history.forecast_ensembles.shape[0]
+    valid = valid_cycles(history)
+    forecasts = where_rows(valid, history.forecast_ensembles, 0.0)
+    analyses = where_rows(valid, history.ensembles, 0.0)
+    obs = where_rows(valid, observations, jnp.nan)
+    steps = jnp.arange(n_times, dtype=jnp.int32)
+    return valid, steps, forecasts, analyses, obs
+
+
 def cycle_transforms(
     filt: Any,
     history: ff.AssimilationResult,
@@ -221,8 +256,9 @@ def cycle_transforms(
     key: PRNGKeyArray,
     context: dict[str, Any],
     rotate: bool = False,
-) -> Float[Array, "T N_e N_e"]:
-    """The analysis transforms ``W_k`` of every cycle, recomputed in parallel (`jax.vmap`).
+) -> tuple[Float[Array, "T N_e N_e"], ReplayErrors]:
+    """The analysis transforms ``W_k`` of every cycle, recomputed in parallel (`jax.vmap`),
+    and how well they reproduce the history (`ReplayErrors`, see `_replay`).
 
     With ``rotate`` each ``W_k`` is followed by the cycle's random rotation ``R_k``
     (``rotate_ensemble`` with the rotation key of `cycle_keys`, as a matrix: its action on
@@ -231,21 +267,51 @@ def cycle_transforms(
 
     Cycle ``k`` replays ``filt.analysis`` on the saved forecast with the analysis key
     `cycle_keys` ``(key, k)[1]`` of `assimilate` (see `ensemble_transform`). Non-finite
-    (frozen) cycles contribute the identity; their inputs are replaced by a harmless finite
-    stand-in (zeros, all observations missing) so no NaN reaches values or gradients.
+    (frozen) cycles contribute the identity (see `replay_inputs`).
     """
-    n_times = history.forecast_ensembles.shape[0]
-    valid = valid_cycles(history)
-    forecasts = where_rows(valid, history.forecast_ensembles, 0.0)
-    obs = where_rows(valid, observations, jnp.nan)
-    steps = jnp.arange(n_times, dtype=jnp.int32)
+    valid, steps, forecasts, analyses, obs = replay_inputs(history, observations)
 
-    def one(step, forecast, y):
+    def one(step, forecast, analysis, y):
         _, k_an, _, k_rot = ff.cycle_keys(key, step)
         w = ensemble_transform(filt, k_an, forecast, y, obs_op, obs_noise, context)
+        rotated_forecast = forecast
         if rotate:
-            w = matmul(rotation_matrix(k_rot, w.shape[0], w.dtype), w)
-        return w
+            rotation = rotation_matrix(k_rot, w.shape[0], w.dtype)
+            w = matmul(rotation, w)
+            rotated_forecast = matmul(rotation, forecast)
+        errors = cycle_replay_errors(matmul(w, forecast), rotated_forecast, analysis)
+        return w, (*errors, analysis_conditioning(forecast, y, obs_op, obs_noise))
 
-    transforms = jax.vmap(one)(steps, forecasts, obs)
-    return jnp.where(valid[:, None, None], transforms, identity_like(transforms))
+    transforms, errors = jax.vmap(one)(steps, forecasts, analyses, obs)
+    transforms = jnp.where(valid[:, None, None], transforms, identity_like(transforms))
+    return transforms, ReplayErrors(*errors, valid)
+
+
+def local_cycle_transform(
+    filt: Any,
+    step: Array,
+    forecast: Float[Array, "N_e N_x"],
+    analysis: Float[Array, "N_e N_x"],
+    y: Float[Array, " N_y"],
+    valid: Array,
+    obs_op: Any,
+    obs_noise: Any,
+    key: PRNGKeyArray,
+    context: dict[str, Any],
+    rotate: bool,
+) -> tuple[Float[Array, "N_x N_e N_e"], tuple[Array, Array, Array]]:
+    """Cycle ``step``'s per-grid-point transforms ``R_k W^{(i)}_k`` of a localised filter
+    (`local_ensemble_transforms`) and its replay errors (`cycle_replay_errors`); the identity
+    for a frozen cycle. Inputs as from `replay_inputs`."""
+    _, k_an, _, k_rot = ff.cycle_keys(key, step)
+    w = local_ensemble_transforms(filt, k_an, forecast, y, obs_op, obs_noise, context)
+    replayed = jnp.einsum("iab,bi->ai", w, forecast, precision=jax.lax.Precision.HIGHEST)
+    rotated_forecast = forecast
+    if rotate:
+        rotation = rotation_matrix(k_rot, forecast.shape[0], forecast.dtype)
+        w = jnp.einsum("ab,ibc->iac", rotation, w, precision=jax.lax.Precision.HIGHEST)
+        replayed = matmul(rotation, replayed)
+        rotated_forecast = matmul(rotation, forecast)
+    errors = cycle_replay_errors(replayed, rotated_forecast, analysis)
+    w = jnp.where(valid, w, identity_like(w))
+    return w, (*errors, analysis_conditioning(forecast, y, obs_op, obs_noise))

@@ -10,11 +10,22 @@ import jax.numpy as jnp
 from jaxtyping import ArrayLike, Float, PRNGKeyArray, Real
 
 import filterax.filters as ff
+import filterax.primitives as fxp
 
 from ._base import AbstractEnsembleSmoother, check_context, check_filter
 from ._enks import EnKS
 from ._fixed_lag import FixedLagSmoother
 from ._result import SmootherResult
+from ._rts import check_regression_filter
+
+# Inflators after which the replay check of the EnKS / fixed-lag smoother holds (they keep
+# the mean and act column by column on the analysis and forecast anomalies).
+_CHECKABLE_INFLATORS = (
+    fxp.MultiplicativeInflator,
+    fxp.RTPS,
+    fxp.RTPP,
+    fxp.AdaptiveInflator,
+)
 
 __all__ = ["assimilate_and_smooth"]
 
@@ -63,8 +74,12 @@ def assimilate_and_smooth(
       `EnsembleSqrtSmoother`).
     - `localizer`: passed to ``filt.analysis`` as the keyword ``localizer=`` (in `context`:
       give it there or here, not both); the rest: as `filterax.filters.assimilate` (the
-      `EnKS` / `FixedLagSmoother` refuse localised filters, `EnsembleRTS` and
-      `EnsembleSqrtSmoother` accept any filter) and `save_ensembles` as in `smooth`.
+      `EnKS` / `FixedLagSmoother` smooth global and localised filters, e.g. `LETKF` with its
+      geometry in `context`; `EnsembleRTS` and `EnsembleSqrtSmoother` refuse localised
+      ones) and `save_ensembles` as in `smooth`. The replay of the `EnKS` /
+      `FixedLagSmoother` is checked against the run (an `eqx.error_if` error if they
+      differ, which only a filter they do not support can cause) unless the inflator is
+      one the check cannot see through (`AdditiveInflator`, a custom callable).
 
     **Returns:** a `SmootherResult`.
 
@@ -85,14 +100,20 @@ def assimilate_and_smooth(
             "smoother must be an AbstractEnsembleSmoother (EnKS(), FixedLagSmoother(lag), "
             f"EnsembleRTS(), EnsembleSqrtSmoother()); got {type(smoother).__name__}."
         )
-    if isinstance(smoother, EnKS | FixedLagSmoother):
-        # Fail before the (long) filter run rather than after it.
-        check_filter(filt)
     context = check_context(context)
     if localizer is not None:
         if "localizer" in context:
             raise ValueError("pass the localizer either as localizer=... or in context, not both.")
         context["localizer"] = localizer
+    # Fail before the (long) filter run rather than after it.
+    if isinstance(smoother, EnKS | FixedLagSmoother):
+        check_filter(filt)
+    else:
+        check_regression_filter(filt, context, f"{type(smoother).__name__}.smooth")
+    # The history is made here with the same arguments, so the replay can only differ from
+    # it if the filter is not what the smoother supports (e.g. a custom localised filter):
+    # checked where the inflator lets the check see through it.
+    check_replay = inflator is None or isinstance(inflator, _CHECKABLE_INFLATORS)
     return _assimilate_and_smooth(
         smoother,
         filt,
@@ -109,6 +130,7 @@ def assimilate_and_smooth(
         context,
         bool(throw),
         bool(save_ensembles),
+        check_replay,
     )
 
 
@@ -129,6 +151,7 @@ def _assimilate_and_smooth(
     context: Any,
     throw: bool,
     save_ensembles: bool,
+    check_replay: bool,
 ) -> SmootherResult:
     history = ff.assimilate(
         filt,
@@ -156,4 +179,5 @@ def _assimilate_and_smooth(
         context=context,
         save_ensembles=save_ensembles,
         rotate=rotate,
+        check_replay=check_replay,
     )

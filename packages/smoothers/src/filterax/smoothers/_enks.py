@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 import filterax.filters as ff
+import filterax.primitives as fxp
 
 from ._base import (
     AbstractEnsembleSmoother,
@@ -20,13 +21,16 @@ from ._base import (
     check_history,
     check_observations,
     cycle_transforms,
+    local_cycle_transform,
+    replay_inputs,
     valid_cycles,
     where_rows,
 )
+from ._replay import ReplayErrors, enforce_replay
 from ._result import SmootherResult
 from ._transforms import matmul
 
-__all__ = ["EnKS", "enks_backward", "fixed_lag_backward"]
+__all__ = ["EnKS", "apply_local", "enks_backward", "fixed_lag_backward", "local_backward"]
 
 
 def enks_backward(
@@ -78,6 +82,51 @@ def fixed_lag_backward(
     return jax.vmap(matmul)(products, analyses)
 
 
+def apply_local(
+    transforms: Float[Array, "N_x N_e N_e"], ensemble: Float[Array, "N_e N_x"]
+) -> Float[Array, "N_e N_x"]:
+    """Column ``i`` of `ensemble` times its own transform: ``out[:, i] = W^{(i)} X[:, i]``."""
+    return jnp.einsum("iab,bi->ai", transforms, ensemble, precision=jax.lax.Precision.HIGHEST)
+
+
+def local_backward(
+    transform: Any, inputs: tuple[Array, ...], lag: int | None
+) -> tuple[Float[Array, "T N_e N_x"], tuple[Array, ...]]:
+    r"""The local EnKS (``lag=None``) or fixed-lag smoother of a localised filter's run.
+
+    ``X^s_j[:, i] = W^{(i)}_{\min(j+L, T-1)} \cdots W^{(i)}_{j+1} X^a_j[:, i]``: every grid
+    point's past states get that point's own analysis transforms. ``transform(step,
+    forecast, analysis, y, valid) -> (W, errors)`` gives cycle ``step``'s ``(N_x, N_e,
+    N_e)`` transforms, computed inside the scan so memory stays ``O(N_x N_e^2)`` (plus the
+    ``L`` buffered ensembles) whatever ``T``. The EnKS is one reverse scan carrying the
+    products ``P^{(i)}_j``; the fixed lag one forward scan over a rolling buffer of the last
+    ``L`` ensembles (the batch form of the online smoother).
+    """
+    steps, forecasts, analyses, obs, valid = inputs
+    n_times, n_e, n_x = analyses.shape
+    if lag is None or lag >= n_times - 1:
+        identity = jnp.broadcast_to(jnp.eye(n_e, dtype=analyses.dtype), (n_x, n_e, n_e))
+
+        def backward(product, inp):
+            row = apply_local(product, inp[2])
+            w, errors = transform(*inp)
+            return matmul(product, w), (row, errors)
+
+        _, (smoothed, errors) = jax.lax.scan(backward, identity, inputs, reverse=True)
+        return smoothed, errors
+
+    def forward(buffer, inp):
+        w, errors = transform(*inp)
+        updated = jax.vmap(lambda e: apply_local(w, e))(buffer)
+        buffer = jnp.concatenate([updated[1:], inp[2][None]], axis=0)
+        return buffer, (updated[0], errors)
+
+    buffer = jnp.zeros((lag, n_e, n_x), analyses.dtype)
+    final, (emitted, errors) = jax.lax.scan(forward, buffer, inputs)
+    # emitted[k] is row k - lag conditioned through cycle k; the last lag rows are the buffer.
+    return jnp.concatenate([emitted[lag:], final], axis=0), errors
+
+
 def _prepare(
     filt: Any,
     history: Any,
@@ -108,22 +157,34 @@ def _smooth_lagged(
     lag: int | None,
     save_ensembles: bool,
     rotate: bool,
-) -> SmootherResult:
+) -> tuple[SmootherResult, ReplayErrors | None]:
     n_times = history.ensembles.shape[0]
     valid = valid_cycles(history)
     # Zeroed (not NaN) frozen rows: a NaN row times a zero cotangent would still be NaN.
     analyses = where_rows(valid, history.ensembles, 0.0)
+    errors = None
     if lag == 0:
         smoothed = analyses
+    elif isinstance(filt, fxp.AbstractLocalFilter):
+        valid, steps, forecasts, analyses, obs = replay_inputs(history, observations)
+
+        def transform(step, forecast, analysis, y, valid_k):
+            return local_cycle_transform(
+                filt, step, forecast, analysis, y, valid_k, obs_op, obs_noise, key, context,
+                rotate,
+            )  # fmt: skip
+
+        smoothed, errors = local_backward(transform, (steps, forecasts, analyses, obs, valid), lag)
+        errors = ReplayErrors(*errors, valid)
     else:
-        transforms = cycle_transforms(
+        transforms, errors = cycle_transforms(
             filt, history, observations, obs_op, obs_noise, key, context, rotate
         )
         if lag is None or lag >= n_times - 1:
             smoothed = enks_backward(transforms, analyses)
         else:
             smoothed = fixed_lag_backward(transforms, analyses, lag)
-    return build_result(history, smoothed, save_ensembles)
+    return build_result(history, smoothed, save_ensembles), errors
 
 
 def smooth_lagged(
@@ -137,9 +198,11 @@ def smooth_lagged(
     lag: int | None,
     save_ensembles: bool,
     rotate: bool = False,
+    check_replay: bool = True,
+    where: str = "EnKS.smooth",
 ) -> SmootherResult:
     observations, context = _prepare(filt, history, observations, key, context)
-    return _smooth_lagged(
+    result, errors = _smooth_lagged(
         filt,
         history,
         observations,
@@ -151,6 +214,9 @@ def smooth_lagged(
         bool(save_ensembles),
         bool(rotate),
     )
+    if check_replay and errors is not None:
+        result = enforce_replay(result, errors, where)
+    return result
 
 
 class EnKS(AbstractEnsembleSmoother):
@@ -181,17 +247,35 @@ class EnKS(AbstractEnsembleSmoother):
 
     Supported filters: every global filter of `filterax.filters` (`ETKF`, `StochasticEnKF`,
     `EnSRF`, `EnSRF_Serial`, `DEnKF`, `ESTKF`, `ETKF_Livings`, `EnKF_N`,
-    `KalmanFilter`'s ensemble analysis). Localised filters (`LETKF`) have one transform per
-    grid point and are refused with a `ValueError` (use `EnsembleRTS` or
-    `EnsembleSqrtSmoother` after an LETKF run).
+    `KalmanFilter`'s ensemble analysis), and localised filters (`LETKF`, any
+    `filterax.primitives.AbstractLocalFilter`): these analyse grid point ``i`` with its own
+    ``W^{(i)}_k`` (`local_ensemble_transforms`), and the smoother applies each point's
+    transforms to that point's past states, ``X^s_j[:, i] = W^{(i)}_{T-1} \cdots
+    W^{(i)}_{j+1} X^a_j[:, i]`` (the local EnKS of Nerger et al. 2014; with ``R_k`` as
+    above). It is the global EnKS when the localisation radius is infinite. Its transforms
+    are computed inside the backward scan (``N_e + 1`` times the cost of the filter's
+    analyses; memory ``O(N_x N_e^2)``). Measured on Lorenz-96 (LETKF N=20, radius 7.28,
+    inflation 1.04, 600 cycles): rmse.a 0.224, rmse.s 0.127 (lag 4: 0.166). Like the
+    filter's, this localisation is an approximation that long lags strain (point ``i``'s
+    past only hears observations near ``i``): on Lorenz-63 with an LETKF of radius 1 the
+    whole-interval local EnKS is worse than the filter (rmse.s 0.79 vs rmse.a 0.70, 1000
+    cycles) while a `FixedLagSmoother` of lag 4 is better (0.59).
 
     Frozen (non-finite) cycles contribute ``W = I``; their rows stay NaN. The final row equals
     the analysis.
 
     `smooth(filt, history, observations, obs_op, obs_noise, *, key, context=None,
-    save_ensembles=False, rotate=False)` needs the run's filter, observations, operators,
-    ``key``, ``context`` and ``rotate`` exactly as given to
-    ``assimilate(..., save="forecast_and_analysis")``.
+    save_ensembles=False, rotate=False, check_replay=True)` needs the run's filter,
+    observations, operators, ``key``, ``context`` and ``rotate`` exactly as given to
+    ``assimilate(..., save="forecast_and_analysis")``. Anything else would smooth another
+    run, so every cycle's replay is checked against the history: the replayed analysis mean
+    must equal the stored one, and the stored members must be the replayed ones relabelled by
+    the run's rotation (up to multiplicative, adaptive, RTPS or RTPP inflation), to
+    ``sqrt(eps)`` of the ensemble's magnitude (`filterax.smoothers._replay`). A mismatch
+    raises a `ValueError` naming what to pass (an `eqx.error_if` runtime error when `smooth`
+    is traced, under `jit` or `vmap`). Runs with an inflator that moves the mean or mixes the
+    members otherwise (`AdditiveInflator`, a custom callable) cannot be checked: pass
+    ``check_replay=False`` for them.
 
     **Reference:** G. Evensen & P. J. van Leeuwen (2000), "An ensemble Kalman smoother for
     nonlinear dynamics", *MWR* 128, 1852-1867; P. Sakov & P. R. Oke (2008), *Tellus A* 60.
@@ -219,6 +303,7 @@ class EnKS(AbstractEnsembleSmoother):
         context: Mapping[str, Any] | None = None,
         save_ensembles: bool = False,
         rotate: bool = False,
+        check_replay: bool = True,
     ) -> SmootherResult:
         """Smooth `history` over the whole interval (see the class docstring)."""
         return smooth_lagged(
@@ -232,4 +317,6 @@ class EnKS(AbstractEnsembleSmoother):
             None,
             save_ensembles,
             rotate,
+            check_replay,
+            "EnKS.smooth",
         )

@@ -25,7 +25,7 @@ from filterax.primitives import rms_spread
 from ._base import (
     AbstractEnsembleSmoother,
     check_context,
-    check_filter,
+    check_global_filter,
     check_lag,
     rotation_matrix,
 )
@@ -103,9 +103,11 @@ class FixedLagSmoother(AbstractEnsembleSmoother):
         context: Mapping[str, Any] | None = None,
         save_ensembles: bool = False,
         rotate: bool = False,
+        check_replay: bool = True,
     ) -> SmootherResult:
-        """Batch fixed-lag smoothing of `history` (see the class docstring and `EnKS`;
-        ``rotate`` must be the ``rotate=`` of the run)."""
+        """Batch fixed-lag smoothing of `history` (see the class docstring and `EnKS`:
+        localised filters get the local fixed-lag smoother, and the replay is checked
+        against the history; ``rotate`` must be the ``rotate=`` of the run)."""
         return smooth_lagged(
             filt,
             history,
@@ -117,6 +119,8 @@ class FixedLagSmoother(AbstractEnsembleSmoother):
             int(self.lag),
             save_ensembles,
             rotate,
+            check_replay,
+            "FixedLagSmoother.smooth",
         )
 
     def online(
@@ -161,7 +165,7 @@ class FixedLagSmoother(AbstractEnsembleSmoother):
         **Returns:** a `SmootherResult` whose forecast/analysis rows equal
         `assimilate`'s and whose smoothed rows equal `smooth` of that history.
         """
-        check_filter(filt)
+        check_global_filter(filt, "FixedLagSmoother.run_online")
         context = check_context(context)
         if inflator is not None and not callable(inflator):
             raise TypeError(
@@ -281,7 +285,7 @@ class OnlineFixedLagSmoother(fxp.AbstractCycledMethod):
                 "filter_method must be an EnsembleFilter (e.g. EnsembleFilter(ETKF(), "
                 f"inflator=MultiplicativeInflator(1.02))); got {type(filter_method).__name__}."
             )
-        check_filter(filter_method.kernel)
+        check_global_filter(filter_method.kernel, "OnlineFixedLagSmoother")
         self.filter_method = filter_method
         self.lag = check_lag(lag)
         self.save_ensembles = bool(save_ensembles)

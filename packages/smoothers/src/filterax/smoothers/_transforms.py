@@ -5,6 +5,10 @@ r"""Ensemble-space linear algebra shared by the sequential smoothers.
 forecast ``[X^f, I_{N_e}]`` (the identity columns are carried along like extra state components
 that are never observed, so the analysis of the augmented ensemble is ``[W X^f, W]``).
 
+`local_ensemble_transforms`: the same for a localised filter (`LETKF`), whose analysis of
+grid point ``i`` is its own ``X^a_{:, i} = W^{(i)} X^f_{:, i}``: one identity block per grid
+point, placed at that point's coordinates, returns every ``W^{(i)}``.
+
 The matrix functions the smoothers use (pseudo-inverse and square root of PSD Gram matrices,
 with derivatives finite at repeated eigenvalues) and the full-precision `matmul` live in
 `filterax.primitives` (`pinv_psd`, `sqrt_psd`, `default_pinv_rcond`, `matmul`, `apply_obs`);
@@ -32,6 +36,7 @@ __all__ = [
     "apply_obs",
     "default_rcond",
     "ensemble_transform",
+    "local_ensemble_transforms",
     "matmul",
     "psd_pinv",
     "psd_sqrt",
@@ -95,3 +100,84 @@ def ensemble_transform(
             "returns one updated member per forecast member."
         )
     return particles[:, n_x:].astype(forecast.dtype)
+
+
+def _rows_per_point(value: Any, n_x: int, n_e: int, name: str) -> Array:
+    """``value`` (one row per grid point) followed by each row repeated ``n_e`` times."""
+    value = jnp.asarray(value)
+    if value.ndim == 1:
+        value = value[:, None]
+    if value.ndim != 2 or value.shape[0] != n_x:
+        raise ValueError(
+            f"the `{name}` context must have one row per state component, shape ({n_x}, D) "
+            f"(or ({n_x},)); got shape {value.shape}."
+        )
+    return jnp.concatenate([value, jnp.repeat(value, n_e, axis=0)], axis=0)
+
+
+def local_ensemble_transforms(
+    filt: Any,
+    key: PRNGKeyArray | None,
+    forecast: Float[Array, "N_e N_x"],
+    obs: Float[Array, " N_y"],
+    obs_op: Any,
+    obs_noise: Any,
+    context: Mapping[str, Any],
+) -> Float[Array, "N_x N_e N_e"]:
+    r"""The ``N_x`` per-grid-point matrices ``W^{(i)}`` of one localised analysis.
+
+    A localised filter (`filterax.filters.LETKF`, any `filterax.primitives.
+    AbstractLocalFilter`) analyses each state component ``i`` on its own, from the
+    observations near its coordinates: ``X^a_{:, i} = W^{(i)} X^f_{:, i}`` with an
+    ``N_e x N_e`` matrix that depends on ``H(X^f)``, ``y``, ``R``, the key and the
+    coordinates of ``i`` only (for the LETKF, ``W^{(i)} = 1 \bar w^\top + (w^{(i)} 1^\top /
+    \sqrt{N_e - 1} + T^{(i)}) (I - 1 1^\top / N_e)``, Hunt et al. 2007). Running the same
+    analysis with the same key on the augmented ensemble
+
+    $$\tilde X^f = [X^f,\ I_{N_e},\ I_{N_e},\ \dots,\ I_{N_e}]
+    \in \mathbb R^{N_e \times N_x (N_e + 1)},$$
+
+    whose ``i``-th identity block sits at the coordinates of grid point ``i`` (the context's
+    ``state_coords`` and, if given, the rows of ``local_obs_indices`` are repeated), with an
+    observation operator that looks at the first ``N_x`` columns only, returns ``W^{(i)}`` in
+    block ``i``, exactly (to round-off). Cost: one analysis of ``N_x (N_e + 1)`` components.
+
+    **Arguments:**
+
+    - `filt`: the localised filter; `key`, `forecast`, `obs`, `obs_op`, `obs_noise`: as for
+      ``filt.analysis``.
+    - `context`: the keyword context of ``filt.analysis``; must hold ``state_coords``.
+
+    **Returns:** ``(N_x, N_e, N_e)``, entry ``i`` the transform of grid point ``i``.
+
+    **Reference:** L. Nerger, S. Schulte & A. Bunse-Gerstner (2014), "On the influence of
+    model nonlinearity and localization on ensemble Kalman smoothing", *QJRMS* 140 (the
+    local EnKS applies the filter's local weights to the past states at the same grid point);
+    S.-C. Yang, E. Kalnay & B. Hunt (2012), *MWR* 140 (the LETKF "no-cost smoother").
+    """
+    n_e, n_x = forecast.shape
+    context = dict(context)
+    if context.get("state_coords") is None:
+        raise ValueError(
+            f"{type(filt).__name__} is a localised filter: smoothing its run replays its local "
+            "analyses and needs the geometry. Pass context= the context given to assimilate "
+            "(state_coords=..., obs_coords=..., and distance=... if used)."
+        )
+    context["state_coords"] = _rows_per_point(context["state_coords"], n_x, n_e, "state_coords")
+    if context.get("local_obs_indices") is not None:
+        context["local_obs_indices"] = _rows_per_point(
+            context["local_obs_indices"], n_x, n_e, "local_obs_indices"
+        )
+    identity = jnp.eye(n_e, dtype=forecast.dtype)
+    augmented = jnp.concatenate([forecast, jnp.tile(identity, (1, n_x))], axis=1)
+    result = filt.analysis(key, augmented, obs, _LeadingObs(obs_op, n_x), obs_noise, **context)
+    particles = jnp.asarray(result.particles)
+    if particles.shape != augmented.shape:
+        raise ValueError(
+            f"{type(filt).__name__}.analysis returned particles of shape {particles.shape} for "
+            f"a forecast of shape {augmented.shape}; the smoothers need an analysis that "
+            "returns one updated member per forecast member."
+        )
+    blocks = particles[:, n_x:].astype(forecast.dtype).reshape(n_e, n_x, n_e)
+    # blocks[a, i, b] = (W^(i) e_b)_a = W^(i)[a, b]
+    return jnp.transpose(blocks, (1, 0, 2))
