@@ -3,14 +3,20 @@
 - ``tests-<package>``: a fresh virtual environment holding ONLY that package's declared runtime
   dependencies and its ``test`` dependency group (``uv sync --package``), then its test suite.
   A missing dependency declaration therefore fails here even when the workspace venv has it.
-- ``lint``: ruff check and ruff format --check.
+- ``lint``: ruff check, ruff format --check, and ``tools/check_repo.py`` (README/CI commands,
+  package metadata, install lines).
 - ``docs``: the mkdocs-material site with ``--strict``.
-- ``build``: ``uv build --all-packages`` (sdists and wheels of every distribution).
+- ``build``: ``uv build --all-packages`` (sdists and wheels of every distribution), then
+  ``filterax-bench`` installed from those wheels alone.
+- Each ``tests-<package>`` session first runs the package README's examples with only its
+  runtime dependencies (``tools/readme_examples.py``).
 
-Run everything with ``uvx nox``; one package with ``uvx nox -s "tests(package='zoo')"``.
+Run everything with ``python3 -m uv tool run --from 'nox[uv]>=2024.4.15' nox`` (the README's
+test command); one package with ``... nox -s "tests(package='zoo')"``.
 """
 
 import os
+import shutil
 
 import nox
 
@@ -29,6 +35,7 @@ PACKAGES = {
     "bench": "bench",
 }
 PYTHON = "3.11"
+ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
 def _sync(session: nox.Session, *args: str) -> None:
@@ -47,10 +54,21 @@ def _sync(session: nox.Session, *args: str) -> None:
 @nox.session(python=PYTHON)
 @nox.parametrize("package", list(PACKAGES))
 def tests(session: nox.Session, package: str) -> None:
-    """Install one package alone (declared deps + its test group) and run its tests."""
+    """Install one package alone and run its README examples, then its tests.
+
+    The README examples run first, with only the package's declared runtime dependencies
+    installed (an example importing an undeclared package fails here, as it would for a
+    user), in a scratch directory (examples that write files leave nothing in the clone).
+    Then the test group is added and the test suite runs.
+    """
+    env = {"JAX_PLATFORMS": "cpu", "PYTHONHASHSEED": "0"}
+    _sync(session, "--package", f"filterax-{package}")
+    readme = os.path.join(ROOT, PACKAGES[package], "README.md")
+    session.chdir(session.create_tmp())
+    session.run("python", os.path.join(ROOT, "tools", "readme_examples.py"), readme, env=env)
+    session.chdir(ROOT)
     _sync(session, "--package", f"filterax-{package}", "--group", "test")
     session.chdir(PACKAGES[package])
-    env = {"JAX_PLATFORMS": "cpu", "PYTHONHASHSEED": "0"}
     session.run("python", "-m", "pytest", "-q", *session.posargs, env=env)
 
 
@@ -60,6 +78,7 @@ def lint(session: nox.Session) -> None:
     session.install("ruff==0.17.6")  # the version in uv.lock: formatting must not drift
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+    session.run("python", "tools/check_repo.py")
 
 
 @nox.session(python=PYTHON)
@@ -74,7 +93,12 @@ def docs(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def build(session: nox.Session) -> None:
-    """Build sdists and wheels of every distribution in the workspace."""
-    session.run(
-        "uv", "build", "--all-packages", "-o", session.create_tmp() + "/dist", external=True
-    )
+    """Build sdists and wheels of every distribution, then install ``filterax-bench`` from
+    those wheels alone (pip finds the workspace packages only in the built ``dist``, as the
+    install page tells users to do) and run its CLI."""
+    dist = os.path.join(session.create_tmp(), "dist")
+    shutil.rmtree(dist, ignore_errors=True)
+    session.run("uv", "build", "--all-packages", "-o", dist, external=True)
+    session.install("--find-links", dist, "filterax-bench")
+    session.chdir(session.create_tmp())
+    session.run("filterax-bench", "list", env={"JAX_PLATFORMS": "cpu"})
