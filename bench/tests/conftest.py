@@ -1,6 +1,12 @@
+import os
+
 import pytest
 
 from filterax.testing.conftest_common import *  # noqa: F403
+
+# The CLI's persistent compilation cache defaults to the user's cache directory: tests that
+# call the CLI must not write there (test_compile_cache.py points it at a temporary one).
+os.environ.setdefault("FILTERAX_BENCH_COMPILE_CACHE", "off")
 
 
 @pytest.fixture

@@ -167,3 +167,40 @@ def test_perturbed_observations_without_a_key_names_the_fix():
     fn = inspect.unwrap(fxp.perturbed_observations)  # past the test-only type checker
     with pytest.raises(TypeError, match=r"perturbed_observations\(key=...\).*jax.random.key"):
         fn(None, jnp.zeros(3), 1.0, 4)
+
+
+def _has_callback(fn, *args):
+    # a fresh function each time: JAX caches traces by function, not by the context
+    return "callback" in str(jax.make_jaxpr(lambda *a: fn(*a))(*args))
+
+
+def test_assume_checked_skips_only_the_traced_checks():
+    def f(r):
+        return fxp.check_parameter(r, "r", low=0.0)
+
+    assert _has_callback(f, 1.0)
+    with fxp.assume_checked():
+        assert not _has_callback(f, 1.0)
+        with pytest.raises(ValueError, match="r must be non-negative"):
+            fxp.check_parameter(-1.0, "r", low=0.0)  # concrete values are still checked
+    assert _has_callback(f, 1.0)  # the context ends with the block
+
+
+def test_modules_built_from_known_values_check_them_once_not_in_every_program():
+    # A concrete hyper-parameter stays concrete inside a trace: checked when the module is
+    # built (also under jit), so programs that build or apply the module carry no run-time
+    # check (a host callback per cycle, and no persistent compilation cache).
+    X = jax.random.normal(jax.random.key(0), (5, 3))
+    with pytest.raises(ValueError, match="MultiplicativeInflator.factor"):
+        jax.jit(lambda x: fxp.MultiplicativeInflator(-1.0)(x))(X)
+    for build in (
+        lambda: fxp.MultiplicativeInflator(1.1),
+        lambda: fxp.RTPS(0.5),
+        lambda: fxp.RTPP(0.5),
+    ):
+        assert not _has_callback(lambda x, b=build: b()(x, x), X)
+        inflator = build()  # applied with its fields as traced arguments
+        assert not _has_callback(lambda infl, x: infl(x, x), inflator, X)
+    assert not _has_callback(lambda: fxp.dapper_radius_to_gc_halfwidth(4.0) + 0.0)
+    # a traced value is still checked where the module is built
+    assert _has_callback(lambda f, x: fxp.MultiplicativeInflator(f)(x), 1.1, X)

@@ -33,8 +33,14 @@ def _split(values: list[str] | None) -> list[str] | None:
 def _setup_jax(args: argparse.Namespace) -> None:
     import jax
 
+    from ._compile_cache import default_cache_dir, enable_compile_cache
+
     # DAPPER runs in float64; the published numbers are reproduced in float64.
     jax.config.update("jax_enable_x64", not getattr(args, "float32", False))
+    if getattr(args, "no_compile_cache", False):
+        return
+    directory = getattr(args, "compile_cache", None)
+    enable_compile_cache(Path(directory) if directory else default_cache_dir())
 
 
 def _import_plugins(args: argparse.Namespace) -> None:
@@ -481,6 +487,24 @@ def _add_selection(p: argparse.ArgumentParser, *, suite_default_note: str) -> No
     )
     p.add_argument("--float32", action="store_true", help="run in float32 (default float64)")
     _add_import(p)
+    _add_compile_cache(p)
+
+
+def _add_compile_cache(p: argparse.ArgumentParser) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument(
+        "--compile-cache",
+        metavar="DIR",
+        default=None,
+        help="JAX's persistent compilation cache directory (default "
+        "$FILTERAX_BENCH_COMPILE_CACHE, else ~/.cache/filterax-bench/jax): a second run "
+        "loads the compiled cells instead of compiling them",
+    )
+    group.add_argument(
+        "--no-compile-cache",
+        action="store_true",
+        help="compile every cell afresh (also FILTERAX_BENCH_COMPILE_CACHE=off)",
+    )
 
 
 def _add_import(p: argparse.ArgumentParser) -> None:
@@ -564,6 +588,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
     p.add_argument("--float32", action="store_true", help="run in float32 (default float64)")
     p.add_argument("--no-progress", action="store_true", help="no per-cell lines")
+    _add_compile_cache(p)
     p.set_defaults(func=_calibrate)
     return parser
 

@@ -130,15 +130,27 @@ def _coordinates(value: Any, name: str, size: int, what: str) -> Array:
     dtype = jnp.result_type(value)
     if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
         raise TypeError(f"LETKF.analysis: `{name}` must be real numbers; got dtype {dtype}.")
-    # A NaN coordinate silently changed which observations are local; checked at once when
-    # concrete and when the program runs when traced.
+    # A NaN coordinate silently changed which observations are local. Concrete coordinates
+    # are checked here; traced ones make the analysis NaN (`_finite_coordinates`), which the
+    # driver reports as a failed cycle -- a run-time error here would be a host callback in
+    # every compiled cycle.
     return fxp.check_parameter(
         jnp.asarray(value),
         f"LETKF.analysis: `{name}`",
         allow_inf=False,
         hint="Every grid point and observation needs finite coordinates; to leave an "
         "observation out, put NaN in its entry of the observations instead.",
+        traced=False,
     )
+
+
+def _finite_coordinates(*coords: Array) -> Array | None:
+    """``None`` when every coordinate array is concrete (checked by `_coordinates`), else a
+    traced flag: all of them finite."""
+    traced = [c for c in coords if fxp.concrete_value(c) is None]
+    if not traced:
+        return None
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(c)) for c in traced]))
 
 
 class LETKF(fxp.AbstractLocalFilter):
@@ -395,7 +407,9 @@ class LETKF(fxp.AbstractLocalFilter):
         def point_fn(point: dict, common: dict) -> tuple[Array, Array, Array]:
             sel = common["selector"]
             indices, dist, valid = sel.select(point["coord"], point.get("table"))
-            rho = taper(dist, common["radius"]).astype(dtype)
+            # the radius was checked when the filter was built (its field's converter)
+            with fxp.assume_checked():
+                rho = taper(dist, common["radius"]).astype(dtype)
             keep = valid & (rho > cutoff)
             rho = jnp.where(keep, rho, jnp.zeros((), dtype))
             scale = safe_sqrt(rho)
@@ -412,7 +426,8 @@ class LETKF(fxp.AbstractLocalFilter):
             if may_truncate:
                 # All L candidates observed and the farthest still weighted: maybe cut short.
                 farthest = lax.stop_gradient(jnp.max(jnp.where(valid, dist, 0.0)))
-                edge = taper(farthest, lax.stop_gradient(common["radius"])) > cutoff
+                with fxp.assume_checked():
+                    edge = taper(farthest, lax.stop_gradient(common["radius"])) > cutoff
                 truncated = jnp.all(valid) & edge
             else:
                 truncated = jnp.zeros((), bool)
@@ -428,4 +443,10 @@ class LETKF(fxp.AbstractLocalFilter):
             n_local_obs=n_local.astype(jnp.int32),
             n_truncated=jnp.sum(truncated).astype(jnp.int32),
         )
-        return fxp.Analysis(members.T, inputs.log_likelihood, info)
+        particles, log_likelihood = members.T, inputs.log_likelihood
+        finite = _finite_coordinates(state_coords, obs_coords)
+        if finite is not None:  # traced coordinates with a NaN/inf: a NaN analysis, not a
+            # silently different set of local observations
+            particles = jnp.where(finite, particles, jnp.nan)
+            log_likelihood = jnp.where(finite, log_likelihood, jnp.nan)
+        return fxp.Analysis(particles, log_likelihood, info)

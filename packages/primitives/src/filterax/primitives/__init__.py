@@ -123,6 +123,7 @@ from ._validation import concrete_value as concrete_value
 from ._validation import (
     as_float_parameter as as_float_parameter,
     check_ensemble as check_ensemble,
+    assume_checked as assume_checked,
     check_parameter as check_parameter,
     check_vector as check_vector,
     parameter_converter as parameter_converter,

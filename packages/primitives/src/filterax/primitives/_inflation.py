@@ -108,6 +108,13 @@ def inflate_multiplicative(
     check_ensemble(X, "X")
     _check_scalar(factor, "factor")
     factor = check_parameter(factor, "factor", low=0.0, low_open=True, allow_inf=False)
+    return _scale_anomalies(X, factor)
+
+
+def _scale_anomalies(X: Float[Array, "N_e N_x"], factor: Any) -> Float[Array, "N_e N_x"]:
+    # `inflate_multiplicative` without the checks, for callers whose factor was checked where
+    # it was made (an inflator's field, checked by its converter): a traced re-check would be
+    # a run-time callback in every compiled cycle.
     mean = X.mean(axis=0)
     return mean[None, :] + factor * (X - mean[None, :])
 
@@ -216,6 +223,11 @@ def inflate_rtps(
     _check_pair(analysis, forecast)
     _check_scalar(alpha, "alpha")
     alpha = check_parameter(alpha, "alpha", low=0.0, high=1.0)
+    return _relax_spread(analysis, forecast, alpha)
+
+
+def _relax_spread(analysis: Array, forecast: Array, alpha: Any) -> Array:
+    # `inflate_rtps` without the checks (for `RTPS`, whose alpha its converter checked).
     mean_a = analysis.mean(axis=0)
     anom_a = analysis - mean_a[None, :]
     anom_f = forecast - forecast.mean(axis=0)[None, :]
@@ -263,6 +275,11 @@ def inflate_rtpp(
     _check_pair(analysis, forecast)
     _check_scalar(alpha, "alpha")
     alpha = check_parameter(alpha, "alpha", low=0.0, high=1.0)
+    return _relax_perturbations(analysis, forecast, alpha)
+
+
+def _relax_perturbations(analysis: Array, forecast: Array, alpha: Any) -> Array:
+    # `inflate_rtpp` without the checks (for `RTPP`, whose alpha its converter checked).
     mean_a = analysis.mean(axis=0)
     anom_a = analysis - mean_a[None, :]
     anom_f = forecast - forecast.mean(axis=0)[None, :]
@@ -458,7 +475,8 @@ class MultiplicativeInflator(AbstractInflator):
         *,
         key: PRNGKeyArray | None = None,
     ) -> Float[Array, "N_e N_x"]:
-        return inflate_multiplicative(analysis, self.factor)
+        check_ensemble(analysis, "analysis")
+        return _scale_anomalies(analysis, self.factor)
 
 
 class AdditiveInflator(AbstractInflator):
@@ -517,7 +535,8 @@ class RTPS(AbstractInflator):
             raise ValueError(
                 "RTPS relaxes towards the forecast spread: call it as rtps(analysis, forecast)."
             )
-        return inflate_rtps(analysis, forecast, self.alpha)
+        _check_pair(analysis, forecast)
+        return _relax_spread(analysis, forecast, self.alpha)
 
 
 class RTPP(AbstractInflator):
@@ -550,7 +569,8 @@ class RTPP(AbstractInflator):
                 "RTPP relaxes towards the forecast perturbations: call it as "
                 "rtpp(analysis, forecast)."
             )
-        return inflate_rtpp(analysis, forecast, self.alpha)
+        _check_pair(analysis, forecast)
+        return _relax_perturbations(analysis, forecast, self.alpha)
 
 
 class AdaptiveInflator(AbstractPostProcessor):
@@ -609,7 +629,10 @@ class AdaptiveInflator(AbstractPostProcessor):
         *,
         key: PRNGKeyArray | None = None,
     ) -> Float[Array, "N_e N_x"]:
-        return inflate_multiplicative(analysis, _safe_sqrt(jnp.asarray(self.inflation)))
+        # The inflation is a positive estimate (sqrt of a positive mean); a NaN one makes a
+        # non-finite ensemble, which the driver reports as a failed cycle.
+        check_ensemble(analysis, "analysis")
+        return _scale_anomalies(analysis, _safe_sqrt(jnp.asarray(self.inflation)))
 
     def update(
         self,

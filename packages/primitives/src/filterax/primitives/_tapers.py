@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, Real, ScalarLike
 
-from ._validation import check_positive
+from ._validation import as_float_parameter, check_positive, concrete_value
 
 __all__ = [
     "DAPPER_GC_FACTOR",
@@ -68,7 +69,12 @@ def dapper_radius_to_gc_halfwidth(loc_rad: ScalarLike) -> Float[Array, ""]:
     c = dapper_radius_to_gc_halfwidth(4.0)  # 7.28; support of the taper is [0, 14.56]
     ```
     """
-    return jnp.asarray(loc_rad) * DAPPER_GC_FACTOR
+    loc_rad = as_float_parameter(loc_rad)
+    if concrete_value(loc_rad) is not None:
+        # stays a concrete value under a trace, so a filter built from it checks it now
+        with jax.ensure_compile_time_eval():
+            return loc_rad * DAPPER_GC_FACTOR
+    return loc_rad * DAPPER_GC_FACTOR
 
 
 def gaspari_cohn(d: Real[ArrayLike, "*shape"], radius: ScalarLike) -> Float[Array, "*shape"]:

@@ -8,13 +8,44 @@ inflation under `vmap`/`grad` still fails loudly. Messages say what to pass inst
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+_ASSUME_CHECKED: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "filterax_assume_checked", default=False
+)
+
+
+@contextlib.contextmanager
+def assume_checked() -> Iterator[None]:
+    """Trace-time context in which `check_parameter` skips its checks of *traced* values.
+
+    For library code that passes a value it has already checked to a public function that
+    checks it again: a `LETKF` hands its `radius` (checked by the field's converter when the
+    filter was built) to its taper on every cycle. Without this, each re-check of a traced
+    value is an `eqx.error_if`, a host callback in every compiled cycle (slower, and programs
+    with callbacks are never stored in JAX's persistent compilation cache). Concrete values
+    are still checked. Only wrap calls whose traced inputs were checked where they were made.
+
+    **Example:**
+
+    ```python
+    with assume_checked():
+        weights = self.taper(distances, self.radius)
+    ```
+    """
+    token = _ASSUME_CHECKED.set(True)
+    try:
+        yield
+    finally:
+        _ASSUME_CHECKED.reset(token)
 
 
 def check_ensemble(x: Any, name: str = "ensemble", *, min_members: int = 2) -> None:
@@ -88,6 +119,13 @@ def as_float_parameter(value: Any) -> Any:
     """
     if isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
+    if isinstance(value, (float, np.ndarray, np.number)):
+        # A value known now stays known inside a trace (a concrete array, not a tracer), so
+        # its checks run once, here, instead of as run-time callbacks in every compiled
+        # program that builds the module (which also kept those programs out of JAX's
+        # persistent compilation cache).
+        with jax.ensure_compile_time_eval():
+            return jnp.asarray(value)
     return jnp.asarray(value)
 
 
@@ -165,7 +203,7 @@ def check_parameter(
                 got = f"got {arr[index].item()} at index {where}"
             raise ValueError(f"{name} must be {allowed}; {got}.{suffix}")
         return value
-    if not traced:
+    if not traced or _ASSUME_CHECKED.get():
         return value
     x = jnp.asarray(value)
     ok = ~jnp.isnan(x)
