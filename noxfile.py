@@ -5,7 +5,8 @@
   A missing dependency declaration therefore fails here even when the workspace venv has it.
 - ``lint``: ruff check, ruff format --check, and ``tools/check_repo.py`` (README/CI commands,
   package metadata, install lines).
-- ``docs``: the mkdocs-material site with ``--strict``.
+- ``docs``: the mkdocs-material site with ``--strict``, then ``tools/check_site.py`` (no raw
+  ``$$``, MathJax vendored, every formula typeset in headless Chromium).
 - ``build``: ``uv build --all-packages`` (sdists and wheels of every distribution), then
   ``filterax-bench`` installed from those wheels alone.
 - Each ``tests-<package>`` session first runs the package README's examples with only its
@@ -86,9 +87,10 @@ def docs(session: nox.Session) -> None:
     """Build the documentation site with --strict (warnings are errors)."""
     _sync(session, "--all-packages", "--group", "docs")
     session.env["NO_MKDOCS_2_WARNING"] = "1"
-    session.run(
-        "mkdocs", "build", "--strict", "--site-dir", os.path.join(session.create_tmp(), "site")
-    )
+    site = os.path.join(session.create_tmp(), "site")
+    session.run("mkdocs", "build", "--strict", "--site-dir", site)
+    # no raw $$, MathJax vendored, every formula typeset in headless Chromium
+    session.run("python", os.path.join(ROOT, "tools", "check_site.py"), site)
 
 
 @nox.session(python=PYTHON)

@@ -1,4 +1,4 @@
-"""The compiled forecast -> analysis -> inflate -> rotate cycle (tutorial Parts 0.C and 3).
+"""The compiled forecast -> analysis -> inflate -> rotate cycle.
 
 `assimilate` runs a whole twin experiment as ONE `lax.scan` over observation times, so a run
 is one compiled program, a seed x hyper-parameter grid is one `jax.vmap` of it, and
@@ -221,7 +221,7 @@ def assimilate(
     An `AssimilationResult`.
 
     Reference: DAPPER's ``xp.assimilate(HMM, xx, yy)`` with ``infl`` and ``rot`` (the EnKF
-    family's ``post_process``); tutorial 0.5 and Part 3.
+    family's ``post_process``).
 
     **Example:**
 

@@ -8,9 +8,9 @@ missing-observation mask, the innovation, the whitened quantities
 $$S = Y' G^\top / \sqrt{N_e - 1}, \qquad \delta = G d, \qquad G^\top G = R^{-1},$$
 
 and the forecast log-likelihood ``log N(d; 0, C^HH + R)``. Missing (NaN) observations follow
-`filterax.primitives` (DESIGN.md §2): their innovation entries and anomaly columns are zero and
-their rows/columns of ``R`` are the identity's, so every downstream quantity equals that of the
-observed subset and no NaN reaches arithmetic or gradients.
+`filterax.primitives` (docs/conventions.md): their innovation entries and anomaly columns are
+zero and their rows/columns of ``R`` are the identity's, so every downstream quantity equals
+that of the observed subset and no NaN reaches arithmetic or gradients.
 
 The whitening ``G`` is `filterax.primitives.noise_whitening` of the masked ``R``, chosen by the
 operator's type (never densifying what need not be dense): diagonal ``G = diag(r^{-1/2})``;
@@ -258,6 +258,7 @@ def prepare_analysis(
 
     $$\bar x = \tfrac1{N_e}\textstyle\sum_j x_j,\ X' = X - \bar x,\ Y = H(X),\
     d = y - \bar y,\ S = Y' G^\top/\sqrt{N_e-1},\ \delta = G d,\ G^\top G = R^{-1},$$
+
     $$\log p(y) = \log \mathcal N(d;\, 0,\, C^{HH} + R).$$
 
     All checks look only at shapes and dtypes, so they raise at trace time under `jit`.

@@ -1,4 +1,4 @@
-r"""The stochastic (perturbed-observation) ensemble Kalman filter (tutorial Part 2.A)."""
+r"""The stochastic (perturbed-observation) ensemble Kalman filter."""
 
 from __future__ import annotations
 

@@ -89,6 +89,7 @@ def enkf_n_hyperprior(S: Float[Array, "N_e m"], xN: Any = 1.0, g: int = 0) -> tu
     $$\varepsilon_N = \frac{N_e+1}{N_e},\quad c_L = \frac{N_e+g}{N_e-1},\quad
     I_{KH} = \frac1{N_e}\operatorname{tr}(I + S S^\top)^{-1},\quad
     m_c = \Big(\frac{\varepsilon_N}{c_L}\Big)^{I_{KH}/2},$$
+
     $$\varepsilon_N \leftarrow x_N\,\varepsilon_N / m_c, \qquad c_L \leftarrow x_N\, c_L\, m_c.$$
 
     ``I_{KH}`` is DAPPER's ``mean((pad0(s**2, N) + N1)**-1) * N1`` written without the SVD

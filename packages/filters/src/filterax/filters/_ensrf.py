@@ -62,6 +62,7 @@ class EnSRF(AbstractTransformFilter):
     Mean by the Kalman gain, anomalies by the reduced gain ``K~``:
 
     $$\bar x^a = \bar x + K d, \quad K = C^{xH}(C^{HH} + R)^{-1},$$
+
     $$x'^a_j = x'_j - \tilde K\, y'_j, \quad
     \tilde K = C^{xH} L_C^{-\top}(L_C + L_R)^{-1},$$
 

@@ -19,6 +19,7 @@ def estkf_weights_and_transform(
 
     $$\hat S = \Omega^\top S, \quad C = (I_{N_e-1} + \hat S \hat S^\top)^{-1/2}, \quad
     \hat w = C^2 \hat S \delta,$$
+
     $$w = \Omega \hat w, \qquad T = \Omega C \Omega^\top + \tfrac1{N_e}\mathbf 1\mathbf 1^\top.$$
     """
     n_e = S.shape[0]
@@ -40,6 +41,7 @@ class ESTKF(AbstractTransformFilter):
 
     $$A^{-1} = I_{N_e-1} + \hat S \hat S^\top, \quad \hat S = \Omega^\top S,\quad
     \hat w = A \hat S \delta, \quad C = A^{1/2}\ \text{(symmetric)},$$
+
     $$X^a = \mathbf 1\big(\bar x + X'^\top \Omega \hat w / \sqrt{N_e - 1}\big)^\top
     + \Omega C \Omega^\top X'.$$
 

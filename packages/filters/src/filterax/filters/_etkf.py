@@ -33,6 +33,7 @@ class ETKF(AbstractTransformFilter):
     ``S = Y' R^{-1/2 T} / sqrt(N_e - 1)`` and whitened innovation ``delta = R^{-1/2} d``:
 
     $$T = (I_{N_e} + S S^\top)^{-1/2}, \qquad w = (I_{N_e} + S S^\top)^{-1} S \delta,$$
+
     $$X^a = \mathbf 1\big(\bar x + X'^\top w / \sqrt{N_e - 1}\big)^\top + T X'.$$
 
     For a linear ``H`` the analysis mean is ``x + K d`` and the analysis sample covariance is

@@ -2,7 +2,7 @@
 
 These carry a mean and a covariance (or its Cholesky factor) instead of an ensemble, so on a
 linear-Gaussian problem they are the exact filtering distribution: the ground truth every
-ensemble filter is tested against (tutorial Parts 0.B and 2.E). The kernels are
+ensemble filter is tested against. The kernels are
 ``init`` / ``predict`` / ``update``; `GaussianFilter` makes a cycled method of them
 (`filterax.primitives.AbstractCycledMethod`), run by the one driver `filterax.filters.run`
 like every other cycled method (model first, one argument order for all):
@@ -579,13 +579,16 @@ def _dense_update(
 class KalmanFilter(AbstractKalmanFilter):
     """The Kalman filter (covariance form), exact on linear-Gaussian problems.
 
-    Predict and update (tutorial 0.B):
+    Predict and update:
 
     $$\\bar x^f = M \\bar x^a,\\qquad P^f = M P^a M^\\top + Q,$$
+
     $$S = H P^f H^\\top + R,\\quad K = P^f H^\\top S^{-1},\\quad
       \\bar x^a = \\bar x^f + K (y - H \\bar x^f),$$
+
     $$P^a = (I - KH) P^f \\ \\text{(standard)} \\quad\\text{or}\\quad
       P^a = (I - KH) P^f (I - KH)^\\top + K R K^\\top \\ \\text{(Joseph)},$$
+
     $$\\log p(y \\mid y_{1:t-1}) = -\\tfrac12\\left[N_y \\log 2\\pi + \\log|S|
       + v^\\top S^{-1} v\\right],\\quad v = y - H\\bar x^f.$$
 
@@ -654,6 +657,7 @@ class ExtendedKF(AbstractKalmanFilter):
 
     $$\\bar x^f = \\mathcal M(\\bar x^a),\\quad F = \\partial\\mathcal M/\\partial x\\,(\\bar x^a),
       \\quad P^f = \\text{infl}^{\\,t_1 - t_0}\\, F P^a F^\\top + Q,$$
+
     $$H = \\partial\\mathcal H/\\partial x\\,(\\bar x^f),\\quad v = y - \\mathcal H(\\bar x^f),$$
 
     then the Kalman update of `KalmanFilter` with ``H`` and ``v``. Jacobians come from
@@ -910,6 +914,7 @@ class GaussianFilter(fxp.AbstractCycledMethod):
 
     $$\mathcal N(\bar x^f, P^f) = \text{kernel.predict}(\mathcal N(\bar x^a_{k-1},
     P^a_{k-1}),\ \mathcal M,\ Q,\ t_{k-1}, t_k),$$
+
     $$(\mathcal N(\bar x^a_k, P^a_k),\ \log p(y_k\mid y_{<k})) = \text{kernel.update}(
     \mathcal N(\bar x^f, P^f),\ y_k,\ H,\ R).$$
 

@@ -1,4 +1,4 @@
-r"""`run`: the one driver of every cycled method (DESIGN.md §3).
+r"""`run`: the one driver of every cycled method (docs/conventions.md).
 
 A cycled method (`filterax.primitives.AbstractCycledMethod`) says how ONE cycle goes:
 ``init(key, initial, model) -> State`` and ``step(key, state, model, t_prev, t, obs) ->

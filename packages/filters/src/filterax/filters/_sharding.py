@@ -1,4 +1,4 @@
-r"""Splitting a per-grid-point computation across a `jax.sharding.Mesh` (DESIGN.md §5).
+r"""Splitting a per-grid-point computation across a `jax.sharding.Mesh` (docs/conventions.md).
 
 Grid points are independent in a localised analysis, so the grid axis is simply partitioned:
 `jax.shard_map` gives every device a contiguous block of grid points (padded to a multiple of

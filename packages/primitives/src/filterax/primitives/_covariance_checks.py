@@ -94,8 +94,9 @@ def positive_definite_noise(
 
     **Returns:** the operator (`as_noise_operator(noise, n, dtype=dtype)`).
 
-    **Reference:** the structure table of tutorial 1.4; EnsembleKalmanProcesses.jl requires a
-    positive-definite ``obs_noise_cov`` for the same reason (it whitens by it).
+    **Reference:** the cost of the gain per ``R`` structure (Conventions page of the docs);
+    EnsembleKalmanProcesses.jl requires a positive-definite ``obs_noise_cov`` for the same
+    reason (it whitens by it).
 
     !!! Example
 

@@ -1,7 +1,7 @@
 r"""The cycled-method contract: ``init``/``step`` kernels that one driver loops over.
 
-Anything carried from one observation time to the next is a *cycled method* (DESIGN.md §3): an
-ensemble filter with its post-processing, a Kalman filter's Gaussian, a particle filter's
+Anything carried from one observation time to the next is a *cycled method* (docs/conventions.md):
+an ensemble filter with its post-processing, a Kalman filter's Gaussian, a particle filter's
 weighted particles, a fixed-lag smoother's rolling buffer, the iEnKS window, a learned filter's
 warm-started parameters. As in blackjax (``init``/``step`` kernels with State and Info, the
 driver owns the loop) and diffrax (``AbstractSolver.step`` + one ``diffeqsolve``), a method only

@@ -1,4 +1,4 @@
-"""Distances between grid points and observation locations (tutorial 1.E).
+"""Distances between grid points and observation locations.
 
 Every distance acts on ONE pair of points (``(D,)`` coordinate vectors) and returns a scalar;
 ``pairwise_distances`` vmaps it into an ``(n, m)`` matrix. All distances have finite gradients

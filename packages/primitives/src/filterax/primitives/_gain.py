@@ -1,4 +1,4 @@
-"""Innovation covariance and the ensemble Kalman gain, structure-aware (tutorial Part 1.B)."""
+"""Innovation covariance and the ensemble Kalman gain, structure-aware."""
 
 from __future__ import annotations
 

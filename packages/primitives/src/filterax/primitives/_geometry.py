@@ -1,4 +1,4 @@
-"""The geometry a localising analysis takes from the model (DESIGN.md §3; issue "The model
+"""The geometry a localising analysis takes from the model (docs/conventions.md; issue "The model
 carries its geometry").
 
 A model knows where its state components and observations sit and how far apart two points

@@ -1,4 +1,4 @@
-"""Observation-space consistency diagnostics (tutorial Part 7.B and 7.C: chi^2, Desroziers, DFS).
+"""Observation-space consistency diagnostics.
 
 Notation: ``d_of = y - H(xbar^f)`` (innovation, observation minus forecast), ``d_oa = y -
 H(xbar^a)`` (observation minus analysis), ``d_ab = H(xbar^a) - H(xbar^f) = d_of - d_oa``

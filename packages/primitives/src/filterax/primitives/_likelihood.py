@@ -1,4 +1,4 @@
-"""Innovation statistics and the ensemble predictive log-likelihood (tutorial Part 1.C)."""
+"""Innovation statistics and the ensemble predictive log-likelihood."""
 
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ class InnovationStatistics(eqx.Module):
     **Returns:** an `equinox.Module` (a pytree: it passes through `jit`, `vmap` and `scan`).
 
     **Reference:** Desroziers et al. (2005), *QJRMS* 131 (innovation diagnostics);
-    tutorial 1.C. DAPPER reports the same quantities in its ``stats``.
+    DAPPER reports the same quantities in its ``stats``.
 
     !!! Example
 
@@ -95,6 +95,7 @@ def innovation_statistics(
     r"""Innovation, innovation covariance and Gaussian predictive log-likelihood of a forecast.
 
     $$v = y - N_e^{-1}\sum_j H(x_j), \qquad S = C^{HH} + R,$$
+
     $$\log p(y \mid \text{forecast}) = -\tfrac12\left[n_{obs}\log 2\pi + \log|S|
     + v^\top S^{-1} v\right].$$
 
@@ -166,7 +167,7 @@ def log_likelihood(
 
     **Returns:** the scalar log-likelihood.
 
-    **Reference:** Bach, Baptista, Luk & Stuart (2025); tutorial 1.6. DAPPER / EKP.jl: no
+    **Reference:** Bach, Baptista, Luk & Stuart (2025). DAPPER / EKP.jl: no
     direct equivalent.
 
     !!! Example

@@ -42,7 +42,7 @@ def observation_mask(obs: Float[ArrayLike, " N_y"]) -> Bool[Array, " N_y"]:
     **Returns:** a boolean array, ``True`` where observed.
 
     **Reference:** DAPPER marks gaps by leaving observations out of ``Obs``; filterax keeps the
-    shape (DESIGN.md §2, missing observations) so `jit` compiles once.
+    shape (the Conventions page of the docs, missing observations) so `jit` compiles once.
 
     !!! Example
 
@@ -71,7 +71,8 @@ def fill_missing(
 
     **Returns:** `obs` with NaNs replaced by ``0``; gradients at missing entries are zero.
 
-    **Reference:** DESIGN.md §2 (missing observations: zero weight, shapes unchanged).
+    **Reference:** the Conventions page of the docs (missing observations: zero weight,
+    shapes unchanged).
 
     !!! Example
 
@@ -104,7 +105,8 @@ def mask_anomalies(
 
     **Returns:** the anomalies with the columns of missing entries set to zero.
 
-    **Reference:** DESIGN.md §2 (missing observations: zero weight, shapes unchanged).
+    **Reference:** the Conventions page of the docs (missing observations: zero weight,
+    shapes unchanged).
 
     !!! Example
 
@@ -143,7 +145,8 @@ def mask_noise(
 
     **Returns:** an operator of the same structure and size.
 
-    **Reference:** DESIGN.md §2 (missing observations: zero weight, shapes unchanged).
+    **Reference:** the Conventions page of the docs (missing observations: zero weight,
+    shapes unchanged).
 
     !!! Example
 

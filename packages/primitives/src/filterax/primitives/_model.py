@@ -1,4 +1,4 @@
-r"""The state-space model a cycled method assimilates into (DESIGN.md §3).
+r"""The state-space model a cycled method assimilates into (docs/conventions.md).
 
 A cycled method needs four things from its model: how a state moves from one observation time
 to the next (`dynamics`, plus optional additive `process_noise`), how a state is observed

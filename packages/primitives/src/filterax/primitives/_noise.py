@@ -289,7 +289,7 @@ def noise_structure(op: lx.AbstractLinearOperator) -> NoiseStructure:
 
     **Returns:** one of the three strings, decided at trace time.
 
-    **Reference:** the structure table of tutorial 1.4 (cost of the gain per ``R`` structure);
+    **Reference:** the cost of the gain per ``R`` structure (Conventions page of the docs);
     DAPPER's ``CovMat`` makes the same distinction through its ``kind`` attribute.
 
     !!! Example

@@ -1,4 +1,4 @@
-"""Domain decomposition into overlapping patches (tutorial 1.G).
+"""Domain decomposition into overlapping patches.
 
 A regular 1-D or 2-D grid is cut into rectangular patches that overlap their neighbours. Each
 patch is a padded array of flattened (C-order) state indices plus a mask, so all patches have

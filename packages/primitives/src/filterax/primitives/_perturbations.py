@@ -1,4 +1,4 @@
-"""Perturbed observations ``y + epsilon_j``, ``epsilon_j ~ N(0, R)`` (tutorial Part 1.D)."""
+"""Perturbed observations ``y + epsilon_j``, ``epsilon_j ~ N(0, R)``."""
 
 from __future__ import annotations
 

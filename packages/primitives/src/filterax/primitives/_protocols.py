@@ -1,4 +1,4 @@
-"""The protocol family every filterax package builds on (DESIGN.md §2, tutorial Part 3.A).
+"""The protocol family every filterax package builds on (docs/conventions.md).
 
 Dynamics and observation operators act on ONE state vector; callers ``jax.vmap`` them over the
 ensemble axis. Plain callables are accepted wherever these classes are; subclass them to get an

@@ -1,4 +1,4 @@
-"""Verification scores for ensembles against a known truth (tutorial Part 7.A, 7.C).
+"""Verification scores for ensembles against a known truth.
 
 Every score here follows DAPPER's conventions so numbers are comparable with published
 benchmarks: the error of the *ensemble mean* is averaged over state components before the

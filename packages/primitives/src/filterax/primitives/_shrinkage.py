@@ -1,4 +1,4 @@
-"""Ledoit-Wolf shrinkage of an ensemble covariance towards a scaled identity (tutorial 6.D)."""
+"""Ledoit-Wolf shrinkage of an ensemble covariance towards a scaled identity."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Ensemble mean, anomalies, covariance and cross-covariance (tutorial Part 1.A)."""
+"""Ensemble mean, anomalies, covariance and cross-covariance."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Localisation tapers rho(d; r) (tutorial 1.E, Part 6.A).
+"""Localisation tapers rho(d; r).
 
 A taper maps a distance ``d >= 0`` and a length scale ``radius > 0`` to a weight in [0, 1]
 with weight 1 at ``d = 0``. Tapers act elementwise (any shape of ``d``), are jit/vmap-safe, and

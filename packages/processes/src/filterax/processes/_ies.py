@@ -97,7 +97,9 @@ class IES(AbstractInverseSmoother):
 
     $$S_i = Y_i\,\Omega_i^{-1},\quad \Omega_i = I + W_i\Pi/\sqrt{N_e - 1}
       \qquad (\text{or } S_i = Y_i A_i^+ A_0 \text{ if } N_p < N_e - 1),$$
+
     $$H_i = S_i W_i + D - G(\Theta_i),$$
+
     $$W_{i+1} = W_i - \gamma_i\big(W_i - S_i^\top (S_i S_i^\top + \Gamma)^{-1} H_i\big),$$
 
     the Gauss-Newton step ``(I + S^T Gamma^{-1} S)^{-1} grad J`` written with the push-through

@@ -1,4 +1,4 @@
-"""Time-step (learning-rate) schedulers for ensemble Kalman processes (tutorial Part 5.E).
+"""Time-step (learning-rate) schedulers for ensemble Kalman processes.
 
 A scheduler is an ``fxp.AbstractScheduler``: ``state = scheduler.init()`` and
 ``dt, state = scheduler.step(state, misfits, **info)``. The processes of this package pass

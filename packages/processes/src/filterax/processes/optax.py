@@ -1,4 +1,4 @@
-"""Ensemble Kalman processes as optax gradient transformations (tutorial Part 9).
+"""Ensemble Kalman processes as optax gradient transformations.
 
 ``filterax.processes.optax.eki(forward_fn, obs, obs_noise, n_ensemble=..., key=...)`` returns an
 ``optax.GradientTransformationExtraArgs``. Its state holds the whole ensemble (a

@@ -260,6 +260,7 @@ class EnsembleSqrtSmoother(_AbstractRegressionSmoother):
     ``X^a_k``, ``X^f_{k+1}`` and ``X^s_{k+1}``:
 
     $$\bar x^s_k = \bar x^a_k + (\bar x^s_{k+1} - \bar x^f_{k+1})\, F^\top (F F^\top)^+ A,$$
+
     $$A^s_k = \Lambda^{1/2} A,\qquad
     \Lambda = (I - \Pi) + K_e S^\top S K_e^\top,\qquad K_e = (F F^\top)^+ F,\quad
     \Pi = K_e F^\top ,$$

@@ -64,6 +64,7 @@ def rk4_step(
 
     $$k_1 = f(x, t),\ k_2 = f(x + \tfrac{h}{2}k_1, t + \tfrac{h}{2}),\
       k_3 = f(x + \tfrac{h}{2}k_2, t + \tfrac{h}{2}),\ k_4 = f(x + h k_3, t + h),$$
+
     $$x \leftarrow x + \tfrac{h}{6}(k_1 + 2k_2 + 2k_3 + k_4).$$
 
     **Arguments:**

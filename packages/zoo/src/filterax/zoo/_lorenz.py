@@ -1,4 +1,4 @@
-"""The Lorenz systems: Lorenz-63, Lorenz-96 and the two-scale Lorenz-96 (tutorial 13.3)."""
+"""The Lorenz systems: Lorenz-63, Lorenz-96 and the two-scale Lorenz-96."""
 
 from typing import ClassVar
 
@@ -136,6 +136,7 @@ class Lorenz96TwoScale(AbstractODEDynamics):
 
     $$\frac{dX_k}{dt} = (X_{k+1} - X_{k-2})X_{k-1} - X_k + F - \frac{hc}{b}\sum_{j=1}^{J}
       Y_{j,k},$$
+
     $$\frac{dY_{j,k}}{dt} = -cb\,Y_{j+1,k}(Y_{j+2,k} - Y_{j-1,k}) - c\,Y_{j,k}
       + \frac{hc}{b} X_k,$$
 

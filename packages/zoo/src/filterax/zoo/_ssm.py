@@ -1,4 +1,4 @@
-"""State-space models and twin experiments (tutorial 12.A, 13.3).
+"""State-space models and twin experiments.
 
 A `StateSpaceModel` bundles everything a twin experiment needs: the dynamics, the
 observation operator and noise, the assimilation interval, the prior on the initial state,

@@ -1,4 +1,4 @@
-"""Toy systems for teaching and unit tests (tutorial 13.3): an oscillator, a double well, and
+"""Toy systems for teaching and unit tests: an oscillator, a double well, and
 the Ornstein–Uhlenbeck and Brownian-motion SDEs.
 
 The SDEs' ``__call__`` is their deterministic mean flow (exact); the noise comes from
