@@ -15,6 +15,7 @@ def registry_snapshot():
     # Imported here: conftest_common configures JAX (x64) before filterax.bench is imported.
     from filterax.bench import _registry
 
+    _registry.ensure_builtins()  # snapshot the built-ins too
     saved = (
         dict(_registry._BENCHMARKS),
         dict(_registry._METHODS),

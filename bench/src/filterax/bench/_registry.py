@@ -50,6 +50,23 @@ ParamValue = float | int | str | bool
 _BENCHMARKS: dict[str, Benchmark] = {}
 _METHODS: dict[str, MethodConfig] = {}
 _SUITES: dict[str, Suite] = {}
+_BUILTINS = "unloaded"  # -> "loading" -> "loaded"
+
+
+def ensure_builtins() -> None:
+    """Register the built-in benchmarks, methods and suites (once; they register themselves
+    when their modules are imported). Every public registry function calls it, so the
+    registry is complete however `filterax.bench` was imported."""
+    global _BUILTINS
+    if _BUILTINS != "unloaded":
+        return
+    _BUILTINS = "loading"
+    try:
+        from . import _benchmarks, _methods  # noqa: F401
+    except BaseException:
+        _BUILTINS = "unloaded"
+        raise
+    _BUILTINS = "loaded"
 
 
 def _check_name(name: Any, what: str) -> str:
@@ -587,6 +604,7 @@ def _as_seeds(seeds: Iterable[Any], what: str) -> tuple[int, ...]:
 
 def register_benchmark(benchmark: Benchmark, *, overwrite: bool = False) -> Benchmark:
     """Add `benchmark` to the registry (``overwrite=True`` to replace one of the same name)."""
+    ensure_builtins()
     if not isinstance(benchmark, Benchmark):
         raise TypeError(f"register_benchmark takes a Benchmark; got {type(benchmark).__name__}.")
     if benchmark.name in _BENCHMARKS and not overwrite:
@@ -603,6 +621,7 @@ def register_method(method: MethodConfig, *, overwrite: bool = False) -> MethodC
 
     Tuned settings already loaded for this name (see `load_tuned`) are applied to it.
     """
+    ensure_builtins()
     if not isinstance(method, MethodConfig):
         raise TypeError(f"register_method takes a MethodConfig; got {type(method).__name__}.")
     if method.name in _METHODS and not overwrite:
@@ -620,6 +639,7 @@ def register_method(method: MethodConfig, *, overwrite: bool = False) -> MethodC
 
 def register_suite(suite: Suite, *, overwrite: bool = False) -> Suite:
     """Add `suite` to the registry (``overwrite=True`` to replace one of the same name)."""
+    ensure_builtins()
     if suite.name in _SUITES and not overwrite:
         raise ValueError(f"a suite named {suite.name!r} is already registered.")
     _SUITES[suite.name] = suite
@@ -627,6 +647,7 @@ def register_suite(suite: Suite, *, overwrite: bool = False) -> Suite:
 
 
 def _lookup(registry: Mapping[str, Any], name: str, what: str) -> Any:
+    ensure_builtins()
     try:
         return registry[name]
     except KeyError:
@@ -654,16 +675,19 @@ def get_suite(name: str | Suite) -> Suite:
 
 def list_benchmarks() -> list[str]:
     """Names of the registered benchmarks, in registration order."""
+    ensure_builtins()
     return list(_BENCHMARKS)
 
 
 def list_methods() -> list[str]:
     """Names of the registered method configurations, in registration order."""
+    ensure_builtins()
     return list(_METHODS)
 
 
 def list_suites() -> list[str]:
     """Names of the registered suites."""
+    ensure_builtins()
     return list(_SUITES)
 
 
@@ -701,6 +725,7 @@ def resolve_cells(
 
     `Benchmark` / `MethodConfig` objects are registered on the fly if they are not yet.
     """
+    ensure_builtins()
     for obj in [*(methods or []), *(benchmarks or [])]:
         if isinstance(obj, MethodConfig) and _METHODS.get(obj.name) is not obj:
             register_method(obj, overwrite=True)
@@ -813,6 +838,7 @@ def check_tuned(
     registered benchmark and method and holds values that method takes there
     (`MethodConfig.check_params`). ``registered_only=True`` skips the entries of benchmarks
     or methods not registered (yet)."""
+    ensure_builtins()
     for key, setting in settings.items():
         bench, name = key.split("/", 1)
         where = f"{source}: entry {key!r}"
@@ -848,6 +874,7 @@ def load_tuned(path: str | os.PathLike[str] | None = None) -> dict[str, TunedSet
     naming the file and the entry, and nothing is applied. (The packaged file is checked by
     the test suite, which keeps the import free of JAX work.)
     """
+    ensure_builtins()
     settings = read_tuned(default_tuned_path() if path is None else path)
     if path is not None:
         check_tuned(settings, path, registered_only=True)
