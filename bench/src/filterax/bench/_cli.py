@@ -30,6 +30,17 @@ def _split(values: list[str] | None) -> list[str] | None:
     return out or None
 
 
+def _seed(text: str) -> int:
+    """An argparse type: a non-negative integer seed."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer seed") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"seeds are non-negative integers; got {value}")
+    return value
+
+
 def _setup_jax(args: argparse.Namespace) -> None:
     import jax
 
@@ -133,21 +144,27 @@ def _list(args: argparse.Namespace) -> int:
     console = Console()
     suite_cells = reg.get_suite(args.suite).resolved() if args.suite else None
 
+    def names_column(table: Table, names: list[str]) -> None:
+        # never wrapped or cut: two names must not shrink to the same prefix
+        table.add_column("name", no_wrap=True, min_width=max(map(len, names), default=4))
+
     table = Table(title="benchmarks", title_justify="left")
-    for col in ("name", "cycles", "burn-in", "seeds", "description"):
-        table.add_column(col)
+    names_column(table, reg.list_benchmarks())
+    for col in ("cycles", "burn-in", "seeds", "description"):
+        table.add_column(col, no_wrap=col != "description", overflow="fold")
     for name in reg.list_benchmarks():
         if suite_cells is not None and name not in suite_cells:
             continue
         b = reg.get_benchmark(name)
-        burn = str(b.burn_in_cycles) if b.burn_in_cycles is not None else "model"
+        burn = str(b.burn_in(b.n_cycles))  # cycles dropped from the scores
         seeds = ",".join(map(str, b.seeds))
         table.add_row(name, str(b.n_cycles), burn, seeds, b.description)
     console.print(table)
 
     table = Table(title="methods", title_justify="left")
-    for col in ("name", "family", "N_e", "benchmarks (settings)", "description"):
-        table.add_column(col)
+    names_column(table, reg.list_methods())
+    for col in ("family", "N_e", "benchmarks (settings)", "description"):
+        table.add_column(col, overflow="fold")
     wanted = None if suite_cells is None else {m for ms in suite_cells.values() for m in ms}
     for name in reg.list_methods():
         if wanted is not None and name not in wanted:
@@ -201,6 +218,9 @@ def _run(args: argparse.Namespace) -> int:
         raise _UsageError(err.args[0] if err.args else str(err)) from err
     wall = time.perf_counter() - t0
     _render(results, out, files=not args.no_render)
+    last = results.get("last_run") or {}
+    if last.get("reused"):
+        print(f"resumed: {last['reused']} cells reused, {last['computed']} computed")
     print(f"wall time {wall:.1f} s")
     return 0
 
@@ -540,7 +560,13 @@ def build_parser() -> argparse.ArgumentParser:
         "of them: the full suite filtered by it.",
     )
     _add_selection(p, suite_default_note="default quick")
-    p.add_argument("--seeds", type=int, nargs="+", default=None, help="scoring seeds")
+    p.add_argument(
+        "--seeds",
+        type=_seed,
+        nargs="+",
+        default=None,
+        help="scoring seeds, non-negative integers (default: the suite's, else each benchmark's)",
+    )
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
     p.add_argument("--force", action="store_true", help="re-run cells already in results.json")
     p.add_argument("--no-render", action="store_true", help="skip Markdown/HTML/plots")
@@ -558,21 +584,27 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="NAME=START:STOP:STEP or NAME=V1,V2,... (default: each method's tune_grid)",
     )
-    p.add_argument("--tuning-seeds", type=int, nargs="+", default=None)
+    p.add_argument(
+        "--tuning-seeds",
+        type=_seed,
+        nargs="+",
+        default=None,
+        help="seeds the grid is scored on (default: seeds disjoint from the scoring seeds)",
+    )
     p.add_argument("--margin", type=float, default=0.02, help="relative rmse tolerance (0.02)")
     p.add_argument("--into", default=None, help="tuned-settings JSON (default <out>/tuned.json)")
-    p.add_argument("--out", default=DEFAULT_OUT)
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"results directory (default {DEFAULT_OUT})")
     p.set_defaults(func=_tune)
 
     p = sub.add_parser("report", help="re-render the leaderboard from <out>/results.json")
-    p.add_argument("--out", default=DEFAULT_OUT)
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"results directory (default {DEFAULT_OUT})")
     p.set_defaults(func=_report)
 
     p = sub.add_parser("demo", help="Lorenz-96 twin experiment with a stochastic EnKF")
-    p.add_argument("--n-ensemble", type=int, default=40)
-    p.add_argument("--inflation", type=float, default=1.06)
-    p.add_argument("--cycles", type=int, default=1400)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--n-ensemble", type=int, default=40, help="ensemble size N_e (40)")
+    p.add_argument("--inflation", type=float, default=1.06, help="multiplicative inflation (1.06)")
+    p.add_argument("--cycles", type=int, default=1400, help="assimilation cycles (1400)")
+    p.add_argument("--seeds", type=_seed, nargs="+", default=[0, 1, 2], help="seeds (0 1 2)")
     p.set_defaults(func=_demo)
 
     p = sub.add_parser(
@@ -584,7 +616,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="short runs, seeds 0 1 (~1-2 min)")
     p.add_argument("--problems", nargs="+", help="linear, expsin, darcy1d (default all)")
     p.add_argument("--methods", nargs="+", help="EKI, ETKI, UKI, EKS, TEKI, GNKI (default all)")
-    p.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 / 0..4")
+    p.add_argument(
+        "--seeds", type=_seed, nargs="+", default=None, help="seeds (default 0 1 / 0..4)"
+    )
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
     p.add_argument("--float32", action="store_true", help="run in float32 (default float64)")
     p.add_argument("--no-progress", action="store_true", help="no per-cell lines")
@@ -602,6 +636,15 @@ def main(argv: list[str] | None = None) -> int:
     except _UsageError as err:
         _error(args.command, str(err))
         return 2
+    except KeyboardInterrupt:
+        # Finished cells are already on disk (results.json is rewritten after each one).
+        kept = (
+            " finished cells are kept in results.json; run again to resume"
+            if (args.command in ("run", "tune"))
+            else ""
+        )
+        _error(args.command, f"interrupted;{kept}" if kept else "interrupted")
+        return 130
     except OSError as err:
         # The disk, not the user: a failed read or write (full, removed, permissions changed
         # during the run). Atomic writes leave the previous file intact.

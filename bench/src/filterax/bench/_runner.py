@@ -35,6 +35,7 @@ from ._files import check_output_dir, read_schema_json, write_json_atomic
 from ._registry import (
     Benchmark,
     MethodConfig,
+    _as_seeds,
     finite_or_none,
     get_suite,
     resolve_cells,
@@ -620,8 +621,49 @@ def plan_cells(
             s = suite_obj.seeds
         if s is None:
             s = bench.seeds
-        plans.append(CellPlan(bench, method, tuple(int(x) for x in s), int(n)))
+        plans.append(CellPlan(bench, method, _as_seeds(s, "seeds"), int(n)))
     return plans
+
+
+def _describe(cell: Mapping[str, Any], versions: bool) -> str:
+    text = (
+        f"seeds {list(cell.get('seeds', []))}, {cell.get('n_cycles')} cycles, "
+        f"{(cell.get('config') or {}).get('dtype', '?')}"
+    )
+    if versions:
+        pinned = sorted((cell.get("versions") or {}).items())
+        text += "".join(f", {k} {v}" for k, v in pinned if "filterax" in k)
+    return text
+
+
+def stale_cells(results: Mapping[str, Any], plans: Sequence[CellPlan]) -> list[str]:
+    """One line per planned cell that `results` already holds with other seeds, run length,
+    burn-in or dtype, or from other filterax versions: running would silently replace it, or
+    mix incomparable results in one leaderboard."""
+    current = {k: v for k, v in package_versions().items() if "filterax" in k}
+    lines = []
+    for plan in plans:
+        cell = results["cells"].get(plan.key)
+        if cell is None:
+            continue
+        identity = plan.identity()
+        # a changed hyper-parameter (e.g. after `tune`) re-runs the cell, as a new cell would;
+        # other seeds, run lengths, dtypes or versions would mix incomparable results
+        differs = [k for k in ("seeds", "n_cycles", "burn_in_cycles") if cell.get(k) != identity[k]]
+        if (cell.get("config") or {}).get("dtype") != identity["config"]["dtype"]:
+            differs.append("dtype")
+        old = {k: v for k, v in (cell.get("versions") or {}).items() if "filterax" in k}
+        if old and old != current:
+            differs.append("versions")
+        if differs:
+            this = {**identity, "versions": current}
+            show = "versions" in differs
+            lines.append(
+                f"{plan.key}: stored with {_describe(cell, show)}; this run: "
+                f"{_describe(this, show)} "
+                f"(differs in {', '.join(differs)})"
+            )
+    return lines
 
 
 def run(
@@ -642,7 +684,9 @@ def run(
     initial ensemble, assimilate, score). The JSON is rewritten atomically after every cell;
     a cell already in it with the same method, benchmark, config, seeds, run length and
     burn-in is skipped (``force=True`` re-runs it), so an interrupted run resumes where it
-    stopped and a changed configuration re-runs.
+    stopped and a changed hyper-parameter re-runs. A cell stored with other seeds, run
+    length, burn-in, dtype or filterax versions is a `ValueError` naming the difference
+    (``force=True`` replaces it): one results file never mixes incomparable cells.
 
     **Arguments:**
 
@@ -659,7 +703,8 @@ def run(
     - `memory_budget`: bytes of stacked ensembles per compiled call (seeds run in chunks
       above it).
 
-    **Returns:** the results dict (as written).
+    **Returns:** the results dict (as written), plus ``last_run``: how many of the selected
+    cells this call reused and computed (not stored).
     """
     if suite is None and methods is None and benchmarks is None:
         suite = "quick"
@@ -667,18 +712,33 @@ def run(
     results = load_results(out)
     plans = plan_cells(methods, benchmarks, seeds, suite=suite, n_cycles=n_cycles)
     path = out / "results.json"
+    stale = [] if force else stale_cells(results, plans)
+    if stale:
+        raise ValueError(
+            f"{path} already holds {len(stale)} of these cells from another configuration: "
+            + "; ".join(stale)
+            + ". Pass force=True (--force) to recompute and replace them, or another out "
+            "directory (--out)."
+        )
     todo = [
         p for p in plans if force or not _is_finished(results["cells"].get(p.key), p.identity())
     ]
+    results["last_run"] = {"cells": len(plans), "reused": len(plans) - len(todo), "computed": 0}
     with _progress(progress, len(plans), len(plans) - len(todo)) as advance:
         for plan in todo:
             advance(plan.key, started=True)
             results["cells"][plan.key] = _execute_cell(plan, memory_budget)
-            write_json_atomic(path, results)
+            results["last_run"]["computed"] += 1
+            write_json_atomic(path, _without_last_run(results))
             advance(plan.key, started=False)
     if not path.exists():
-        write_json_atomic(path, results)
+        write_json_atomic(path, _without_last_run(results))
     return results
+
+
+def _without_last_run(results: Mapping[str, Any]) -> dict[str, Any]:
+    # `last_run` (cells reused / computed by this call) is returned, not stored
+    return {k: v for k, v in results.items() if k != "last_run"}
 
 
 def _execute_cell(plan: CellPlan, memory_budget: int) -> dict[str, Any]:
@@ -691,8 +751,18 @@ class _progress:
     def __init__(self, enabled: bool, total: int, done: int):
         self.enabled, self.total, self.done = enabled, total, done
         self._progress = None
+        self._plain = False
 
     def __enter__(self):
+        import sys
+
+        if self.enabled and not sys.stdout.isatty():
+            # CI logs and redirected output: one plain line per cell, no redrawn bar
+            self._plain, self._count = True, self.done
+            if self.done:
+                print(f"{self.done} of {self.total} cells already done", flush=True)
+            return self._advance
+        self._plain = False
         if self.enabled:
             from rich.progress import (
                 BarColumn,
@@ -719,6 +789,15 @@ class _progress:
         return self._advance
 
     def _advance(self, key: str, *, started: bool) -> None:
+        if self._plain:
+            if started:
+                self._count += 1
+                self._t0 = time.perf_counter()
+                print(f"[{self._count}/{self.total}] {key} ...", flush=True)
+            else:
+                print(f"[{self._count}/{self.total}] {key} done in "
+                      f"{time.perf_counter() - self._t0:.1f} s", flush=True)  # fmt: skip
+            return
         if self._progress is None:
             return
         if started:
