@@ -475,3 +475,18 @@ def test_failed_run_write_leaves_no_stray_files(tiny, capsys, tmp_path, monkeypa
         f"filterax-bench run: error: cannot access {out / 'results.json'}: No space left on device"
     )
     assert os.listdir(out) == []
+
+
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (["--n-ensemble", "1"], "n_ensemble must be an integer >= 2"),
+        (["--cycles", "-5"], "n_cycles must be an integer above the burn-in"),
+        (["--inflation", "-1"], "inflation must be strictly positive"),
+        (["--inflation", "nan"], "inflation must be strictly positive"),
+    ],
+)
+def test_demo_refuses_bad_arguments_in_one_line(capsys, argv, says):
+    assert main(["demo", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and says in err

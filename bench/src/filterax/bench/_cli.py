@@ -422,9 +422,15 @@ def _demo(args: argparse.Namespace) -> int:
         f"Lorenz-96 (Sakov & Oke 2008 setup), stochastic EnKF N={args.n_ensemble}, "
         f"inflation {args.inflation}, {args.cycles} cycles, seeds {args.seeds}"
     )
-    res = run_lorenz96_demo(
-        n_ensemble=args.n_ensemble, inflation=args.inflation, n_cycles=args.cycles, seeds=args.seeds
-    )
+    try:
+        res = run_lorenz96_demo(
+            n_ensemble=args.n_ensemble,
+            inflation=args.inflation,
+            n_cycles=args.cycles,
+            seeds=args.seeds,
+        )
+    except ValueError as err:
+        raise _UsageError(str(err)) from err
 
     def pm(xs):
         sd = statistics.stdev(xs) if len(xs) > 1 else 0.0

@@ -19,6 +19,8 @@ import numpy as np
 import filterax.primitives as fxp
 from filterax.zoo import presets
 
+from ._registry import _as_seeds
+
 PUBLISHED_RMSE_A = 0.22  # DAPPER 1.8.1, EnKF('PertObs', N=40, infl=1.06), Sakov & Oke 2008 setup
 
 
@@ -86,8 +88,14 @@ def run_lorenz96_demo(
     """
     model = presets.lorenz96_sakov2008()
     burn = int(model.burn_in_cycles)
-    if n_cycles <= burn:
-        raise ValueError(f"n_cycles must exceed the burn-in of {burn} cycles; got {n_cycles}.")
+    if isinstance(n_ensemble, bool) or int(n_ensemble) != n_ensemble or n_ensemble < 2:
+        raise ValueError(f"n_ensemble must be an integer >= 2; got {n_ensemble!r}.")
+    if isinstance(n_cycles, bool) or int(n_cycles) != n_cycles or n_cycles <= burn:
+        raise ValueError(
+            f"n_cycles must be an integer above the burn-in of {burn} cycles; got {n_cycles!r}."
+        )
+    fxp.check_parameter(float(inflation), "inflation", low=0.0, low_open=True, allow_inf=False)
+    seeds = _as_seeds(seeds, "seeds")
     run = jax.jit(jax.vmap(_make_run(model, n_ensemble, n_cycles), in_axes=(0, None)))
     keys = jnp.stack([jax.random.key(s) for s in seeds])
 
