@@ -25,11 +25,13 @@ __all__ = [
     "OBS_NOISE_HINT",
     "any_traced",
     "check_hyperparameter",
+    "check_initial_ensemble",
     "check_key",
     "check_obs",
     "check_noise_entries",
     "check_timeout",
     "checked_obs_noise",
+    "in_range",
 ]
 
 _NO_MISSING_DATA = (
@@ -63,6 +65,29 @@ def check_obs(obs: Any, name: str) -> None:
             f"{values.size} entries are NaN or inf). {_NO_MISSING_DATA}. Remove entry {i} from "
             "obs, the matching entry of the forward model's output and the matching row and "
             "column of obs_noise."
+        )
+
+
+def check_initial_ensemble(x: Any, name: str) -> None:
+    """Concrete entries of an initial ensemble (or UKI's initial mean) must all be finite.
+
+    A NaN/inf member is not a failed forward evaluation: the update would re-sample it (the
+    EKI family), keep it as NaN (`EKS`, ``throw=False`` smoothers) or blame the forward model.
+    The error names the first non-finite index.
+    """
+    values = fxp.concrete_value(x)
+    if values is None or not np.issubdtype(values.dtype, np.inexact):
+        return
+    bad = ~np.isfinite(values)
+    if np.any(bad):
+        index = tuple(int(k) for k in np.unravel_index(int(np.argmax(bad)), values.shape))
+        where = index[0] if len(index) == 1 else index
+        raise ValueError(
+            f"{name} has a non-finite entry at index {where} (value {values[index]}; "
+            f"{int(bad.sum())} of {values.size} entries are NaN or inf). The initial ensemble "
+            "must be finite: a NaN member is not a failed forward evaluation (the update would "
+            "re-sample it, keep it as NaN or blame the forward model). Draw that member again "
+            "or leave it out."
         )
 
 
@@ -169,6 +194,21 @@ def check_hyperparameter(
         bounds = lower if high is None else f"{lower} and <= {high:g}"
         shown = values.tolist() if values.ndim else float(values)
         raise ValueError(f"{name} must be finite and {bounds}; got {shown}.{hint}")
+
+
+def in_range(
+    value: Any, *, low: float = 0.0, strict: bool = False, high: float | None = None
+) -> jax.Array:
+    """Traceable `check_hyperparameter`: whether ``value`` is finite and in ``[low, high]``.
+
+    For a process's ``_hyperparameters_ok`` (`_status.hyperparameters_ok`): traced values are
+    only known at run time, where a bad one sets the state's status.
+    """
+    v = jnp.asarray(value)
+    ok = jnp.isfinite(v) & ((v > low) if strict else (v >= low))
+    if high is not None:
+        ok = ok & (v <= high)
+    return jnp.all(ok)
 
 
 def check_timeout(timeout: Any, name: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import equinox as eqx
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 import filterax.primitives as fxp
 
@@ -20,6 +20,7 @@ from ._process_base import (
     AbstractEnsembleProcess,
     check_prior,
     check_prior_size,
+    prior_cov_ok,
     prior_operator,
 )
 from ._schedulers import EKSStableScheduler
@@ -99,6 +100,9 @@ class EKS(AbstractEnsembleProcess):
         check_failure_handler(self.failure_handler, "EKS")
         check_inflation(self.inflation, "EKS")
         check_prior(self.prior_mean, self.prior_cov, "EKS")
+
+    def _hyperparameters_ok(self) -> Bool[Array, ""]:
+        return prior_cov_ok(self.prior_mean, self.prior_cov)
 
     def _needs_key(self) -> bool:
         return True

@@ -229,7 +229,7 @@ class ESMDA(AbstractInverseSmoother):
         dtype = x.dtype
         g = fxp.check_forward_evals(forward_evals, n_e, state.obs.shape[0], dtype=dtype)
         handled = self.failure_handler is not None
-        g, failed = failure_guard(g, self.throw and not handled, "ESMDA")
+        g, failed = failure_guard(g, self.throw and not handled, "ESMDA", state.status)
         ok = ~failed
         n_failed = jnp.sum(failed).astype(jnp.int32)
         iteration = eqx.error_if(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import equinox as eqx
 import jax.numpy as jnp
-from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray
 
 import filterax.primitives as fxp
 
@@ -23,6 +23,7 @@ from ._process_base import (
     AbstractEnsembleProcess,
     check_prior,
     check_prior_size,
+    prior_cov_ok,
     prior_operator,
 )
 from ._schedulers import DataMisfitController
@@ -98,6 +99,11 @@ class ETKI(AbstractEnsembleProcess):
             )
         if self.prior_mean is not None:
             check_prior(self.prior_mean, self.prior_cov, "ETKI")
+
+    def _hyperparameters_ok(self) -> Bool[Array, ""]:
+        if self.prior_mean is None:
+            return jnp.asarray(True)
+        return prior_cov_ok(self.prior_mean, self.prior_cov)
 
     def _needs_key(self) -> bool:
         return False

@@ -156,6 +156,15 @@ def evaluate_members(
             f"{thetas.shape}."
         )
     check_timeout(timeout, "evaluate_members(timeout=...)")
+    if output_size is not None and (
+        isinstance(output_size, bool)
+        or not isinstance(output_size, int | np.integer)
+        or output_size < 1
+    ):
+        raise ValueError(
+            "evaluate_members(output_size=...) must be a positive int (N_y, the length of one "
+            f"forward-model output) or None to infer it; got {output_size!r}."
+        )
     if executor is None:
         executor = SerialExecutor()
     if not isinstance(executor, cf.Executor):

@@ -6,7 +6,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 import filterax.primitives as fxp
 
@@ -21,11 +21,15 @@ from ._process_base import (
     AbstractEnsembleProcess,
     check_prior,
     check_prior_size,
+    prior_cov_ok,
     prior_operator,
 )
 from ._schedulers import FixedScheduler
 
 __all__ = ["GNKI"]
+
+# (1 - dt) theta_j + dt (...) contracts only for |1 - dt| < 1.
+_MAX_DT = 2.0
 
 
 class GNKI(AbstractEnsembleProcess):
@@ -54,7 +58,8 @@ class GNKI(AbstractEnsembleProcess):
 
     - `prior_mean`, `prior_cov`: the Gaussian prior ``N(m_0, C_0)``.
     - `stochastic`: perturb ``m_0`` and ``y`` as EKP (default True).
-    - `scheduler`: default ``FixedScheduler(1.0)`` (EKP's ``DefaultScheduler``).
+    - `scheduler`: default ``FixedScheduler(1.0)`` (EKP's ``DefaultScheduler``); steps must
+        be ``< 2`` (a larger one diverges: refused, or status 2 when known at run time).
     - `failure_handler`: ``"sample_succ_gauss"`` (default) or ``"ignore"``.
     - `inflation`: optional `MultiplicativeInflation` / `AdditiveInflation`.
 
@@ -85,6 +90,23 @@ class GNKI(AbstractEnsembleProcess):
         check_failure_handler(self.failure_handler, "GNKI")
         check_inflation(self.inflation, "GNKI")
         check_prior(self.prior_mean, self.prior_cov, "GNKI")
+        if isinstance(self.scheduler, FixedScheduler):
+            dt = fxp.concrete_value(self.scheduler.dt)
+            if dt is not None and not float(dt) < _MAX_DT:
+                raise ValueError(
+                    f"GNKI needs a time step dt < 2; got FixedScheduler(dt={float(dt)}). Each "
+                    "update maps theta to (1 - dt) theta + dt (...), which diverges for "
+                    "|1 - dt| >= 1 (and the stochastic chain's stationary covariance "
+                    "Sigma_post / (1 - dt/2) needs dt < 2). Use dt in (0, 1]: 1 reaches the "
+                    "fixed point in one step for a linear model."
+                )
+
+    def _step_ok(self, dt: Array) -> Bool[Array, ""]:
+        # Any scheduler, traced steps: dt >= 2 sets INVALID_HYPERPARAMETERS (see above).
+        return dt < _MAX_DT
+
+    def _hyperparameters_ok(self) -> Bool[Array, ""]:
+        return prior_cov_ok(self.prior_mean, self.prior_cov)
 
     def _needs_key(self) -> bool:
         return self.stochastic

@@ -5,10 +5,11 @@ import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 import lineax as lx
 import numpy as np
-from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, ScalarLike
+from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray, ScalarLike
 
 import filterax.primitives as fxp
 
+from ._checks import in_range
 from ._converters import as_float
 from ._inversion import (
     AbstractInverseSmoother,
@@ -65,11 +66,16 @@ class ExponentialStepLength(eqx.Module):
                 "ExponentialStepLength needs 0 < min_length <= max_length <= 1; got "
                 f"min_length={float(lo)}, max_length={float(hi)}."
             )
-        if dec is not None and not dec > 1:
+        if dec is not None and not (np.isfinite(dec) and dec > 1):
             raise ValueError(
-                f"ExponentialStepLength(decline=...) must be > 1 (gamma_dec in Evensen et al. "
-                f"2019); got {float(dec)}."
+                f"ExponentialStepLength(decline=...) must be finite and > 1 (gamma_dec in "
+                f"Evensen et al. 2019); got {float(dec)}."
             )
+
+    def _hyperparameters_ok(self) -> Bool[Array, ""]:
+        # Traced values: the same ranges as __check_init__ (a traced 0 step would stall IES).
+        hi, lo, dec = (jnp.asarray(v) for v in (self.max_length, self.min_length, self.decline))
+        return in_range(lo, strict=True) & (lo <= hi) & in_range(hi, high=1.0) & (dec > 1)
 
     def __call__(self, iteration: ScalarLike) -> Float[Array, ""]:
         """The step length of (1-based) iteration ``i``."""
@@ -191,6 +197,11 @@ class IES(AbstractInverseSmoother):
                     f"step); got {float(value)}."
                 )
 
+    def _hyperparameters_ok(self) -> Bool[Array, ""]:
+        if isinstance(self.step_length, ExponentialStepLength):
+            return jnp.asarray(True)  # checked by its own _hyperparameters_ok
+        return in_range(self.step_length, strict=True, high=1.0)
+
     @property
     def n_steps(self) -> int:
         """``n_iter``, the number of iterations."""
@@ -248,7 +259,7 @@ class IES(AbstractInverseSmoother):
         n_e, n_p = x.shape
         dtype = x.dtype
         g = fxp.check_forward_evals(forward_evals, n_e, state.obs.shape[0], dtype=dtype)
-        g, failed = failure_guard(g, self.throw, "IES")
+        g, failed = failure_guard(g, self.throw, "IES", state.status)
         n_failed = jnp.sum(failed).astype(jnp.int32)
         w = state.weights
         whitening = fxp.noise_whitening(state.obs_noise, dtype)

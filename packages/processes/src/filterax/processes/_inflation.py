@@ -24,11 +24,11 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import lineax as lx
-from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, ScalarLike
+from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray, ScalarLike
 
 import filterax.primitives as fxp
 
-from ._checks import check_hyperparameter, check_noise_entries
+from ._checks import check_hyperparameter, check_noise_entries, in_range
 from ._converters import as_float
 
 __all__ = [
@@ -107,6 +107,10 @@ class MultiplicativeInflation(AbstractInflation):
     def __check_init__(self) -> None:
         check_hyperparameter(self.s, "MultiplicativeInflation(s=...)", hint=_S_HINT)
 
+    def _hyperparameters_ok(self) -> Bool[Array, ""]:
+        # A traced negative s would deflate the ensemble with status OK.
+        return in_range(self.s)
+
     def __call__(
         self, key: PRNGKeyArray, ensemble: Float[Array, "N_e N_p"], dt: ScalarLike
     ) -> Float[Array, "N_e N_p"]:
@@ -161,6 +165,10 @@ class AdditiveInflation(AbstractInflation):
             op = fxp.positive_definite_noise(self.cov, n, name=name, semidefinite=True)
             if fxp.noise_structure(op) == "dense":
                 fxp.positive_definite_noise(op, n, name=name + " (dense, drawn by Cholesky)")
+
+    def _hyperparameters_ok(self) -> Bool[Array, ""]:
+        # A traced negative s would give sqrt(s dt / (1 - s dt)) = NaN with status OK.
+        return in_range(self.s)
 
     def __call__(
         self, key: PRNGKeyArray, ensemble: Float[Array, "N_e N_p"], dt: ScalarLike

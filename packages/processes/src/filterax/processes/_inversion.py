@@ -21,7 +21,7 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray
 import filterax.primitives as fxp
 
 from ._calibrate import _strengthen, raise_if_untraceable, scan_loop
-from ._checks import check_obs, checked_obs_noise
+from ._checks import check_initial_ensemble, check_obs, checked_obs_noise
 from ._process_base import AbstractProcessBase, initial_key
 from ._state import AbstractProcessState
 from ._status import (
@@ -181,6 +181,7 @@ class AbstractInverseSmoother(AbstractProcessBase):
         fxp.check_ensemble(values["ensemble_or_prior"], prior_name)
         x = jnp.asarray(values["ensemble_or_prior"])
         dtype = fxp.floating_dtype(x, prior_name)
+        check_initial_ensemble(x, prior_name)
         y = jnp.asarray(values["obs"]).astype(dtype)
         check_obs(y, f"{owner}.init(obs=...)")
         noise = checked_obs_noise(
@@ -205,7 +206,7 @@ class AbstractInverseSmoother(AbstractProcessBase):
             time=jnp.zeros((), dtype),
             dt=jnp.zeros((), dtype),
             converged=jnp.asarray(False),
-            status=initial_status(self, y, noise, dtype),
+            status=initial_status(self, y, noise, dtype, x),
         )
 
     def mean(self, state: InversionState) -> Float[Array, " N_p"]:
@@ -289,13 +290,22 @@ def draw_perturbations(
     return eps.astype(dtype)
 
 
-def failure_guard(forward_evals: Array, throw: bool, owner: str) -> tuple[Array, Array]:
-    """``(forward_evals, failed)``; raises inside jit on non-finite rows when ``throw``."""
+def failure_guard(
+    forward_evals: Array, throw: bool, owner: str, status: Array | None = None
+) -> tuple[Array, Array]:
+    """``(forward_evals, failed)``; raises inside jit on non-finite rows when ``throw``.
+
+    Not when ``status`` is already bad: then `checked_status` raises with the real cause (a
+    traced NaN initial member gives NaN evaluations, which must not blame the forward model).
+    """
     failed = ~jnp.all(jnp.isfinite(forward_evals), axis=1)
     if throw:
+        blame = jnp.any(failed)
+        if status is not None:
+            blame = blame & (status == STATUS_OK)
         forward_evals = eqx.error_if(
             forward_evals,
-            jnp.any(failed),
+            blame,
             f"{owner}.update: some members' forward evaluations are NaN/inf. The smoother "
             "cannot use them; check the forward model on those parameters (or narrow the "
             f"prior), or pass {owner}(throw=False) to skip such updates"
@@ -318,7 +328,7 @@ def checked_status(
     """
     status = next_status(
         state.status,
-        data_ok(whitening.white(state.obs), whitening.factor),
+        data_ok(whitening.white(state.obs), whitening),
         hyperparameters_ok(method, dt),
     )
     if throw:

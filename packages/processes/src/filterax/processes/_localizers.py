@@ -13,11 +13,11 @@ import abc
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, ArrayLike, Float, ScalarLike
+from jaxtyping import Array, ArrayLike, Bool, Float, ScalarLike
 
 import filterax.primitives as fxp
 
-from ._checks import check_hyperparameter
+from ._checks import check_hyperparameter, in_range
 from ._converters import as_float
 from ._linalg import mm
 
@@ -139,6 +139,9 @@ class SEC(AbstractCovarianceLocalizer):
         )
         check_hyperparameter(self.cutoff, "SEC(cutoff=...)", hint=" 0: no sparsification.")
 
+    def _hyperparameters_ok(self) -> Bool[Array, ""]:
+        return in_range(self.alpha) & in_range(self.cutoff)
+
     def weights(
         self, corr: Float[Array, "N_p N_y"], n_ensemble: ScalarLike
     ) -> Float[Array, "N_p N_y"]:
@@ -240,6 +243,9 @@ class SECNice(AbstractCovarianceLocalizer):
 
     def __check_init__(self) -> None:
         check_hyperparameter(self.delta, "SECNice(delta=...)")
+
+    def _hyperparameters_ok(self) -> Bool[Array, ""]:
+        return in_range(self.delta)
 
     def weights(
         self, corr: Float[Array, "N_p N_y"], n_ensemble: ScalarLike

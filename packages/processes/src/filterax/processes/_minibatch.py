@@ -104,11 +104,21 @@ class MiniBatcher(eqx.Module):
         check_obs(obs, "MiniBatcher(obs=...)")
         n_obs = obs.shape[0]
         try:
-            index_rows = [np.asarray(b, dtype=np.int64).reshape(-1) for b in batches]
+            rows = [np.asarray(b).reshape(-1) for b in batches]
         except (TypeError, ValueError) as e:
             raise TypeError(
                 "MiniBatcher(batches=...) must be a sequence of integer index sequences."
             ) from e
+        for row in rows:
+            # Float or boolean indices used to be cast to int silently (0.5 -> 0, True -> 1).
+            if row.size and not np.issubdtype(row.dtype, np.integer):
+                raise TypeError(
+                    "MiniBatcher(batches=...) must hold integer indices into obs; got a batch "
+                    f"of dtype {row.dtype} ({row.tolist()[:4]}...). Pass index arrays, e.g. "
+                    "np.split(np.arange(N_y), n_batches) (for a boolean mask use "
+                    "np.flatnonzero(mask))."
+                )
+        index_rows = [row.astype(np.int64) for row in rows]
         if not index_rows:
             raise ValueError("MiniBatcher(batches=...) needs at least one batch.")
         sizes = {len(b) for b in index_rows}

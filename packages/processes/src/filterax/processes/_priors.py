@@ -24,6 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, Real
 
+import filterax.primitives as fxp
+
+from ._checks import check_noise_entries
+
 __all__ = [
     "ParameterDistribution",
     "combine_distributions",
@@ -131,7 +135,21 @@ class ParameterDistribution(eqx.Module):
         if not jnp.issubdtype(mean.dtype, jnp.floating):
             mean = mean.astype(float)
         (n,) = mean.shape
+        values = fxp.concrete_value(mean)
+        if values is not None and not np.all(np.isfinite(values)):
+            i = int(np.flatnonzero(~np.isfinite(values))[0])
+            raise ValueError(
+                f"ParameterDistribution(mean=...) has a non-finite entry at index {i} "
+                f"({values[i]}); pass a finite unconstrained mean."
+            )
         cov = jnp.asarray(cov, dtype=mean.dtype)
+        # Concrete covariances: finite, variances >= 0, a matrix positive semidefinite (the
+        # draws use its eigen square root); a bad one used to give NaN samples.
+        check_noise_entries(cov, "ParameterDistribution(cov=...)", semidefinite=True, hint="")
+        if cov.ndim == 2 and cov.shape == (n, n):
+            fxp.positive_definite_noise(
+                cov, n, name="ParameterDistribution(cov=...)", semidefinite=True
+            )
         if cov.ndim == 1:
             cov = jnp.diag(cov)
         if cov.shape != (n, n):
@@ -141,6 +159,15 @@ class ParameterDistribution(eqx.Module):
             )
         lower = jnp.broadcast_to(jnp.asarray(lower, dtype=mean.dtype), (n,))
         upper = jnp.broadcast_to(jnp.asarray(upper, dtype=mean.dtype), (n,))
+        for bound, name, none in ((lower, "lower", "-inf"), (upper, "upper", "inf")):
+            values = fxp.concrete_value(bound)
+            if values is not None and np.any(np.isnan(values)):
+                i = int(np.flatnonzero(np.isnan(values))[0])
+                # A NaN bound used to count as "no bound" (it is not finite).
+                raise ValueError(
+                    f"ParameterDistribution({name}=...) is NaN at index {i}; pass a number, or "
+                    f"{none} for no {name} bound."
+                )
         try:
             bad = bool(np.any(np.asarray(lower) >= np.asarray(upper)))
         except Exception:  # traced bounds cannot be checked here
@@ -172,8 +199,15 @@ class ParameterDistribution(eqx.Module):
         """Draw from the prior in UNCONSTRAINED space: shape ``(n, N_p)``, or ``(N_p,)`` if
         ``n`` is None. Push through `to_constrained` for physical values."""
         shape = () if n is None else (int(n),)
-        return jax.random.multivariate_normal(
+        draws = jax.random.multivariate_normal(
             key, self.mean, self.cov, shape, dtype=self.mean.dtype, method="eigh"
+        )
+        # Concrete means and covariances are checked in __init__; traced ones only here.
+        return eqx.error_if(
+            draws,
+            ~jnp.all(jnp.isfinite(draws)),
+            "ParameterDistribution.sample: the draws are not finite; the (traced) mean or "
+            "covariance has a NaN/inf entry, or the covariance is not positive semidefinite.",
         )
 
     def to_constrained(self, u: Any) -> Any:
@@ -341,7 +375,15 @@ def constrained_gaussian(
         prior = constrained_gaussian(0.3, 0.1, lower=0.0, upper=1.0, name="albedo")
         ```
     """
-    mean, std, lower, upper = float(mean), float(std), float(lower), float(upper)
+    try:
+        mean, std, lower, upper = float(mean), float(std), float(lower), float(upper)
+    except jax.errors.ConcretizationTypeError as err:
+        raise TypeError(
+            "constrained_gaussian(mean, std, lower, upper) needs concrete numbers: it solves for "
+            "the unconstrained Gaussian eagerly in NumPy, so it cannot run under jit, vmap or "
+            "grad. Build the prior outside the traced function and pass it in (a "
+            "ParameterDistribution is a pytree)."
+        ) from err
     if not (std > 0 and math.isfinite(std)):
         raise ValueError(f"constrained_gaussian(std=...) must be positive and finite; got {std}.")
     if not (lower < mean < upper):

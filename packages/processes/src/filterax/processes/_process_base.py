@@ -19,7 +19,7 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 import filterax.primitives as fxp
 
-from ._checks import check_key, check_obs, checked_obs_noise
+from ._checks import check_initial_ensemble, check_key, check_obs, checked_obs_noise
 from ._failures import handle_failures
 from ._inflation import InflationLike, apply_inflation
 from ._kalman_update import UpdateData, prepare_update
@@ -30,6 +30,7 @@ from ._status import (
     hyperparameters_ok,
     initial_status,
     next_status,
+    whitening_ok,
 )
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "checked_step",
     "initial_key",
     "new_state",
+    "prior_cov_ok",
     "prior_operator",
     "resolve_obs",
     "schedule",
@@ -111,7 +113,7 @@ def checked_step(
     """``(dt, status)``: the update's status, and ``dt = 0`` (the identity) unless it is OK."""
     status = next_status(
         state.status,
-        data_ok(data.yw, data.whitening.factor),
+        data_ok(data.yw, data.whitening),
         hyperparameters_ok(process, dt),
     )
     return jnp.where(status == STATUS_OK, dt, jnp.zeros_like(dt)), status
@@ -143,6 +145,19 @@ def check_prior(prior_mean: Array, prior_cov: Any, owner: str) -> None:
     if not jnp.issubdtype(dtype, jnp.floating):
         dtype = jnp.result_type(float)
     fxp.positive_definite_noise(prior_cov, n, dtype=dtype, name=f"{owner}(prior_cov=...)")
+
+
+def prior_cov_ok(prior_mean: Array, prior_cov: Any) -> Array:
+    """Traceable: the prior covariance is finite and positive definite.
+
+    For the processes' ``_hyperparameters_ok`` (a traced prior variance ``<= 0`` sets the
+    state's status; concrete ones are refused by `check_prior`).
+    """
+    dtype = jnp.result_type(prior_mean)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        dtype = jnp.result_type(float)
+    op = prior_operator(prior_cov, jnp.shape(prior_mean)[0], dtype, "prior")
+    return whitening_ok(fxp.noise_whitening(op, dtype))
 
 
 def check_prior_size(prior_mean: Array, n_params: int, owner: str) -> None:
@@ -312,6 +327,7 @@ class AbstractEnsembleProcess(AbstractProcessBase):
         fxp.check_ensemble(ensemble_or_prior, f"{owner}.init(ensemble_or_prior=...)")
         x = jnp.asarray(ensemble_or_prior)
         dtype = fxp.floating_dtype(x, f"{owner}.init(ensemble_or_prior=...)")
+        check_initial_ensemble(x, f"{owner}.init(ensemble_or_prior=...)")
         y = jnp.asarray(obs).astype(dtype)
         check_obs(y, f"{owner}.init(obs=...)")
         noise = checked_obs_noise(
@@ -329,7 +345,7 @@ class AbstractEnsembleProcess(AbstractProcessBase):
             scheduler_state=self.scheduler.init(),
             n_failed=jnp.asarray(0, jnp.int32),
             converged=jnp.asarray(False),
-            status=initial_status(self, y, noise, dtype),
+            status=initial_status(self, y, noise, dtype, x),
             extra=None,
         )
 

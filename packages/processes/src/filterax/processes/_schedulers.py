@@ -17,7 +17,7 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Scalar
 
 import filterax.primitives as fxp
 
-from ._checks import check_hyperparameter
+from ._checks import check_hyperparameter, in_range
 from ._converters import as_float
 
 __all__ = [
@@ -66,6 +66,9 @@ class FixedScheduler(fxp.AbstractScheduler):
             "FixedScheduler(dt=...)",
             hint=" It is the algorithm time step (EKI: 1 is one full Kalman update).",
         )
+
+    def _hyperparameters_ok(self) -> Bool[Array, ""]:
+        return in_range(self.dt)
 
     def init(self) -> None:
         return None
@@ -153,6 +156,10 @@ class DataMisfitController(fxp.AbstractScheduler):
             "after T use on_terminate='continue'.",
         )
 
+    def _hyperparameters_ok(self) -> Bool[Array, ""]:
+        # A traced T <= 0 would stop the process at once with status OK.
+        return in_range(self.terminate_at, strict=True)
+
     def init(self) -> DataMisfitControllerState:
         return DataMisfitControllerState(
             reached=jnp.asarray(False),
@@ -236,6 +243,9 @@ class EKSStableScheduler(fxp.AbstractScheduler):
     def __check_init__(self) -> None:
         check_hyperparameter(self.alpha, "EKSStableScheduler(alpha=...)", strict=True)
         check_hyperparameter(self.eps, "EKSStableScheduler(eps=...)", strict=True)
+
+    def _hyperparameters_ok(self) -> Bool[Array, ""]:
+        return in_range(self.alpha, strict=True) & in_range(self.eps, strict=True)
 
     def init(self) -> None:
         return None

@@ -6,11 +6,11 @@ import equinox as eqx
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 import numpy as np
-from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray
 
 import filterax.primitives as fxp
 
-from ._checks import check_hyperparameter
+from ._checks import check_hyperparameter, in_range
 from ._converters import as_float
 from ._failures import check_failure_handler, masked_stats
 from ._inflation import (
@@ -111,6 +111,10 @@ class SparseInversion(AbstractEnsembleProcess):
                 "SparseInversion(stochastic=False) uses the square-root EKI step, which cannot "
                 "be localised; use stochastic=True with a localizer."
             )
+
+    def _hyperparameters_ok(self) -> Bool[Array, ""]:
+        # A traced negative l1_weight would push parameters away from 0 with status OK.
+        return in_range(self.l1_weight) & in_range(self.threshold_value)
 
     def _needs_key(self) -> bool:
         return self.stochastic

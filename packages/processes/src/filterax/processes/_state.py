@@ -27,9 +27,12 @@ class AbstractProcessState(eqx.Module):
 
     - ``0`` `OK`: every update so far used valid data and hyper-parameters.
     - ``1`` `INVALID_DATA`: ``obs``/``obs_noise`` (traced, or a mini-batch) had a NaN/inf
-        entry, a variance ``<= 0`` or a covariance that is not positive definite.
-    - ``2`` `INVALID_HYPERPARAMETERS`: a floating-point field of the process was NaN/inf, or
-        the time step was NaN, infinite or negative.
+        entry, a variance ``<= 0`` or a covariance that is not positive definite, or the
+        initial ensemble (`UKI`: the initial mean and covariance) had a NaN/inf entry.
+    - ``2`` `INVALID_HYPERPARAMETERS`: a floating-point field of the process was NaN/inf or
+        outside the range its constructor checks for a concrete value (e.g. a negative
+        inflation scaling, a prior variance ``<= 0``), or the time step was NaN, infinite,
+        negative or (`GNKI`) ``>= 2``.
 
     Concrete bad inputs raise a `ValueError` when they are given; the status is for values
     only known at run time (under `jit`, `vmap`, `grad`). Once it is not `OK` every update is

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import equinox as eqx
 import jax.numpy as jnp
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 import filterax.primitives as fxp
 
@@ -30,6 +30,7 @@ from ._process_base import (
     AbstractEnsembleProcess,
     check_prior,
     check_prior_size,
+    prior_cov_ok,
     prior_operator,
 )
 from ._schedulers import FixedScheduler
@@ -97,6 +98,9 @@ class TEKI(AbstractEnsembleProcess):
                 "TEKI(stochastic=False) is a square-root update, which cannot be localised; "
                 "use stochastic=True with a localizer."
             )
+
+    def _hyperparameters_ok(self) -> Bool[Array, ""]:
+        return prior_cov_ok(self.prior_mean, self.prior_cov)
 
     def _needs_key(self) -> bool:
         return self.stochastic

@@ -8,11 +8,17 @@ from typing import Any
 import equinox as eqx
 import jax.numpy as jnp
 from jax import lax
-from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, ScalarLike
+from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray, ScalarLike
 
 import filterax.primitives as fxp
 
-from ._checks import check_hyperparameter, check_obs, checked_obs_noise
+from ._checks import (
+    check_hyperparameter,
+    check_initial_ensemble,
+    check_obs,
+    checked_obs_noise,
+    in_range,
+)
 from ._converters import as_float
 from ._failures import check_failure_handler
 from ._kalman_update import (
@@ -30,6 +36,7 @@ from ._process_base import (
     checked_step,
     initial_key,
     new_state,
+    prior_cov_ok,
     prior_operator,
     resolve_obs,
     schedule,
@@ -259,6 +266,11 @@ class UKI(AbstractProcessBase):
                 f"spread by sqrt(alpha^2 (N_p + kappa))); got {self.kappa!r}."
             )
 
+    def _hyperparameters_ok(self) -> Bool[Array, ""]:
+        return in_range(self.alpha_reg, strict=True, high=1.0) & prior_cov_ok(
+            self.prior_mean, self.prior_cov
+        )
+
     @property
     def n_params(self) -> int:
         return self.prior_mean.shape[0]
@@ -317,6 +329,7 @@ class UKI(AbstractProcessBase):
                 name="UKI.init(ensemble_or_prior=(mean, cov))",
             )
         dtype = fxp.floating_dtype(mean, "UKI.init(ensemble_or_prior=(mean, ...))")
+        check_initial_ensemble(mean, "UKI.init(ensemble_or_prior=(mean, ...))")
         mean = mean.astype(dtype)
         cov = jnp.asarray(cov).astype(dtype)
         y = jnp.asarray(obs).astype(dtype)
@@ -324,6 +337,7 @@ class UKI(AbstractProcessBase):
         noise = checked_obs_noise(
             obs_noise, y.shape[0], dtype=dtype, name="UKI.init(obs_noise=...)"
         )
+        given = None if ensemble_or_prior is None else (mean, cov)
         alpha_reg, _ = self._settings()
         alpha_reg = jnp.asarray(alpha_reg, dtype)
         extra = UKIState(mean=mean, cov=cov, sigma_omega=(2.0 - alpha_reg**2) * cov)
@@ -338,7 +352,8 @@ class UKI(AbstractProcessBase):
             scheduler_state=self.scheduler.init(),
             n_failed=jnp.asarray(0, jnp.int32),
             converged=jnp.asarray(False),
-            status=initial_status(self, y, noise, dtype),
+            # A given (mean, cov) is data; the prior (None) is checked as a hyper-parameter.
+            status=initial_status(self, y, noise, dtype, given),
             extra=extra,
         )
 
