@@ -122,3 +122,19 @@ def test_primitive_refuses_bad_scalar(case, bad):
         assert_loud(functools.partial(jax.jit(call), value), match=match)
         batch = jnp.array([1.0 if case != "inflate_rtps" else 0.5, value])
         assert_loud(functools.partial(jax.vmap(call), batch), match=match)
+
+
+def test_assert_loud_skips_prng_keys_in_results():
+    # A result holding a PRNG key (every process state does) is judged by its other leaves.
+    import equinox as eqx
+
+    class State(eqx.Module):
+        key: jax.Array
+        x: jax.Array
+        status: jax.Array
+
+    ok = State(jax.random.key(0), jnp.ones(2), jnp.array(0))
+    assert assert_loud(lambda: ok, match="x", allow_finite=True) == "value"
+    bad = State(jax.random.key(0), jnp.array([jnp.nan]), jnp.array(0))
+    with pytest.raises(AssertionError, match=r"silent NaN/inf with status OK in \.x"):
+        assert_loud(lambda: bad, match="x")

@@ -51,6 +51,8 @@ def _nonfinite_leaves(result: Any) -> list[str]:
     bad = []
     leaves = jax.tree_util.tree_leaves_with_path(result)
     for path, leaf in leaves:
+        if hasattr(leaf, "dtype") and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            continue  # a PRNG key (e.g. in a process state) has no finiteness
         arr = np.asarray(leaf) if hasattr(leaf, "dtype") else None
         if (
             arr is not None
