@@ -9,6 +9,7 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import lineax as lx
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray
 
@@ -18,11 +19,14 @@ from filterax.primitives import rms_spread
 
 from ._replay import ReplayErrors, analysis_conditioning, cycle_replay_errors
 from ._result import SmootherResult
-from ._transforms import ensemble_transform, local_ensemble_transforms, matmul
+from ._transforms import matmul, replay_local_transforms, replay_transform
 
 __all__ = ["AbstractEnsembleSmoother"]
 
+STATUS_OK = ff.AssimilationResult.OK
 STATUS_NONFINITE = ff.AssimilationResult.NONFINITE
+STATUS_DIVERGED = ff.AssimilationResult.DIVERGED
+STATUS_INVALID_NOISE = ff.AssimilationResult.INVALID_NOISE
 
 
 class AbstractEnsembleSmoother(eqx.Module):
@@ -104,7 +108,67 @@ def check_history(history: Any) -> tuple[int, int, int]:
         raise ValueError(
             f"the ensembles have N_e={n_e} member(s); ensemble smoothers need N_e >= 2."
         )
+    for name in ("ensembles", "forecast_ensembles"):
+        dtype = getattr(history, name).dtype
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(
+                f"history.{name} must be floating point; got dtype {dtype}. Smooth the "
+                "AssimilationResult that assimilate returned."
+            )
+    _check_history_finite(history)
     return n_times, n_e, n_x
+
+
+def _check_history_finite(history: ff.AssimilationResult) -> None:
+    """Refuse a concrete history with a NaN/inf entry in a cycle it reports as assimilated.
+
+    `assimilate` never stores one (a non-finite cycle gets ``cycle_status`` 1 and is skipped by
+    the smoothers); such a history was changed after the run or assembled by hand, and would
+    come back as NaN with status OK. Traced histories are checked by the result's status
+    (`finish_result`)."""
+    status = fxp.concrete_value(history.cycle_status)
+    if status is None:
+        return
+    assimilated = np.isin(np.asarray(status), (STATUS_OK, STATUS_DIVERGED))
+    for name in ("ensembles", "forecast_ensembles"):
+        values = fxp.concrete_value(getattr(history, name))
+        if values is None:
+            continue
+        bad = ~np.isfinite(values) & assimilated.reshape(-1, 1, 1)
+        if bad.any():
+            index = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(
+                f"history.{name} has a non-finite entry at index {index} (cycle, member, "
+                f"component), in cycle {index[0]} whose cycle_status says it was assimilated: "
+                "assimilate never stores one (a failed cycle has cycle_status 1), so this "
+                "history was changed after the run or built by hand. Smooth the "
+                "AssimilationResult that assimilate returned."
+            )
+
+
+def check_obs_noise(obs_noise: Any, n_y: int, where: str) -> None:
+    """Refuse a concrete ``obs_noise`` that is not finite and positive definite (it is
+    whitened in every replayed analysis); a traced one is checked when the program runs
+    (status ``INVALID_NOISE``, see `noise_valid`)."""
+    # A size mismatch is left to the analysis, whose message names the observation operator.
+    if _noise_size(obs_noise) in (None, n_y):
+        fxp.positive_definite_noise(obs_noise, n_y, name=f"{where}: obs_noise")
+
+
+def _noise_size(noise: Any) -> int | None:
+    """The dimension a noise covariance describes, ``None`` for a scalar ``c I``."""
+    if isinstance(noise, lx.DiagonalLinearOperator):
+        return jnp.shape(noise.diagonal)[0]
+    if isinstance(noise, lx.AbstractLinearOperator):
+        return noise.in_size()
+    shape = jnp.shape(noise)
+    return shape[0] if shape else None
+
+
+def noise_valid(obs_noise: Any, n_y: int) -> Array:
+    """Whether ``obs_noise`` is finite and positive definite, as a traced boolean
+    (`filterax.primitives.valid_noise`): the run-time counterpart of `check_obs_noise`."""
+    return fxp.valid_noise(obs_noise, n_y)
 
 
 def is_localised(filt: Any, context: Mapping[str, Any] | None = None) -> bool:
@@ -170,8 +234,9 @@ def check_lag(lag: Any) -> int:
 
 
 def valid_cycles(history: ff.AssimilationResult) -> Bool[Array, " T"]:
-    """Cycles with an estimate: everything but the non-finite (frozen) ones."""
-    return history.cycle_status != STATUS_NONFINITE
+    """Cycles with an estimate: the assimilated ones (status OK or DIVERGED), not the
+    non-finite (frozen) ones nor those of a run with invalid times or noise (status 3, 4)."""
+    return (history.cycle_status == STATUS_OK) | (history.cycle_status == STATUS_DIVERGED)
 
 
 def where_rows(valid: Array, x: Array, fill: Any) -> Array:
@@ -199,6 +264,13 @@ def build_result(
     )
 
 
+def _finite_rows(x: Array | None) -> Array:
+    """Per row (leading axis): whether every entry is finite (``True`` for ``None``)."""
+    if x is None:
+        return jnp.asarray(True)
+    return jnp.all(jnp.isfinite(x.reshape(x.shape[0], -1)), axis=1)
+
+
 def finish_result(
     history: ff.AssimilationResult,
     smoothed_mean: Array,
@@ -206,20 +278,39 @@ def finish_result(
     smoothed_ensembles: Array | None,
 ) -> SmootherResult:
     valid = valid_cycles(history)
+    smoothed_mean = where_rows(valid, smoothed_mean, jnp.nan)
+    smoothed_spread = where_rows(valid, smoothed_spread, jnp.nan)
+    # A traced history with a NaN/inf entry in an assimilated cycle (the eager check in
+    # `check_history` sees only concrete ones), or a smoothed row that is not finite there, is
+    # a non-finite result: never NaN (or a number computed from inf) with status OK.
+    broken = valid & ~(
+        jnp.all(jnp.isfinite(smoothed_mean), axis=-1)
+        & jnp.isfinite(smoothed_spread)
+        & _finite_rows(history.ensembles)
+        & _finite_rows(history.forecast_ensembles)
+    )
+    history_ok = (history.status == STATUS_OK) | (history.status == STATUS_DIVERGED)
+    nonfinite = history_ok & jnp.any(broken)
+    status = jnp.where(nonfinite, STATUS_NONFINITE, history.status).astype(history.status.dtype)
+    first_failure = jnp.where(
+        nonfinite & ((history.first_failure < 0) | (jnp.argmax(broken) < history.first_failure)),
+        jnp.argmax(broken),
+        history.first_failure,
+    ).astype(history.first_failure.dtype)
     return SmootherResult(
         forecast_mean=history.forecast_mean,
         analysis_mean=history.analysis_mean,
-        smoothed_mean=where_rows(valid, smoothed_mean, jnp.nan),
+        smoothed_mean=smoothed_mean,
         forecast_spread=history.forecast_spread,
         analysis_spread=history.analysis_spread,
-        smoothed_spread=where_rows(valid, smoothed_spread, jnp.nan),
+        smoothed_spread=smoothed_spread,
         log_likelihood=history.log_likelihood,
         smoothed_ensembles=smoothed_ensembles,
         particles=history.particles,
         iterations=None,
         times=history.times,
-        status=history.status,
-        first_failure=history.first_failure,
+        status=status,
+        first_failure=first_failure,
     )
 
 
@@ -273,7 +364,7 @@ def cycle_transforms(
 
     def one(step, forecast, analysis, y):
         _, k_an, _, k_rot = ff.cycle_keys(key, step)
-        w = ensemble_transform(filt, k_an, forecast, y, obs_op, obs_noise, context)
+        w = replay_transform(filt, k_an, forecast, y, obs_op, obs_noise, context)
         rotated_forecast = forecast
         if rotate:
             rotation = rotation_matrix(k_rot, w.shape[0], w.dtype)
@@ -304,7 +395,7 @@ def local_cycle_transform(
     (`local_ensemble_transforms`) and its replay errors (`cycle_replay_errors`); the identity
     for a frozen cycle. Inputs as from `replay_inputs`."""
     _, k_an, _, k_rot = ff.cycle_keys(key, step)
-    w = local_ensemble_transforms(filt, k_an, forecast, y, obs_op, obs_noise, context)
+    w = replay_local_transforms(filt, k_an, forecast, y, obs_op, obs_noise, context)
     replayed = jnp.einsum("iab,bi->ai", w, forecast, precision=jax.lax.Precision.HIGHEST)
     rotated_forecast = forecast
     if rotate:

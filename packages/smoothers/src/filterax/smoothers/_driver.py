@@ -114,6 +114,18 @@ def assimilate_and_smooth(
         check_filter(filt)
     else:
         check_regression_filter(filt, context, f"{type(smoother).__name__}.smooth")
+    # Concrete observations, times, t0 and noise are checked now, with messages that name
+    # the bad entry (inside the compiled call they were traced: an error without the index).
+    observations, obs_times = ff.check_run_arguments(
+        fxp.Model(dynamics, obs_op, obs_noise, t0=t0),
+        observations,
+        obs_times,
+        key,
+        "forecast_and_analysis",
+        None,
+        t0,
+        "assimilate_and_smooth",
+    )
     # The history is made here with the same arguments, so the replay can only differ from
     # it if the filter is not what the smoother supports (e.g. a custom localised filter):
     # checked where the inflator lets the check see through it. filterax's own filters

@@ -14,14 +14,17 @@ import filterax.filters as ff
 import filterax.primitives as fxp
 
 from ._base import (
+    STATUS_INVALID_NOISE,
     AbstractEnsembleSmoother,
     build_result,
     check_context,
     check_filter,
     check_history,
+    check_obs_noise,
     check_observations,
     cycle_transforms,
     local_cycle_transform,
+    noise_valid,
     replay_inputs,
     valid_cycles,
     where_rows,
@@ -131,8 +134,10 @@ def _prepare(
     filt: Any,
     history: Any,
     observations: Any,
+    obs_noise: Any,
     key: Any,
     context: Any,
+    where: str,
 ) -> tuple[Array, dict[str, Any]]:
     check_filter(filt)
     n_times, _, _ = check_history(history)
@@ -142,6 +147,7 @@ def _prepare(
             "that was given to assimilate (per-cycle keys come from cycle_keys(key, k))."
         )
     observations = check_observations(observations, n_times, history.ensembles.dtype)
+    check_obs_noise(obs_noise, observations.shape[1], where)
     return observations, check_context(context)
 
 
@@ -184,7 +190,18 @@ def _smooth_lagged(
             smoothed = enks_backward(transforms, analyses)
         else:
             smoothed = fixed_lag_backward(transforms, analyses, lag)
-    return build_result(history, smoothed, save_ensembles), errors
+    # A traced obs_noise that is not finite positive definite (a noise scale under vmap/grad)
+    # smooths nothing: status INVALID_NOISE and NaN rows, as in filterax.filters.run.
+    noise_ok = noise_valid(obs_noise, observations.shape[1])
+    result = build_result(history, jnp.where(noise_ok, smoothed, jnp.nan), save_ensembles)
+    result = eqx.tree_at(
+        lambda r: r.status,
+        result,
+        jnp.where(noise_ok, result.status, STATUS_INVALID_NOISE).astype(result.status.dtype),
+    )
+    if errors is not None:
+        errors = eqx.tree_at(lambda e: e.valid, errors, errors.valid & noise_ok)
+    return result, errors
 
 
 def smooth_lagged(
@@ -201,7 +218,7 @@ def smooth_lagged(
     check_replay: bool = True,
     where: str = "EnKS.smooth",
 ) -> SmootherResult:
-    observations, context = _prepare(filt, history, observations, key, context)
+    observations, context = _prepare(filt, history, observations, obs_noise, key, context, where)
     result, errors = _smooth_lagged(
         filt,
         history,

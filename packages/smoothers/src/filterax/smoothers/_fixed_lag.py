@@ -31,7 +31,7 @@ from ._base import (
 )
 from ._enks import smooth_lagged
 from ._result import SmootherResult
-from ._transforms import ensemble_transform, matmul
+from ._transforms import matmul, replay_transform
 
 __all__ = [
     "FixedLagSmoother",
@@ -40,7 +40,8 @@ __all__ = [
     "OnlineFixedLagState",
 ]
 
-_NONFINITE = ff.RunResult.NONFINITE
+_OK = ff.RunResult.OK
+_DIVERGED = ff.RunResult.DIVERGED
 
 
 class FixedLagSmoother(AbstractEnsembleSmoother):
@@ -319,7 +320,7 @@ class OnlineFixedLagSmoother(fxp.AbstractCycledMethod):
         chain = filt.chain
         chain_keys = (k_infl, k_rot, *(jax.random.fold_in(k_rot, i) for i in range(2, len(chain))))
         finite_forecast = jnp.all(jnp.isfinite(forecast))
-        transform = ensemble_transform(
+        transform = replay_transform(
             filt.kernel,
             k_an,
             jnp.where(finite_forecast, forecast, 0.0),
@@ -355,7 +356,9 @@ class OnlineFixedLagSmoother(fxp.AbstractCycledMethod):
         """
         lag = self.lag
         diag = out.diagnostics
-        valid = out.cycle_status != _NONFINITE
+        # Assimilated cycles: not the non-finite ones, nor those of a run with invalid
+        # (traced) times or noise (status 3, 4), whose flushed buffer rows used to be zeros.
+        valid = (out.cycle_status == _OK) | (out.cycle_status == _DIVERGED)
         smoothed_mean = diag.smoothed_mean
         smoothed_spread = diag.smoothed_spread
         ensembles = diag.smoothed_ensemble if self.save_ensembles else None

@@ -88,8 +88,11 @@ __all__ = ["iEnKS", "iEnKSDiagnostics", "iEnKSState"]
 _VARIANTS = ("sqrt", "pertobs", "order1")
 # Sakov & Bocquet's bundle scaling of the ensemble (DAPPER: EPS = 1e-4 when bundle=True).
 _BUNDLE_EPS = 1e-4
+_OK = ff.RunResult.OK
 _NONFINITE = ff.RunResult.NONFINITE
 _DIVERGED = ff.RunResult.DIVERGED
+_INVALID_TIMES = ff.RunResult.INVALID_TIMES
+_INVALID_NOISE = ff.RunResult.INVALID_NOISE
 
 _NONFINITE_MESSAGE = (
     "iEnKS.run: the ensemble became non-finite (NaN/inf) during the run. Re-run with "
@@ -323,11 +326,12 @@ class iEnKS(fxp.AbstractCycledMethod):
         if (
             isinstance(self.wtol, bool)
             or not isinstance(self.wtol, int | float)
-            or not self.wtol >= 0
+            or not 0 <= self.wtol < math.inf
         ):
             raise ValueError(
-                f"iEnKS: wtol must be a Python float >= 0 (0 = always n_iter iterations; DAPPER "
-                f"recommends 1e-5); got {self.wtol!r}."
+                f"iEnKS: wtol must be a finite Python float >= 0 (0 = always n_iter iterations; "
+                f"DAPPER recommends 1e-5; an infinite tolerance would stop every window after "
+                f"one iteration: use n_iter=1 for that); got {self.wtol!r}."
             )
         if isinstance(self.inflator, fxp.AdaptiveInflator):
             raise TypeError(
@@ -685,7 +689,8 @@ class iEnKS(fxp.AbstractCycledMethod):
         ensemble = state.ensemble
         dtype = ensemble.dtype
         diag = out.diagnostics
-        valid_fa = out.cycle_status != _NONFINITE
+        # Assimilated cycles; a run with invalid (traced) times or noise has none (status 3, 4).
+        valid_fa = (out.cycle_status == _OK) | (out.cycle_status == _DIVERGED)
         alive = jnp.all(valid_fa)
         nan = jnp.asarray(jnp.nan, dtype)
 
@@ -736,8 +741,13 @@ class iEnKS(fxp.AbstractCycledMethod):
         diverged = out.cycle_status == _DIVERGED
         nonfinite = ~(valid_fa & valid_s)
         failed = nonfinite | diverged
+        # The driver's invalid-input statuses are kept (they used to be reported as 0 with
+        # every row NaN).
+        invalid_input = (out.status == _INVALID_TIMES) | (out.status == _INVALID_NOISE)
         status = jnp.where(
-            jnp.any(nonfinite), _NONFINITE, jnp.where(jnp.any(diverged), _DIVERGED, 0)
+            invalid_input,
+            out.status,
+            jnp.where(jnp.any(nonfinite), _NONFINITE, jnp.where(jnp.any(diverged), _DIVERGED, 0)),
         ).astype(jnp.int32)
         first_failure = jnp.where(jnp.any(failed), jnp.argmax(failed), -1).astype(jnp.int32)
         return SmootherResult(

@@ -46,7 +46,9 @@ class SmootherResult(eqx.Module):
     - `iterations`: ``(T,)`` iterations used per window (iterative smoothers), else ``None``.
     - `times`: ``(T,)`` the observation times.
     - `status`: ``0`` ok, ``1`` non-finite somewhere (the rows from the first failure on are
-      NaN), ``2`` diverged (as `filterax.filters.AssimilationResult.status`).
+      NaN; also a smoothed row that came out NaN/inf), ``2`` diverged, ``3`` invalid (traced)
+      observation times, ``4`` invalid (traced) noise: nothing assimilated or smoothed, every
+      row NaN (as `filterax.filters.AssimilationResult.status`).
     - `first_failure`: the first failing cycle, ``-1`` if none.
     """
 

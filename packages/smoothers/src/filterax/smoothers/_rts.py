@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import lineax as lx
 import numpy as np
-from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, Real
+from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Real
 
 import filterax.filters as ff
 import filterax.primitives as fxp
@@ -55,12 +55,21 @@ def _check_rcond(rcond: Any) -> None:
         )
 
 
-def _check_decorr(decorr: Any) -> None:
-    if isinstance(decorr, int | float) and not 0 < decorr <= 1:
-        raise ValueError(
-            f"decorr must be in (0, 1] (DAPPER's DeCorr: 1 = no damping of the smoother "
-            f"gain); got {decorr!r}."
-        )
+def _decorr_field(owner: str) -> Any:
+    # Checked by the converter whenever the smoother is built: a concrete value (Python or
+    # array) at once, a traced one (a smoother built under vmap/grad over decorr) when the
+    # program runs; it used to check Python numbers only, so decorr=jnp.asarray(-1.0) or a
+    # vmapped sweep with a bad member smoothed silently.
+    return eqx.field(
+        default=1.0,
+        converter=fxp.parameter_converter(
+            f"{owner}.decorr",
+            low=0.0,
+            low_open=True,
+            high=1.0,
+            hint="(DAPPER's DeCorr: 1 = no damping of the smoother gain.)",
+        ),
+    )
 
 
 def check_regression_filter(filt: Any, context: Any, where: str) -> None:
@@ -129,7 +138,6 @@ class _AbstractRegressionSmoother(AbstractEnsembleSmoother):
 
     def __check_init__(self) -> None:
         _check_rcond(self.rcond)
-        _check_decorr(self.decorr)
 
     @abc.abstractmethod
     def backward_step(
@@ -235,7 +243,7 @@ class EnsembleRTS(_AbstractRegressionSmoother):
     """
 
     rcond: float | None = eqx.field(default=None, static=True)
-    decorr: float | Array = 1.0
+    decorr: float | Array = _decorr_field("EnsembleRTS")
 
     def backward_step(
         self,
@@ -298,7 +306,7 @@ class EnsembleSqrtSmoother(_AbstractRegressionSmoother):
     """
 
     rcond: float | None = eqx.field(default=None, static=True)
-    decorr: float | Array = 1.0
+    decorr: float | Array = _decorr_field("EnsembleSqrtSmoother")
 
     def backward_step(
         self,
@@ -338,10 +346,18 @@ class GaussianSmoothResult(eqx.Module):
 
     - `mean`: ``(T, N_x)`` smoothed means.
     - `cov`: ``(T, N_x, N_x)`` smoothed covariances.
+    - `status`: ``0`` ok; the filter run's status when it failed (``1`` non-finite, ``3``
+      invalid times, ``4`` invalid noise; its NaN rows make every smoothed row NaN); ``3``
+      for traced `obs_times` that are not finite and increasing (nothing is integrated);
+      ``1`` for a NaN/inf smoothed row otherwise (``2``, diverged, is passed on). ``None``
+      for a result built by hand.
+    - `first_failure`: the first failing row (``-1`` if none), ``None`` with `status`.
     """
 
     mean: Float[Array, "T N_x"]
     cov: Float[Array, "T N_x N_x"]
+    status: Int[Array, ""] | None = None
+    first_failure: Int[Array, ""] | None = None
 
 
 def _transition_jacobian(dynamics: Any, x: Array, t0: Any, t1: Any) -> Array:
@@ -415,6 +431,13 @@ def rts_smooth(
     n_times, n_x = result.mean.shape
     if n_times < 1:
         raise ValueError("result is empty (T = 0): there is nothing to smooth.")
+    for name in ("mean", "cov", "forecast_mean", "forecast_cov"):
+        dtype = jnp.result_type(getattr(result, name))
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(
+                f"result.{name} must be floating point; got dtype {dtype}. Pass the KalmanResult "
+                "that KalmanFilter().filter(...) returned."
+            )
     if jnp.ndim(t0) != 0:
         raise ValueError(f"t0 must be a scalar time; got shape {jnp.shape(t0)}.")
     obs_times = jnp.asarray(obs_times)
@@ -423,19 +446,135 @@ def rts_smooth(
             f"obs_times must have shape (T,) = ({n_times},), one time per row of result; got "
             f"{obs_times.shape}."
         )
+    # The Jacobians integrate the dynamics between these times: NaN or decreasing times used
+    # to give a plausible but wrong smoother, an infinite one never returned.
+    _check_times(obs_times, t0)
+    _check_kalman_rows_finite(result)
     if isinstance(dynamics, fxp.AbstractStochasticDynamics):
         raise TypeError(
             "this dynamics draws its own noise (an AbstractStochasticDynamics). Pass its "
             "deterministic part (e.g. StochasticDynamics.dynamics), as given to the Kalman filter."
         )
-    return _rts_smooth(result, dynamics, obs_times)
+    return _rts_smooth(result, dynamics, obs_times, t0)
+
+
+def _check_times(obs_times: Array, t0: Any) -> None:
+    """Refuse concrete times that are not finite, not strictly increasing or earlier than a
+    concrete `t0` (as `filterax.filters.run` does); traced ones get status 3 (`_rts_smooth`)."""
+    t0v = fxp.concrete_value(t0)
+    if t0v is not None and not np.isfinite(t0v):
+        raise ValueError(f"rts_smooth: t0 must be a finite time; got {t0v}.")
+    times = fxp.concrete_value(obs_times)
+    if times is None:
+        return
+    times = np.asarray(times, dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(times))
+    if bad.size:
+        raise ValueError(
+            f"rts_smooth: obs_times must be finite; obs_times[{bad[0]}] = {times[bad[0]]}. Pass "
+            "the obs_times given to the Kalman filter."
+        )
+    bad = np.flatnonzero(~(np.diff(times) > 0))
+    if bad.size:
+        k = bad[0] + 1
+        raise ValueError(
+            f"rts_smooth: obs_times must be strictly increasing; obs_times[{k}] = {times[k]} "
+            f"follows obs_times[{k - 1}] = {times[k - 1]}. Pass the obs_times given to the "
+            "Kalman filter."
+        )
+    if t0v is not None and times[0] < float(t0v):
+        raise ValueError(
+            f"rts_smooth: the first observation time {times[0]} is earlier than t0 = "
+            f"{float(t0v)}. Pass the t0 and obs_times given to the Kalman filter."
+        )
+
+
+def _kalman_rows_valid(result: ff.KalmanResult) -> Array:
+    """Rows the filter assimilated (status OK or DIVERGED); every row of a hand-built result."""
+    if result.cycle_status is None:
+        return jnp.ones(result.mean.shape[0], dtype=bool)
+    status = result.cycle_status
+    return (status == ff.KalmanResult.OK) | (status == ff.KalmanResult.DIVERGED)
+
+
+def _check_kalman_rows_finite(result: ff.KalmanResult) -> None:
+    """Refuse a concrete result with a NaN/inf entry in a row its status calls assimilated
+    (changed after the run or built by hand); traced ones get status 1 (`_rts_smooth`)."""
+    valid = fxp.concrete_value(_kalman_rows_valid(result))
+    if valid is None:
+        return
+    for name in ("mean", "cov", "forecast_mean", "forecast_cov"):
+        values = fxp.concrete_value(getattr(result, name))
+        if values is None:
+            continue
+        rows = ~np.all(np.isfinite(values.reshape(values.shape[0], -1)), axis=1) & valid
+        if rows.any():
+            k = int(np.argmax(rows))
+            raise ValueError(
+                f"rts_smooth: result.{name} has a non-finite entry in row {k}, which the "
+                "filter's cycle_status calls assimilated: the result was changed after the "
+                "run or built by hand. Pass the KalmanResult that KalmanFilter().filter(...) "
+                "returned."
+            )
+
+
+def _smooth_status(
+    result: ff.KalmanResult, times_ok: Array, mean: Array, cov: Array
+) -> tuple[Array, Array]:
+    """``(status, first_failure)`` of a `GaussianSmoothResult` (see its fields)."""
+    ok, nonfinite = ff.KalmanResult.OK, ff.KalmanResult.NONFINITE
+    diverged, invalid_times = ff.KalmanResult.DIVERGED, ff.KalmanResult.INVALID_TIMES
+    status_in = jnp.asarray(ok if result.status is None else result.status, jnp.int32)
+    first_in = jnp.asarray(-1 if result.first_failure is None else result.first_failure, jnp.int32)
+    failed_in = (status_in != ok) & (status_in != diverged)
+    # A smoothed row that is not finite, or a traced input row the filter calls assimilated
+    # with a NaN/inf entry (the eager check sees only concrete ones).
+    inputs_finite = jnp.ones(mean.shape[0], dtype=bool)
+    for x in (result.mean, result.cov, result.forecast_mean, result.forecast_cov):
+        inputs_finite &= jnp.all(jnp.isfinite(x.reshape(x.shape[0], -1)), axis=1)
+    broken = ~(
+        jnp.all(jnp.isfinite(mean), axis=-1)
+        & jnp.all(jnp.isfinite(cov), axis=(-2, -1))
+        & (inputs_finite | ~_kalman_rows_valid(result))
+    )
+    status = jnp.where(
+        ~times_ok,
+        invalid_times,
+        jnp.where(failed_in, status_in, jnp.where(jnp.any(broken), nonfinite, status_in)),
+    ).astype(jnp.int32)
+    first_failure = jnp.where(
+        ~times_ok,
+        0,
+        jnp.where(
+            failed_in | ~jnp.any(broken),
+            first_in,
+            jnp.where(
+                (first_in >= 0) & (first_in < jnp.argmax(broken)), first_in, jnp.argmax(broken)
+            ),
+        ),
+    ).astype(jnp.int32)
+    return status, first_failure
 
 
 @eqx.filter_jit
-def _rts_smooth(result: ff.KalmanResult, dynamics: Any, obs_times: Array) -> GaussianSmoothResult:
+def _rts_smooth(
+    result: ff.KalmanResult, dynamics: Any, obs_times: Array, t0: Any
+) -> GaussianSmoothResult:
+    # Traced times (under jit/vmap/grad) are checked here: invalid ones integrate nothing
+    # (an infinite interval would be an unbounded number of integrator steps) and give
+    # status 3 with NaN rows, as in filterax.filters.run.
+    t0 = jnp.asarray(t0)
+    times_ok = (
+        jnp.all(jnp.isfinite(obs_times))
+        & jnp.isfinite(t0)
+        & jnp.all(obs_times[1:] > obs_times[:-1])
+        & (obs_times[0] >= t0)
+    )
+    obs_times = jnp.where(times_ok, obs_times, jnp.zeros_like(obs_times))
     mean_a, cov_a = result.mean, result.cov
     if mean_a.shape[0] == 1:
-        return GaussianSmoothResult(mean=mean_a, cov=cov_a)
+        status, first_failure = _smooth_status(result, times_ok, mean_a, cov_a)
+        return GaussianSmoothResult(mean_a, cov_a, status, first_failure)
 
     def step(carry, inputs):
         mean_next, cov_next = carry
@@ -456,6 +595,7 @@ def _rts_smooth(result: ff.KalmanResult, dynamics: Any, obs_times: Array) -> Gau
         obs_times[1:],
     )
     _, (means, covs) = jax.lax.scan(step, (mean_a[-1], cov_a[-1]), inputs, reverse=True)
-    return GaussianSmoothResult(
-        mean=jnp.concatenate([means, mean_a[-1:]]), cov=jnp.concatenate([covs, cov_a[-1:]])
-    )
+    mean = jnp.where(times_ok, jnp.concatenate([means, mean_a[-1:]]), jnp.nan)
+    cov = jnp.where(times_ok, jnp.concatenate([covs, cov_a[-1:]]), jnp.nan)
+    status, first_failure = _smooth_status(result, times_ok, mean, cov)
+    return GaussianSmoothResult(mean, cov, status, first_failure)

@@ -21,9 +21,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
+import filterax.primitives as fxp
 from filterax.primitives import (
     apply_obs,
     default_pinv_rcond as default_rcond,
@@ -53,6 +55,51 @@ class _LeadingObs(eqx.Module):
         return apply_obs(self.obs_op, z[: self.n_x])
 
 
+def _check_transform_inputs(
+    filt: Any, forecast: Any, obs: Any, obs_noise: Any, where: str
+) -> tuple[Array, bool]:
+    """The checks of the public transforms before they call ``filt.analysis``: a filter with
+    an analysis, a 2-D forecast, and a concrete obs_noise finite and positive definite.
+    Returns the forecast as an array and whether any input is traced (then `_checked`)."""
+    if not callable(getattr(filt, "analysis", None)):
+        raise TypeError(
+            f"{where}: filt must be a sequential filter with an analysis(key, forecast, obs, "
+            f"obs_op, obs_noise, **context) method; got {type(filt).__name__}."
+        )
+    forecast = jnp.asarray(forecast)
+    if forecast.ndim != 2:
+        raise ValueError(
+            f"{where}: forecast must be a 2-D array (N_e, N_x) with members on the first axis; "
+            f"got shape {forecast.shape}."
+        )
+    if jnp.ndim(obs) == 1:
+        fxp.positive_definite_noise(obs_noise, jnp.shape(obs)[0], name=f"{where}: obs_noise")
+    traced = any(
+        isinstance(leaf, jax.core.Tracer)
+        for leaf in jax.tree_util.tree_leaves((forecast, obs, obs_noise))
+    )
+    return forecast, traced
+
+
+def _checked(w: Array, forecast: Array, obs: Array, obs_noise: Any, where: str) -> Array:
+    """`w` with the run-time check of traced inputs (under jit/vmap/grad) that no eager check
+    sees: a NaN/inf forecast or an obs_noise that is not finite positive definite raise when
+    the program runs instead of returning NaN (or, for an infinite variance, the identity)."""
+    finite = jnp.all(jnp.isfinite(forecast))
+    noise_ok = fxp.valid_noise(obs_noise, jnp.shape(obs)[0])
+    return eqx.branched_error_if(
+        w,
+        ~(finite & noise_ok),
+        jnp.where(finite, 0, 1),
+        (
+            f"{where}: obs_noise must be finite and positive definite; a traced value (under "
+            "jit/vmap/grad) was not.",
+            f"{where}: the forecast ensemble has a NaN/inf entry (a traced value, under "
+            "jit/vmap/grad).",
+        ),
+    )
+
+
 def ensemble_transform(
     filt: Any,
     key: PRNGKeyArray | None,
@@ -77,15 +124,43 @@ def ensemble_transform(
     ``W``, exactly (to round-off) and including any random draws of the filter (perturbed
     observations, random rotations), which depend only on the key and ``N_e, N_y``.
 
+    Bad inputs are refused: a concrete NaN/inf forecast or an `obs_noise` that is not finite
+    and positive definite with a `ValueError`; traced ones (under `jit`/`vmap`/`grad`) with an
+    `eqx.error_if` error when the program runs (never a NaN or identity transform).
+
     **Arguments:**
 
-    - `filt`: a global ensemble filter (localised filters have no single ``W``).
+    - `filt`: a global ensemble filter (localised filters have no single ``W``: use
+      `local_ensemble_transforms`).
     - `key`: the analysis key the filter used (`cycle_keys` ``(key, k)[1]`` in `assimilate`).
     - `forecast`, `obs`, `obs_op`, `obs_noise`: as for ``filt.analysis``.
     - `context`: extra keyword arguments for ``filt.analysis``.
 
     **Returns:** ``W``, ``(N_e, N_e)``; ``W 1 = 1`` for mean-preserving filters.
     """
+    where = "ensemble_transform"
+    forecast, traced = _check_transform_inputs(filt, forecast, obs, obs_noise, where)
+    if isinstance(filt, fxp.AbstractLocalFilter):
+        raise ValueError(
+            f"{where}: {type(filt).__name__} is a localised filter, with one transform per "
+            "grid point and no single W: use local_ensemble_transforms(filt, key, forecast, "
+            "obs, obs_op, obs_noise, context)."
+        )
+    w = replay_transform(filt, key, forecast, obs, obs_op, obs_noise, context)
+    return _checked(w, forecast, obs, obs_noise, where) if traced else w
+
+
+def replay_transform(
+    filt: Any,
+    key: PRNGKeyArray | None,
+    forecast: Float[Array, "N_e N_x"],
+    obs: Float[Array, " N_y"],
+    obs_op: Any,
+    obs_noise: Any,
+    context: Mapping[str, Any] | None = None,
+) -> Float[Array, "N_e N_e"]:
+    """`ensemble_transform` without its input checks, for the smoothers' replays (their
+    inputs are checked once per call, and traced bad noise becomes a status there)."""
     n_e, n_x = forecast.shape
     identity = jnp.eye(n_e, dtype=forecast.dtype)
     augmented = jnp.concatenate([forecast, identity], axis=1)
@@ -142,6 +217,9 @@ def local_ensemble_transforms(
     observation operator that looks at the first ``N_x`` columns only, returns ``W^{(i)}`` in
     block ``i``, exactly (to round-off). Cost: one analysis of ``N_x (N_e + 1)`` components.
 
+    Bad inputs are refused as in `ensemble_transform`: concrete ones with a `ValueError`,
+    traced ones (under `jit`/`vmap`/`grad`) with an `eqx.error_if` error.
+
     **Arguments:**
 
     - `filt`: the localised filter; `key`, `forecast`, `obs`, `obs_op`, `obs_noise`: as for
@@ -155,6 +233,22 @@ def local_ensemble_transforms(
     local EnKS applies the filter's local weights to the past states at the same grid point);
     S.-C. Yang, E. Kalnay & B. Hunt (2012), *MWR* 140 (the LETKF "no-cost smoother").
     """
+    where = "local_ensemble_transforms"
+    forecast, traced = _check_transform_inputs(filt, forecast, obs, obs_noise, where)
+    w = replay_local_transforms(filt, key, forecast, obs, obs_op, obs_noise, context)
+    return _checked(w, forecast, obs, obs_noise, where) if traced else w
+
+
+def replay_local_transforms(
+    filt: Any,
+    key: PRNGKeyArray | None,
+    forecast: Float[Array, "N_e N_x"],
+    obs: Float[Array, " N_y"],
+    obs_op: Any,
+    obs_noise: Any,
+    context: Mapping[str, Any],
+) -> Float[Array, "N_x N_e N_e"]:
+    """`local_ensemble_transforms` without its input checks, for the smoothers' replays."""
     n_e, n_x = forecast.shape
     context = dict(context)
     if context.get("state_coords") is None:
