@@ -35,6 +35,7 @@ from ._run import (
     RunResult as RunResult,
     as_cycled_method as as_cycled_method,
     check_run_arguments as check_run_arguments,
+    check_times as check_times,
     cycle_keys as cycle_keys,
     run as run,
     run_cycles as run_cycles,

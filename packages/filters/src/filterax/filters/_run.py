@@ -26,7 +26,6 @@ from typing import Any, ClassVar
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import lineax as lx
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, PyTree, Real
 
@@ -346,26 +345,16 @@ def check_run_arguments(
     return observations, obs_times
 
 
-def _noise_size(noise: Any) -> int | None:
-    """The dimension a noise covariance describes, ``None`` for a scalar ``c I``."""
-    if isinstance(noise, lx.DiagonalLinearOperator):
-        return jnp.shape(noise.diagonal)[0]
-    if isinstance(noise, lx.AbstractLinearOperator):
-        return noise.in_size()
-    shape = jnp.shape(noise)
-    return shape[0] if shape else None
-
-
 def noise_ok(model: fxp.AbstractModel, n_obs: int) -> Array:
     """Whether the model's noise covariances are valid, as a traced boolean
     (`filterax.primitives.valid_noise`: ``obs_noise`` finite positive definite,
     ``process_noise`` finite positive semidefinite): the run-time counterpart of
     `check_model_noise` for noise that is traced (a noise scale under `vmap` or `grad`)."""
     ok = jnp.asarray(True)
-    if _noise_size(model.obs_noise) in (None, n_obs):
+    if fxp.noise_dimension(model.obs_noise) in (None, n_obs):
         ok &= fxp.valid_noise(model.obs_noise, n_obs)
     if model.process_noise is not None:
-        n = _noise_size(model.process_noise) or 1
+        n = fxp.noise_dimension(model.process_noise) or 1
         ok &= fxp.valid_noise(model.process_noise, n, semidefinite=True)
     return ok
 
@@ -385,12 +374,12 @@ def check_model_noise(model: fxp.AbstractModel, n_obs: int, owner: str) -> None:
     be positive definite (it is whitened), ``process_noise`` positive semidefinite, both
     finite (`filterax.primitives.positive_definite_noise`). Traced ones pass through."""
     # A size mismatch is left to the analysis, whose message names the observation operator.
-    if _noise_size(model.obs_noise) in (None, n_obs):
+    if fxp.noise_dimension(model.obs_noise) in (None, n_obs):
         fxp.positive_definite_noise(model.obs_noise, n_obs, name=f"{owner}: obs_noise")
     if model.process_noise is not None:
         fxp.positive_definite_noise(
             model.process_noise,
-            _noise_size(model.process_noise) or 1,
+            fxp.noise_dimension(model.process_noise) or 1,
             name=f"{owner}: process_noise",
             semidefinite=True,
         )

@@ -133,6 +133,7 @@ from ._covariance_checks import (
     check_observation_vector as check_observation_vector,
     check_prng_key as check_prng_key,
     floating_dtype as floating_dtype,
+    noise_dimension as noise_dimension,
     positive_definite_noise as positive_definite_noise,
     valid_noise as valid_noise,
 )

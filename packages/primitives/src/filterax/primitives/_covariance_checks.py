@@ -59,6 +59,17 @@ def floating_dtype(x: Any, name: str = "the array") -> jnp.dtype:
     return jnp.dtype(dtype)
 
 
+def noise_dimension(noise: Any) -> int | None:
+    """The dimension ``n`` a noise covariance describes (an ``n x n`` operator or matrix, or a
+    length-``n`` vector of variances), or ``None`` for a scalar ``c I`` that fits any size."""
+    if isinstance(noise, lx.DiagonalLinearOperator):
+        return jnp.shape(noise.diagonal)[0]
+    if isinstance(noise, lx.AbstractLinearOperator):
+        return noise.in_size()
+    shape = jnp.shape(noise)
+    return shape[0] if shape else None
+
+
 def positive_definite_noise(
     noise: NoiseLike,
     n: int,

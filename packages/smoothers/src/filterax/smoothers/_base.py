@@ -9,7 +9,6 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import lineax as lx
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray
 
@@ -151,18 +150,8 @@ def check_obs_noise(obs_noise: Any, n_y: int, where: str) -> None:
     whitened in every replayed analysis); a traced one is checked when the program runs
     (status ``INVALID_NOISE``, see `noise_valid`)."""
     # A size mismatch is left to the analysis, whose message names the observation operator.
-    if _noise_size(obs_noise) in (None, n_y):
+    if fxp.noise_dimension(obs_noise) in (None, n_y):
         fxp.positive_definite_noise(obs_noise, n_y, name=f"{where}: obs_noise")
-
-
-def _noise_size(noise: Any) -> int | None:
-    """The dimension a noise covariance describes, ``None`` for a scalar ``c I``."""
-    if isinstance(noise, lx.DiagonalLinearOperator):
-        return jnp.shape(noise.diagonal)[0]
-    if isinstance(noise, lx.AbstractLinearOperator):
-        return noise.in_size()
-    shape = jnp.shape(noise)
-    return shape[0] if shape else None
 
 
 def noise_valid(obs_noise: Any, n_y: int) -> Array:

@@ -448,7 +448,8 @@ def rts_smooth(
         )
     # The Jacobians integrate the dynamics between these times: NaN or decreasing times used
     # to give a plausible but wrong smoother, an infinite one never returned.
-    _check_times(obs_times, t0)
+    # concrete times (as filterax.filters.run); traced ones get status 3 (`_rts_smooth`)
+    ff.check_times(obs_times, t0, "rts_smooth")
     _check_kalman_rows_finite(result)
     if isinstance(dynamics, fxp.AbstractStochasticDynamics):
         raise TypeError(
@@ -456,37 +457,6 @@ def rts_smooth(
             "deterministic part (e.g. StochasticDynamics.dynamics), as given to the Kalman filter."
         )
     return _rts_smooth(result, dynamics, obs_times, t0)
-
-
-def _check_times(obs_times: Array, t0: Any) -> None:
-    """Refuse concrete times that are not finite, not strictly increasing or earlier than a
-    concrete `t0` (as `filterax.filters.run` does); traced ones get status 3 (`_rts_smooth`)."""
-    t0v = fxp.concrete_value(t0)
-    if t0v is not None and not np.isfinite(t0v):
-        raise ValueError(f"rts_smooth: t0 must be a finite time; got {t0v}.")
-    times = fxp.concrete_value(obs_times)
-    if times is None:
-        return
-    times = np.asarray(times, dtype=np.float64)
-    bad = np.flatnonzero(~np.isfinite(times))
-    if bad.size:
-        raise ValueError(
-            f"rts_smooth: obs_times must be finite; obs_times[{bad[0]}] = {times[bad[0]]}. Pass "
-            "the obs_times given to the Kalman filter."
-        )
-    bad = np.flatnonzero(~(np.diff(times) > 0))
-    if bad.size:
-        k = bad[0] + 1
-        raise ValueError(
-            f"rts_smooth: obs_times must be strictly increasing; obs_times[{k}] = {times[k]} "
-            f"follows obs_times[{k - 1}] = {times[k - 1]}. Pass the obs_times given to the "
-            "Kalman filter."
-        )
-    if t0v is not None and times[0] < float(t0v):
-        raise ValueError(
-            f"rts_smooth: the first observation time {times[0]} is earlier than t0 = "
-            f"{float(t0v)}. Pass the t0 and obs_times given to the Kalman filter."
-        )
 
 
 def _kalman_rows_valid(result: ff.KalmanResult) -> Array:
