@@ -16,6 +16,19 @@ Designed cases:
   with characters needing escaping (``|``, ``<``, ``&``);
 - Linear: no series and no ``n_ensemble`` (only the speed plot can be drawn); a diverged cell with
   NaN scores (JSON ``NaN`` tokens, as Python's json writes them) and a NaN series.
+
+Cases for the leaderboard's own verdicts (recomputed from the cells, not the runner's flag):
+
+- L63 ``EnKF-collapse``: not flagged by the runner, rmse.a ≈ 3.3 × spread.a on every seed
+  (diverged by the spread rule) and the largest mean of the benchmark;
+- L96 ``LETKF-lost``: not flagged, rmse.a 0.5 against a published 0.20 (diverged by the
+  reference rule, 2.5 ×), while ``LETKF-far`` (1.75 ×) stays a ``≠ ref (worse)``;
+- L96 ``ETKF-1seed``: one seed, 25 % above its reference: no ``±``, verdict ``1 seed``
+  (the old 3 % rule called it ``≠ ref``);
+- L96 ``EnKS-ETKF``: a smoother whose filter estimate is ETKF's, bit for bit (same rmse.a
+  per seed and series), with its own rmse.s and no rank histogram: drawn once in rmse-vs-time,
+  as a ring in rmse-vs-ensemble-size;
+- KS has a single ensemble size among cells with a finite rmse.a: no rmse-vs-ensemble-size plot.
 """
 
 from __future__ import annotations
@@ -29,6 +42,9 @@ import numpy as np
 CITE_L63 = "Sakov, Oliver & Bertino 2012, MWR (via DAPPER 1.8.1)"
 CITE_L96 = "Sakov & Oke 2008, Tellus A (via DAPPER 1.8.1)"
 CITE_KS = "Bocquet & Farchi 2019, Tellus A (via DAPPER 1.8.1)"
+
+
+CLIMATOLOGY = {"L63 sakov2012": 7.6, "L96 sakov2008": 3.6, "KS bocquet2019": 1.3}
 
 
 def _stat(values):
@@ -62,6 +78,8 @@ def _cell(
     burn_in=80,
     missing=None,
     smoothed=False,
+    spread_factor=0.9,
+    spread_noise=None,
 ):
     n = len(seeds)
 
@@ -94,12 +112,13 @@ def _cell(
             if smoothed
             else {"mean": None, "std": None, "per_seed": [None] * n}
         ),
-        "spread_a": draw(0.9 * rmse, noise),
+        "spread_a": draw(spread_factor * rmse, noise if spread_noise is None else spread_noise),
         "crps": draw(0.55 * rmse, 0.5 * noise),
         "rank_chi2": draw(30.0 + 500 * rmse, 5.0),
         "log_likelihood": draw(-1234.5678 - 900 * rmse, 12.0),
         "diverged": bool(diverged_seeds),
         "diverged_seeds": list(diverged_seeds),
+        "climatology": {"mean": None, "std": None, "per_seed": [None] * n},
         "seconds_per_cycle": sec,
         "compile_seconds": compile_s,
         "device": "cpu",
@@ -216,6 +235,19 @@ def make_results():
             citation=CITE_L63,
             diverged_seeds=(2,),
             sec=1.7e-3,
+            spread_noise=0.02,
+        ),
+        _cell(
+            rng,
+            b,
+            "EnKF-collapse",
+            "EnKF",
+            {"n_ensemble": 10, "inflation": 1.0},
+            2.0,
+            0.05,
+            spread_factor=0.3,
+            spread_noise=0.01,
+            sec=2.8e-3,
         ),
         _cell(
             rng,
@@ -316,7 +348,46 @@ def make_results():
             compile_s=0.4,
             seeds=(0, 1, 2, 3, 4),
         ),
+        _cell(
+            rng,
+            b,
+            "LETKF-lost",
+            "LETKF",
+            {"n_ensemble": 10, "inflation": 1.0, "loc_rad": 6.0},
+            0.5,
+            0.01,
+            ref=0.20,
+            label="LETKF N=10 infl 1.04 loc 6",
+            citation=CITE_L96,
+            sec=8.0e-3,
+        ),
+        _cell(
+            rng,
+            b,
+            "ETKF-1seed",
+            "ETKF",
+            {"n_ensemble": 20, "inflation": 1.04, "rotate": True},
+            0.25,
+            0.0,
+            seeds=(0,),
+            ref=0.20,
+            label="ETKF N=20 infl 1.04 rot",
+            citation=CITE_L96,
+            sec=1.0e-3,
+        ),
     ]
+    # a smoother whose filter estimate is ETKF's (the runner stores it bit for bit)
+    etkf = cells[-8]
+    assert etkf["method"] == "ETKF" and etkf["benchmark"] == b
+    enks = json.loads(json.dumps(etkf))
+    enks.update(method="EnKS-ETKF", family="EnKS", seconds_per_cycle=2.3e-3, compile_seconds=4.0)
+    enks["config"] = {"n_ensemble": 20, "inflation": 1.04, "rotate": True, "lag": 10}
+    enks["rmse_s"] = _stat([0.5 * v for v in etkf["rmse_a"]["per_seed"]])
+    for name in ("crps", "rank_chi2"):
+        enks[name] = {"mean": None, "std": None, "per_seed": [None] * 3}
+    enks["series"]["rank_histogram"] = []
+    enks["reference"] = {"rmse_a": None, "label": None, "citation": CITE_L96}
+    cells.append(enks)
     b = "KS bocquet2019"
     cells += [
         _cell(
@@ -324,7 +395,7 @@ def make_results():
             b,
             "ETKF",
             "ETKF",
-            {"n_ensemble": 20, "inflation": 1.03, "rotate": True},
+            {"inflation": 1.03, "rotate": True},
             0.118,
             0.003,
             ref=0.115,
@@ -409,13 +480,19 @@ def make_results():
     # a NaN series: nothing to draw (JSON NaN tokens), no rank histogram
     cells[-1]["series"] = {"rmse_a": [math.nan] * 4, "times": [1.0, 2.0, 3.0, 4.0]}
     cells[-1]["series"]["rank_histogram"] = []
+    # the climatological rmse of each seed's truth, as the runner stores it (none for Linear)
+    for c in cells:
+        clim = CLIMATOLOGY.get(c["benchmark"])
+        if clim is not None:
+            c["climatology"] = _stat([clim * (1 + 0.001 * k) for k in range(len(c["seeds"]))])
     return {"schema": 1, "cells": {f"{c['benchmark']}/{c['method']}": c for c in cells}}
 
 
 # What the leaderboard must show for this data (derived by hand from the cases above).
 EXPECTED_PLOTS = {
-    # rmse-vs-time and rank-histograms need series; ensemble-size needs config.n_ensemble with a
-    # finite rmse; speed needs a positive s/cycle and a finite rmse: every benchmark has all four.
+    # rmse-vs-time and rank-histograms need series; ensemble-size needs two or more values of
+    # config.n_ensemble among cells with a finite rmse; speed needs a positive s/cycle and a
+    # finite rmse.
     "L63 sakov2012": {
         "rmse-vs-time",
         "rank-histograms",
@@ -428,12 +505,8 @@ EXPECTED_PLOTS = {
         "rmse-vs-ensemble-size",
         "speed-vs-accuracy",
     },
-    "KS bocquet2019": {
-        "rmse-vs-time",
-        "rank-histograms",
-        "rmse-vs-ensemble-size",
-        "speed-vs-accuracy",
-    },
+    # one ensemble size (LETKF N=4; ETKF has none, EnKF-blowup no finite rmse): no N plot
+    "KS bocquet2019": {"rmse-vs-time", "rank-histograms", "speed-vs-accuracy"},
     # no series, no n_ensemble: only the speed plot
     "Linear40 VI2025": {"speed-vs-accuracy"},
 }
@@ -446,17 +519,32 @@ EXPECTED_ORDER = {
         "EnKF-N10",
         "Var3D",
         "ETKF-N3-noinfl",
+        "EnKF-collapse",
     ],
-    "L96 sakov2008": ["DEnKF-better", "ETKF", "EnKF", "EnKF-N20", "LETKF-far", "OptInterp"],
+    # ETKF and EnKS-ETKF tie on rmse.a: method name breaks the tie ("ETKF" < "EnKS-ETKF")
+    "L96 sakov2008": [
+        "DEnKF-better",
+        "ETKF",
+        "EnKS-ETKF",
+        "EnKF",
+        "ETKF-1seed",
+        "EnKF-N20",
+        "LETKF-far",
+        "OptInterp",
+        "LETKF-lost",
+    ],
     "KS bocquet2019": ["ETKF", "LETKF <N=4|loc> & co", "OptInterp", "EnKF-blowup"],
     "Linear40 VI2025": ["KalmanFilter", "EnKF-nan"],
 }
+EXPECTED_SINGLE_SEED = {("L96 sakov2008", "ETKF-1seed")}
 EXPECTED_DEVIATES = {
     ("L96 sakov2008", "LETKF-far"): "worse",
     ("L96 sakov2008", "DEnKF-better"): "better",
 }
 EXPECTED_DIVERGED = {
     ("L63 sakov2012", "ETKF-N3-noinfl"),
+    ("L63 sakov2012", "EnKF-collapse"),
+    ("L96 sakov2008", "LETKF-lost"),
     ("KS bocquet2019", "EnKF-blowup"),
     ("Linear40 VI2025", "EnKF-nan"),
 }

@@ -4,6 +4,11 @@ Checks what a person would see: after the page has loaded, every method's row of
 table is laid out with a non-zero size and not hidden, and every plot decoded (naturalWidth > 0)
 and is displayed; a screenshot of the page is not blank.
 
+The layout (:func:`test_verdict_and_scores_fit_the_window_without_horizontal_scroll`): at 1400 and
+1920 px, every leaderboard table, the verdict column right after rmse.a included, lies inside
+the window and no table scrolls horizontally, with the detail rows closed (the default: hidden)
+and opened (every method's ``<details>`` toggled).
+
 The browser is required: when ``/usr/bin/chromium`` (or ``$FILTERAX_CHROMIUM``) is missing, the
 test FAILS and says to run ``.ci/install-chromium.sh``; it is skipped only when
 ``FILTERAX_SKIP_BROWSER=1`` is set explicitly.
@@ -65,6 +70,39 @@ window.addEventListener("load", () => {
 """
 
 
+# Injected like PROBE: the geometry of every leaderboard table with the detail rows closed, then
+# with every method's <details> opened (layout is recomputed synchronously on measurement).
+LAYOUT_PROBE = """
+<script>
+window.addEventListener("load", () => {
+  const measure = () => [...document.querySelectorAll("table.leaderboard")].map((t) => {
+    const wrap = t.closest(".table-wrap");
+    const cols = {};
+    t.querySelectorAll("thead th[data-col]").forEach((th) => {
+      const r = th.getBoundingClientRect();
+      cols[th.dataset.col] = [r.left, r.right];
+    });
+    return {
+      id: t.id, right: t.getBoundingClientRect().right, cols,
+      wrapScroll: wrap.scrollWidth, wrapClient: wrap.clientWidth,
+      details: [...t.querySelectorAll("tr.detail")].map((tr) => getComputedStyle(tr).display),
+    };
+  });
+  const closed = measure();
+  document.querySelectorAll("details.more").forEach((d) => { d.open = true; });
+  const opened = measure();
+  const pre = document.createElement("pre");
+  pre.id = "probe";
+  pre.textContent = JSON.stringify({
+    innerWidth: window.innerWidth, pageScroll: document.documentElement.scrollWidth,
+    closed, opened,
+  });
+  document.body.appendChild(pre);
+});
+</script>
+"""
+
+
 def _load_synthetic():
     name = "filterax_bench_tests_leaderboard_synthetic"
     if name not in sys.modules:
@@ -115,7 +153,7 @@ class _DomParser(HTMLParser):
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
-        if tag == "table":
+        if tag == "table" and "data-benchmark" in a:  # not the per-seed tables of the details
             self._bench = a.get("data-benchmark")
             self.table_bench[a.get("id")] = self._bench
         elif tag == "tr" and "data-method" in a:
@@ -206,3 +244,44 @@ def test_screenshot_of_the_page_is_not_blank(chromium, page, tmp_path):
     assert dark > 0.002, f"no text visible ({dark:.4f} dark pixels)"
     assert saturated > 0.002, f"no plot visible ({saturated:.4f} saturated pixels)"
     assert np.isfinite(px).all()
+
+
+@pytest.mark.parametrize("width", [1400, 1920])
+def test_verdict_and_scores_fit_the_window_without_horizontal_scroll(
+    chromium, page, tmp_path, width
+):
+    results, html_path = page
+    html_text = html_path.read_text(encoding="utf-8")
+    probe_page = tmp_path / "leaderboard-layout.html"
+    probe_page.write_text(html_text.replace("</body>", LAYOUT_PROBE + "</body>"), encoding="utf-8")
+    proc = _run(
+        chromium,
+        tmp_path / "profile",
+        "--virtual-time-budget=15000",
+        f"--window-size={width},900",
+        "--dump-dom",
+        probe_page.as_uri(),
+    )
+    dom = _parse(proc.stdout)
+    assert dom.probe is not None, "the probe script did not run:\n" + proc.stdout[-2000:]
+    probe = json.loads("".join(dom.probe))
+    inner = probe["innerWidth"]
+    assert inner == width, probe["innerWidth"]
+    assert probe["pageScroll"] <= inner, f"the page scrolls horizontally at {width} px"
+    n_benchmarks = len({c["benchmark"] for c in results["cells"].values()})
+    for state in ("closed", "opened"):
+        tables = probe[state]
+        assert len(tables) == n_benchmarks
+        for t in tables:
+            what = f"{t['id']} at {width} px, details {state}"
+            assert t["wrapScroll"] <= t["wrapClient"], f"{what}: the table scrolls horizontally"
+            assert t["right"] <= inner, what
+            cols = t["cols"]
+            for key in ("rank", "method", "rmse_a", "verdict", "spread_a", "n_seeds"):
+                assert key in cols, (what, key)
+            for key, (_, right) in cols.items():
+                assert right <= inner, f"{what}: column {key} ends at {right} px, off-screen"
+            # the verdict is the column right after the score
+            assert abs(cols["verdict"][0] - cols["rmse_a"][1]) < 2, (what, cols)
+            shown = {d != "none" for d in t["details"]}
+            assert shown == {state == "opened"}, (what, t["details"])

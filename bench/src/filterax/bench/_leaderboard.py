@@ -2,28 +2,41 @@
 
 Input is the runner's ``results.json`` (``{"schema": 1, "cells": {"<benchmark>/<method>": cell}}``,
 numbers as JSON numbers). Everything here is a pure function of that dict, so a leaderboard can be
-re-rendered from a results file at any time (``render_all(load_results(path), out_dir)``).
+re-rendered from a results file at any time (``render_all(load_results(path), out_dir)``); the
+verdicts (divergence, reference deviation) are recomputed from each cell on every rendering.
 
 Conventions shared by every rendering:
 
-- **Ranking.** Within a benchmark, cells are sorted by the mean over seeds of rmse.a, ascending.
-  Diverged cells (``diverged: true``) go below every non-diverged one, whatever their mean (a mean
-  over partly diverged seeds is not comparable); cells whose mean is not finite go last. Ties are
-  broken by method name. Ranks are 1, 2, ... in that order.
-- **Numbers** are printed with 4 significant digits (``format(x, ".4g")``); missing values as ``—``,
-  non-finite ones as ``nan`` / ``inf``. rmse.a is shown as ``mean ± std`` over seeds; the other
-  scores as their mean over seeds.
-- **Reference deviation.** See :func:`reference_deviation`: a cell is marked ``≠ ref`` when
-  ``|ours − ref| > 2·std·sqrt(1 + 1/n_seeds) + 0.03·|ref|``.
-- **Divergence** is marked ``DIVERGED`` with the diverged seeds.
-- **Reference.** Beside ours: the published rmse.a, ``Δ ref`` = ours − published, the published
-  setup's label and its source as a footnote ``[k]``; the citations are listed under each table.
-  A cell cites a source only when it has a published value or label.
-- **Config**: the hyper-parameters as ``key=value`` sorted by key, less ``family`` (a column).
+- **Scores.** Each score of a seed is its time mean over the scored cycles (after the burn-in);
+  a cell shows the mean over its seeds. rmse.a is printed as ``mean ± standard error`` (s.e. =
+  seed-to-seed standard deviation / √n over the n seeds with a finite score); a single seed has
+  no noise estimate and prints no ``±``.
+- **Rounding to the seed noise** (:func:`noise_decimals`): the s.e. is printed with one
+  significant digit (two when that digit is a 1, where one digit would misstate it by up to
+  50 %) and the mean to the same decimal place (0.2143 ± 0.0031 → ``0.214 ± 0.003``). The other
+  scores of a row are rounded the same way with their own s.e. (without the ``±``); without a
+  noise estimate numbers get 3 significant digits. Timings get 3 significant digits. The full
+  precision stays in ``results.json`` and in the per-seed details (HTML detail rows, the
+  Markdown details block).
+- **Ranking.** Within a benchmark, cells are sorted by mean rmse.a, ascending. Diverged cells
+  (:func:`divergence`) go below every non-diverged one, whatever their mean (a mean over partly
+  diverged seeds is not comparable); cells whose mean is not finite go last. Ties are broken by
+  method name. Ranks are 1, 2, ... in that order.
+- **Verdict** (one column, next to the score): ``DIVERGED (seeds …)`` (:data:`DIVERGENCE_RULE`),
+  else ``≠ ref (worse|better)`` / ``≈ ref`` against the published rmse.a
+  (:data:`DEVIATION_RULE`), else ``1 seed`` for a single-seed cell (no noise estimate, so no
+  reference verdict), else ``—``.
+- **rank δ** = χ²/(B − 1) of the rank histogram (:data:`RANK_DELTA_RULE`).
+- **Reference.** ``ref.`` is the published rmse.a of the method's setup with its source as a
+  footnote ``[k]`` (the citations are listed under each table); ``Δ ref`` = ours − published.
+- **Columns** that no row of a benchmark fills (rmse.s without a smoother, no published values,
+  no rank histograms, ...) are left out of that benchmark's table. Configurations, family,
+  published setup label and every per-seed value are in the details.
 
-The Markdown and HTML tables hold every column; the terminal table (:func:`print_leaderboard`,
-:func:`render_terminal`) is a compact view of rank, method, rmse.a (std to 2 significant digits),
-reference, Δ ref (3 digits), spread.a, milliseconds per cycle (3 digits) and the marks.
+The terminal table (:func:`print_leaderboard`, :func:`render_terminal`) is the compact view: rank,
+method, rmse.a, verdict, published value, Δ ref, spread.a, rmse.s and milliseconds per cycle;
+when the console is too narrow for all of them, the least important columns are left out (never
+a method name or a header cut or wrapped inside a word).
 """
 
 from __future__ import annotations
@@ -48,42 +61,80 @@ from ._files import read_json, write_bytes_atomic, write_text_atomic
 __all__ = [
     "SCHEMA_VERSION",
     "Deviation",
+    "Divergence",
     "LeaderboardRow",
+    "Score",
     "benchmark_sources",
     "benchmark_tables",
     "config_summary",
+    "divergence",
+    "format_mean_se",
     "format_number",
+    "format_score",
     "load_results",
+    "noise_decimals",
     "print_leaderboard",
+    "rank_delta",
+    "rank_histogram_delta",
+    "rank_histogram_rho",
     "reference_deviation",
     "render_all",
     "render_markdown",
     "render_terminal",
+    "score",
 ]
 
 SCHEMA_VERSION = 1
 MISSING = "—"
 DEVIATION_NOISE_FACTOR = 2.0
 DEVIATION_REL_TOLERANCE = 0.03
-DEVIATION_RULE = (
-    "≠ ref: |ours − ref| > 2·std·√(1 + 1/n) + 0.03·|ref|, with std the seed-to-seed standard "
-    "deviation of our rmse.a over n seeds. The published number is itself one run with seed noise "
-    "of about std, so ours − ref has a standard deviation of about std·√(1 + 1/n); the 3 % term "
-    "absorbs the rounding of published values (two significant digits) and differing run lengths."
+DIVERGENCE_SPREAD_FACTOR = 2.0
+DIVERGENCE_REFERENCE_FACTOR = 2.0
+UNKNOWN_NOISE_DIGITS = 3  # significant digits of a score without a seed-noise estimate
+MAX_DIGITS = 6  # never more significant digits than this, however small the noise
+
+RANKING_RULE = (
+    "Ranked by mean rmse.a over seeds (ascending); diverged cells last. Every score is the time "
+    "mean over the scored cycles (after the burn-in) of one seed, then the mean over seeds; "
+    "rmse.a is shown as mean ± standard error over seeds (s.e. = std/√n). Numbers are rounded "
+    "to the seed noise: the s.e. to 1 significant digit (2 when it starts with a 1) and the "
+    "mean to the same decimal place; without a noise estimate (1 seed) 3 significant digits "
+    "and no ±. Full precision: results.json and the per-seed details."
 )
 DIVERGENCE_RULE = (
-    "DIVERGED: the runner flagged at least one seed as diverged (listed); such cells are ranked "
-    "below every non-diverged one."
+    "DIVERGED: a seed diverged when (a) its run went non-finite or lost the truth for good "
+    "(the runner's flag: rmse.a above the benchmark's fraction of the climatological rmse, "
+    "½ by default, over the scored run or its last 10 %), or (b) rmse.a > 2 × spread.a — the "
+    "filter's own error estimate no longer covers its error, the classical filter divergence "
+    "(a consistent ensemble has rmse.a ≈ spread.a·√(1 + 1/N) ≤ 1.22·spread.a), or (c) "
+    "rmse.a > 2 × the published rmse.a of the same setup. Diverged cells list their seeds and "
+    "are ranked below every other."
+)
+DEVIATION_RULE = (
+    "≠ ref: |ours − ref| > 2·std·√(1 + 1/n) + 0.03·|ref|, with std the seed-to-seed standard "
+    "deviation of our rmse.a over n ≥ 2 seeds (≈ ref otherwise). The published number is itself "
+    "one run with seed noise of about std, so ours − ref has a standard deviation of about "
+    "std·√(1 + 1/n); the 3 % term absorbs the rounding of published values (two significant "
+    "digits) and differing run lengths. A single seed has no noise estimate: its verdict is "
+    "'1 seed', never ≠ ref."
+)
+RANK_DELTA_RULE = (
+    "rank δ = χ²/(B − 1) (Candille & Talagrand 2005): Pearson's χ² of the rank histogram of the "
+    "truth among the members (B = N_e + 1 bins; 21 PIT bins for Gaussian filters), pooled over "
+    "components and scored cycles, divided by its expectation for a flat histogram; mean over "
+    "seeds. δ ≈ 1: consistent with a flat histogram, whatever N_e and the run length; δ ≫ 1: "
+    "not flat beyond sampling noise. Ranks correlated in time and space also raise δ, and a "
+    "given non-flat shape gets a δ that grows with the number M of ranks counted; the size of "
+    "the departure, comparable across benchmarks, is ρ = √(χ²/M), the RMS relative deviation "
+    "of the bin frequencies from flat (details, rank-histogram plots)."
 )
 TERMINAL_LEGEND = (
-    "Ranked by mean rmse.a over seeds (diverged cells last); rmse.a is mean ± std over seeds. "
-    "DIVERGED: a seed diverged. ≠ ref: |ours − ref| > 2·std·√(1 + 1/n) + 0.03·|ref| (beyond seed "
-    "noise). rmse.s: smoothed estimate (smoothers only). Configs and every score: "
+    "Ranked by mean rmse.a over seeds (diverged cells last); rmse.a: mean ± standard error "
+    "over seeds, rounded to that noise. DIVERGED: a seed went non-finite or lost the truth "
+    "(runner), or rmse.a > 2 × spread.a, or rmse.a > 2 × the published value. ≠ ref: beyond "
+    "seed noise of the published value (≈ ref: within); 1 seed: no noise estimate, no verdict. "
+    "rmse.s: smoothed estimate. Configs, CRPS, rank δ, log-lik and per-seed values: "
     "leaderboard.md / leaderboard.html."
-)
-RANKING_RULE = (
-    "Ranked by mean rmse.a over seeds (ascending); diverged cells last. Numbers: 4 significant "
-    "digits; rmse.a is mean ± std over seeds, other scores are means over seeds."
 )
 
 
@@ -113,42 +164,6 @@ def _check_schema(results: Mapping[str, Any]) -> None:
         raise ValueError("results has no 'cells' mapping")
 
 
-@dataclass(frozen=True)
-class Deviation:
-    """Our rmse.a against the published reference: ``delta = ours − ref``."""
-
-    delta: float
-    threshold: float
-
-    @property
-    def significant(self) -> bool:
-        """True when ``|delta|`` exceeds the seed-noise threshold."""
-        return abs(self.delta) > self.threshold
-
-    @property
-    def direction(self) -> str:
-        """``"worse"`` when our error is larger than the reference's, else ``"better"``."""
-        return "worse" if self.delta > 0 else "better"
-
-
-@dataclass(frozen=True)
-class LeaderboardRow:
-    """One ranked line of a benchmark's table (the cell is the JSON dict, unchanged)."""
-
-    rank: int
-    cell: Mapping[str, Any]
-    deviation: Deviation | None
-    source: int | None = None  # 1-based footnote number of the reference's citation
-
-    @property
-    def method(self) -> str:
-        return str(self.cell["method"])
-
-    @property
-    def diverged(self) -> bool:
-        return bool(self.cell.get("diverged", False))
-
-
 def _num(x: Any) -> float | None:
     """A JSON number as float; None for missing or non-numeric values."""
     if isinstance(x, bool) or x is None:
@@ -156,6 +171,10 @@ def _num(x: Any) -> float | None:
     if isinstance(x, int | float):
         return float(x)
     return None
+
+
+def _finite(x: float | None) -> bool:
+    return x is not None and math.isfinite(x)
 
 
 def metric(cell: Mapping[str, Any], name: str, stat: str = "mean") -> float | None:
@@ -166,6 +185,157 @@ def metric(cell: Mapping[str, Any], name: str, stat: str = "mean") -> float | No
     return _num(block.get(stat))
 
 
+def seed_values(cell: Mapping[str, Any], name: str) -> list[float | None]:
+    """``cell[name]["per_seed"]`` as floats (None where missing); [] when there is no list."""
+    block = cell.get(name)
+    per = block.get("per_seed") if isinstance(block, Mapping) else None
+    if not isinstance(per, Sequence) or isinstance(per, str):
+        return []
+    return [_num(v) for v in per]
+
+
+def _seeds(cell: Mapping[str, Any]) -> list[Any]:
+    seeds = cell.get("seeds")
+    return list(seeds) if isinstance(seeds, Sequence) and not isinstance(seeds, str) else []
+
+
+@dataclass(frozen=True)
+class Score:
+    """A score over the seeds of a cell: mean, sample std and the n finite per-seed values."""
+
+    mean: float | None
+    std: float | None
+    n: int
+    per_seed: tuple[float | None, ...] = ()
+
+    @property
+    def se(self) -> float | None:
+        """Standard error of the mean, std/√n; None without a noise estimate (n < 2)."""
+        if self.n < 2 or not _finite(self.std):
+            return None
+        return abs(self.std) / math.sqrt(self.n)
+
+
+def _score_of(mean: float | None, std: float | None, per: list[float | None], n_seeds: int):
+    n = sum(_finite(v) for v in per) if per else (n_seeds if _finite(mean) else 0)
+    if std is None and n >= 2:
+        vals = [v for v in per if _finite(v)]
+        m = sum(vals) / n
+        std = math.sqrt(sum((v - m) ** 2 for v in vals) / (n - 1))
+    return Score(mean=mean, std=std, n=n, per_seed=tuple(per))
+
+
+def score(cell: Mapping[str, Any], name: str) -> Score:
+    """The :class:`Score` of ``cell[name]`` (a ``{"mean", "std", "per_seed"}`` block), or of the
+    derived ``"rank_delta"`` (:func:`rank_delta`)."""
+    if name == "rank_delta":
+        return rank_delta(cell)
+    return _score_of(
+        metric(cell, name, "mean"),
+        metric(cell, name, "std"),
+        seed_values(cell, name),
+        len(_seeds(cell)),
+    )
+
+
+# --- rank histograms ---------------------------------------------------------------------
+
+
+def rank_histogram_delta(counts: Any) -> float | None:
+    """δ = χ²/(B − 1) of a rank histogram with B bins: Pearson's χ² against the flat histogram
+    divided by its expectation under a flat histogram (Candille & Talagrand 2005, QJRMS 131).
+
+    1 on average for ranks drawn uniformly, whatever B (the ensemble size) and the number of
+    ranks counted; ≫ 1 for a U-shaped (under-dispersed), dome-shaped (over-dispersed) or
+    sloped (biased) histogram. None for fewer than 2 bins or no counts.
+    """
+    chi2, b, _ = _chi2(counts)
+    return None if chi2 is None else chi2 / (b - 1)
+
+
+def rank_histogram_rho(counts: Any) -> float | None:
+    """ρ = √(χ²/M): the RMS relative deviation of the bin frequencies from flat,
+    ``sqrt(mean_k (B·p_k − 1)²)`` with M ranks counted; 0 for a flat histogram. Unlike δ it does
+    not grow with M for a given shape, so it compares across benchmarks and run lengths (its
+    sampling floor for a flat histogram is √((B − 1)/M))."""
+    chi2, _, total = _chi2(counts)
+    return None if chi2 is None else math.sqrt(chi2 / total)
+
+
+def _chi2(counts: Any) -> tuple[float | None, int, float]:
+    vals = [float(c) for c in counts]
+    b, total = len(vals), sum(vals)
+    if b < 2 or not math.isfinite(total) or total <= 0:
+        return None, b, total
+    expected = total / b
+    return sum((c - expected) ** 2 for c in vals) / expected, b, total
+
+
+def _rank_bins(cell: Mapping[str, Any]) -> list[float]:
+    series = cell.get("series")
+    hist = series.get("rank_histogram") if isinstance(series, Mapping) else None
+    if not isinstance(hist, Sequence) or isinstance(hist, str):
+        return []
+    vals = [_num(v) for v in hist]
+    return [v for v in vals if v is not None] if all(_finite(v) for v in vals) else []
+
+
+def rank_delta(cell: Mapping[str, Any]) -> Score:
+    """rank δ of a cell: each seed's ``rank_chi2`` / (B − 1), B = the number of bins of the
+    cell's pooled ``series.rank_histogram``; mean/std over seeds. Empty without a histogram."""
+    bins = len(_rank_bins(cell))
+    if bins < 2:
+        return Score(mean=None, std=None, n=0)
+    chi2 = score(cell, "rank_chi2")
+    per = [None if v is None else v / (bins - 1) for v in chi2.per_seed]
+    return Score(
+        mean=None if chi2.mean is None else chi2.mean / (bins - 1),
+        std=None if chi2.std is None else chi2.std / (bins - 1),
+        n=chi2.n,
+        per_seed=tuple(per),
+    )
+
+
+def rank_rho(cell: Mapping[str, Any]) -> list[float | None]:
+    """ρ per seed: √(rank_chi2 / M) with M = the ranks of one seed (pooled histogram / seeds)."""
+    bins = _rank_bins(cell)
+    chi2 = seed_values(cell, "rank_chi2")
+    if len(bins) < 2 or not chi2:
+        return []
+    m = sum(bins) / len(chi2)
+    return [None if not _finite(c) or m <= 0 else math.sqrt(max(c, 0.0) / m) for c in chi2]
+
+
+# --- verdicts ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Deviation:
+    """Our rmse.a against the published reference: ``delta = ours − ref``."""
+
+    delta: float
+    threshold: float
+    n_seeds: int = 2
+    testable: bool = True  # a seed-noise estimate exists (n >= 2 finite seeds)
+
+    @property
+    def significant(self) -> bool:
+        """True when there is a noise estimate and ``|delta|`` exceeds the threshold."""
+        return self.testable and abs(self.delta) > self.threshold
+
+    @property
+    def direction(self) -> str:
+        """``"worse"`` when our error is larger than the reference's, else ``"better"``."""
+        return "worse" if self.delta > 0 else "better"
+
+
+def published_rmse(cell: Mapping[str, Any]) -> float | None:
+    """The published rmse.a of the cell's setup (``reference.rmse_a``), when finite."""
+    ref = cell.get("reference")
+    v = _num(ref.get("rmse_a")) if isinstance(ref, Mapping) else None
+    return v if _finite(v) else None
+
+
 def reference_deviation(cell: Mapping[str, Any]) -> Deviation | None:
     """Compare a cell's mean rmse.a with its published reference.
 
@@ -173,38 +343,166 @@ def reference_deviation(cell: Mapping[str, Any]) -> Deviation | None:
 
         |mean − ref| > 2 · std · sqrt(1 + 1/n) + 0.03 · |ref|
 
-    with ``mean``/``std`` our rmse.a over the ``n`` seeds. The published value is one run (one
-    truth trajectory), which carries seed noise of about ``std`` itself, so the difference of our
-    n-seed mean and that run has standard deviation ``std·sqrt(1 + 1/n)``; twice that is a ~95 %
-    band. The ``0.03·|ref|`` term covers published values rounded to two significant digits
-    (0.18 stands for 0.175–0.185, ±2.8 %) and different run lengths. With a single seed, or a
-    non-finite std, the noise term is 0 and only the 3 % tolerance applies.
+    with ``mean``/``std`` our rmse.a over the ``n`` seeds with a finite rmse.a. The published
+    value is one run (one truth trajectory), which carries seed noise of about ``std`` itself,
+    so the difference of our n-seed mean and that run has standard deviation
+    ``std·sqrt(1 + 1/n)``; twice that is a ~95 % band. The ``0.03·|ref|`` term covers published
+    values rounded to two significant digits (0.18 stands for 0.175–0.185, ±2.8 %) and different
+    run lengths. With fewer than 2 seeds (or a non-finite std) there is no noise estimate: the
+    deviation is returned with ``testable=False`` and is never ``significant``.
 
     Returns None when there is no finite reference or no finite mean.
     """
-    ref_block = cell.get("reference")
-    ref = _num(ref_block.get("rmse_a")) if isinstance(ref_block, Mapping) else None
-    mean = metric(cell, "rmse_a", "mean")
-    if ref is None or mean is None or not math.isfinite(ref) or not math.isfinite(mean):
+    ref = published_rmse(cell)
+    s = score(cell, "rmse_a")
+    if ref is None or not _finite(s.mean):
         return None
-    std = metric(cell, "rmse_a", "std")
-    if std is None or not math.isfinite(std):
-        std = 0.0
-    n = max(len(cell.get("seeds") or ()), 1)
-    threshold = DEVIATION_NOISE_FACTOR * abs(std) * math.sqrt(1.0 + 1.0 / n)
+    testable = s.n >= 2 and _finite(s.std)
+    std = abs(s.std) if testable else 0.0
+    threshold = DEVIATION_NOISE_FACTOR * std * math.sqrt(1.0 + 1.0 / max(s.n, 1))
     threshold += DEVIATION_REL_TOLERANCE * abs(ref)
-    return Deviation(delta=mean - ref, threshold=threshold)
+    return Deviation(delta=s.mean - ref, threshold=threshold, n_seeds=s.n, testable=testable)
 
 
-def _rank_key(cell: Mapping[str, Any]) -> tuple[bool, bool, float, str]:
+@dataclass(frozen=True)
+class Divergence:
+    """Which seeds of a cell diverged and why (:func:`divergence`).
+
+    ``reasons`` holds ``(seed, why)`` pairs, ``seed`` None when the cell has no per-seed values
+    (the verdict is then on the cell's means).
+    """
+
+    reasons: tuple[tuple[Any, str], ...] = ()
+
+    @property
+    def diverged(self) -> bool:
+        return bool(self.reasons)
+
+    @property
+    def seeds(self) -> tuple[Any, ...]:
+        """The diverged seeds, in the cell's order, without repeats (None: the whole cell)."""
+        out: list[Any] = []
+        for seed, _ in self.reasons:
+            if seed not in out:
+                out.append(seed)
+        return tuple(out)
+
+    def label(self) -> str:
+        """``DIVERGED (seeds 0, 2)``, or ``DIVERGED`` for a cell-level verdict; ``""`` if none."""
+        if not self.reasons:
+            return ""
+        seeds = [s for s in self.seeds if s is not None]
+        return "DIVERGED" + (f" (seeds {', '.join(str(s) for s in seeds)})" if seeds else "")
+
+    def explanation(self) -> str:
+        """Every reason, by seed: ``seed 2: rmse.a 3.10 > 2 × spread.a 0.900; seed 3: ...``."""
+        parts = []
+        for seed in self.seeds:
+            whys = " and ".join(why for s, why in self.reasons if s == seed)
+            parts.append((f"seed {seed}: " if seed is not None else "") + whys)
+        return "; ".join(parts)
+
+
+def divergence(cell: Mapping[str, Any]) -> Divergence:
+    """The leaderboard's divergence verdict of a cell, per seed; a pure function of the cell.
+
+    A seed diverged when
+
+    a. the runner flagged it (listed in ``diverged_seeds``): its run went non-finite, or its
+       rmse.a exceeded the benchmark's fraction (½ by default) of the climatological rmse of
+       its truth over the scored run or over its last 10 % — the filter lost the truth for
+       good. Only the runner sees each seed's series, so this flag is taken as stored. It is
+       a deliberately lenient bound: a uniform, tighter fraction of climatology would flag
+       filters that do track the truth (static-gain optimal interpolation scores 0.16, 0.26 and
+       0.38 of climatology on the DAPPER L63, L96 and KS setups). Hence the two relative
+       tests:
+    b. its rmse.a has no finite value, or rmse.a > 2 × spread.a (``DIVERGENCE_SPREAD_FACTOR``):
+       the filter's own error estimate no longer covers its actual error. This is the
+       classical definition of filter divergence (Jazwinski 1970, *Stochastic Processes and
+       Filtering Theory*; Fitzgerald 1971, IEEE TAC 16(6)): the computed covariance is too
+       small, the gain collapses and the observations are ignored while the error grows. A
+       statistically consistent ensemble has E[rmse²] ≈ (1 + 1/N)·spread², so
+       rmse ≤ 1.22·spread for N ≥ 2; a factor 2 (the variance under-estimated four-fold) is
+       far beyond finite-ensemble effects and ordinary mis-tuning. Applied only when the
+       method reports a spread (a finite, non-negative ``spread_a`` of that seed);
+    c. rmse.a > 2 × the published rmse.a of the same setup (``DIVERGENCE_REFERENCE_FACTOR``,
+       when the cell has one): twice the error of the same filter in a long published run is
+       not seed noise (which the ``≠ ref`` test measures, at a few per cent) but a run that
+       lost track for long stretches.
+
+    Without per-seed values (lists missing or of the wrong length) the tests apply to the
+    cell's means and ``cell["diverged"]``.
+    """
+    seeds = _seeds(cell)
+    runner = cell.get("diverged_seeds")
+    flagged = set(runner) if isinstance(runner, Sequence) and not isinstance(runner, str) else set()
+    rmse = seed_values(cell, "rmse_a")
+    spread = seed_values(cell, "spread_a")
+    if seeds and len(rmse) == len(seeds):
+        if len(spread) != len(seeds):
+            spread = [None] * len(seeds)
+        units = [
+            (seed, rmse[i], spread[i], seed in flagged or (not flagged and _cell_flag(cell)))
+            for i, seed in enumerate(seeds)
+        ]
+    else:
+        by_runner = bool(flagged) or _cell_flag(cell)
+        units = [(None, metric(cell, "rmse_a"), metric(cell, "spread_a"), by_runner)]
+    ref = published_rmse(cell)
+    reasons: list[tuple[Any, str]] = []
+    for seed, r, sp, by_runner in units:
+        if not _finite(r):
+            reasons.append((seed, "no finite rmse.a (the run went non-finite)"))
+            continue
+        if by_runner:
+            reasons.append(
+                (seed, f"rmse.a {r:#.3g}: lost the truth or went non-finite (runner's flag)")
+            )
+        if _finite(sp) and sp >= 0 and r > DIVERGENCE_SPREAD_FACTOR * sp:
+            reasons.append((seed, f"rmse.a {r:#.3g} > 2 × spread.a {sp:#.3g}"))
+        if ref is not None and ref > 0 and r > DIVERGENCE_REFERENCE_FACTOR * ref:
+            reasons.append((seed, f"rmse.a {r:#.3g} > 2 × published {ref:g}"))
+    return Divergence(reasons=tuple(reasons))
+
+
+def _cell_flag(cell: Mapping[str, Any]) -> bool:
+    """The runner's cell-level flag when it lists no seeds (older or hand-written files)."""
+    return bool(cell.get("diverged", False)) and not cell.get("diverged_seeds")
+
+
+@dataclass(frozen=True)
+class LeaderboardRow:
+    """One ranked line of a benchmark's table (the cell is the JSON dict, unchanged)."""
+
+    rank: int
+    cell: Mapping[str, Any]
+    deviation: Deviation | None
+    source: int | None = None  # 1-based footnote number of the reference's citation
+    divergence: Divergence = Divergence()
+
+    @property
+    def method(self) -> str:
+        return str(self.cell["method"])
+
+    @property
+    def diverged(self) -> bool:
+        """The leaderboard's verdict (:func:`divergence`), not only the runner's flag."""
+        return self.divergence.diverged
+
+    @property
+    def deviates(self) -> bool:
+        """A reference deviation beyond seed noise (and not diverged)."""
+        return not self.diverged and self.deviation is not None and self.deviation.significant
+
+    @property
+    def n_seeds(self) -> int:
+        return len(_seeds(self.cell))
+
+
+def _rank_key(cell: Mapping[str, Any], diverged: bool) -> tuple[bool, bool, float, str]:
     mean = metric(cell, "rmse_a", "mean")
-    finite = mean is not None and math.isfinite(mean)
-    return (
-        bool(cell.get("diverged", False)),
-        not finite,
-        mean if finite else math.inf,
-        str(cell["method"]),
-    )
+    finite = _finite(mean)
+    return (diverged, not finite, mean if finite else math.inf, str(cell["method"]))
 
 
 def benchmark_tables(results: Mapping[str, Any]) -> dict[str, list[LeaderboardRow]]:
@@ -216,16 +514,18 @@ def benchmark_tables(results: Mapping[str, Any]) -> dict[str, list[LeaderboardRo
         by_bench.setdefault(bench, []).append(cell)
     tables: dict[str, list[LeaderboardRow]] = {}
     for bench in sorted(by_bench):
-        cells = sorted(by_bench[bench], key=_rank_key)
-        sources = _sources_of(cells)
+        verdicts = [(c, divergence(c)) for c in by_bench[bench]]
+        verdicts.sort(key=lambda cv: _rank_key(cv[0], cv[1].diverged))
+        sources = _sources_of([c for c, _ in verdicts])
         tables[bench] = [
             LeaderboardRow(
                 rank=i + 1,
                 cell=c,
                 deviation=reference_deviation(c),
                 source=sources.index(_citation(c)) + 1 if _citation(c) in sources else None,
+                divergence=div,
             )
-            for i, c in enumerate(cells)
+            for i, (c, div) in enumerate(verdicts)
         ]
     return tables
 
@@ -255,20 +555,100 @@ def benchmark_sources(rows: Sequence[LeaderboardRow]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Cell texts (shared by Markdown, HTML and terminal)
+# Numbers
 # ---------------------------------------------------------------------------------------------
 
 
-def format_number(x: Any, *, signed: bool = False) -> str:
-    """4 significant digits; ``—`` when missing; ``nan``/``inf`` when not finite."""
+def _nonfinite_text(v: float) -> str:
+    return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+
+
+def format_number(x: Any, *, signed: bool = False, digits: int = 4) -> str:
+    """``digits`` significant digits; ``—`` when missing; ``nan``/``inf`` when not finite."""
     if isinstance(x, bool):
         return str(x).lower()
     v = _num(x)
     if v is None:
         return MISSING
     if not math.isfinite(v):
-        return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
-    return format(v, "+.4g" if signed else ".4g")
+        return _nonfinite_text(v)
+    return format(v, f"{'+' if signed else ''}.{digits}g")
+
+
+def noise_decimals(se: float) -> int:
+    """Decimal places that show a standard error ``se > 0`` with one significant digit, or two
+    when its first digit is a 1 (0.0031 → 3, 0.0014 → 4, 0.0096 → 2 as it rounds to 0.01,
+    12 → 0, 35 → −1). Means are printed to the same decimal place."""
+    lead = int(f"{se:.17e}"[0])  # the first digit of the value itself, not of a rounding
+    sig = 2 if lead == 1 else 1
+    rounded = float(f"{se:.{sig - 1}e}")
+    return sig - 1 - math.floor(math.log10(rounded))
+
+
+def _fixed(x: float, decimals: int, *, signed: bool = False) -> str:
+    """``x`` rounded to ``decimals`` places (negative: to tens, hundreds, ...), no ``-0``."""
+    if decimals >= 0:
+        text = f"{x:.{decimals}f}"
+    else:
+        text = f"{round(x, decimals):.0f}"
+    if float(text) == 0:
+        return text.lstrip("-")
+    return "+" + text if signed and not text.startswith("-") else text
+
+
+def _capped(mean: float, decimals: int) -> int:
+    """No more than MAX_DIGITS significant digits for ``mean``."""
+    if mean == 0:
+        return decimals
+    return min(decimals, MAX_DIGITS - 1 - math.floor(math.log10(abs(mean))))
+
+
+def _plain(x: float, digits: int, *, signed: bool = False) -> str:
+    """``digits`` significant digits, positional (no exponent) between 1e-4 and 1e6."""
+    if x == 0:
+        return "0"
+    if not 1e-4 <= abs(x) < 1e6:
+        return format(x, f"{'+' if signed else ''}.{digits}g")
+    decimals = max(0, digits - 1 - math.floor(math.log10(abs(x))))
+    return _fixed(float(f"{x:.{digits - 1}e}"), decimals, signed=signed)
+
+
+def format_score(s: Score, *, se_of: Score | None = None, signed: bool = False) -> str:
+    """The mean of ``s`` rounded to its seed noise (the s.e. of ``se_of`` when given), without
+    the ``±``; 3 significant digits without a noise estimate; ``—`` / ``nan`` as usual."""
+    if s.mean is None:
+        return MISSING
+    if not math.isfinite(s.mean):
+        return _nonfinite_text(s.mean)
+    se = (se_of or s).se
+    if se is None or not math.isfinite(se) or se == 0:
+        return _plain(s.mean, UNKNOWN_NOISE_DIGITS, signed=signed)
+    return _fixed(s.mean, _capped(s.mean, noise_decimals(se)), signed=signed)
+
+
+def format_mean_se(s: Score) -> str:
+    """``mean ± s.e.`` rounded to the s.e. (:func:`noise_decimals`); the mean alone (3
+    significant digits, no ``± 0``) without a noise estimate; ``—`` / ``nan`` as usual."""
+    if s.mean is None or not math.isfinite(s.mean):
+        return format_score(s)
+    se = s.se
+    if se is None or not math.isfinite(se):
+        return _plain(s.mean, UNKNOWN_NOISE_DIGITS)
+    if se == 0:  # n >= 2 identical seeds: exact
+        return f"{s.mean:.{MAX_DIGITS}g} ± 0"
+    decimals = _capped(s.mean, noise_decimals(se))
+    se_text = _fixed(se, decimals) if float(_fixed(se, decimals)) > 0 else format(se, ".1g")
+    return f"{_fixed(s.mean, decimals)} ± {se_text}"
+
+
+def full_precision(x: Any) -> str:
+    """A per-seed value as stored (shortest round-trip repr); ``—`` / ``nan`` as usual."""
+    v = _num(x)
+    if v is None:
+        return MISSING
+    if not math.isfinite(v):
+        return _nonfinite_text(v)
+    return repr(v)
 
 
 def _config_value(v: Any) -> str:
@@ -285,7 +665,7 @@ def _config_value(v: Any) -> str:
 
 def config_summary(config: Mapping[str, Any] | None) -> str:
     """``key=value`` pairs sorted by key, comma separated (floats in ``%g`` form), less ``family``
-    (shown in its own column)."""
+    (shown on its own)."""
     keys = sorted(k for k in (config or {}) if k != "family")
     if not keys:
         return MISSING
@@ -297,78 +677,160 @@ def _reference(cell: Mapping[str, Any]) -> Mapping[str, Any]:
     return ref if isinstance(ref, Mapping) else {}
 
 
-def _flags(row: LeaderboardRow) -> list[str]:
-    flags = []
+# ---------------------------------------------------------------------------------------------
+# Cell texts (shared by Markdown, HTML and terminal)
+# ---------------------------------------------------------------------------------------------
+
+
+def verdict(row: LeaderboardRow) -> str:
+    """The verdict column: ``DIVERGED (seeds …)``, ``≠ ref (worse|better)``, ``≈ ref``,
+    ``1 seed`` or ``—`` (see the module docstring)."""
     if row.diverged:
-        seeds = row.cell.get("diverged_seeds") or []
-        flags.append("DIVERGED" + (f" (seeds {', '.join(str(s) for s in seeds)})" if seeds else ""))
-    if row.deviation is not None and row.deviation.significant:
-        flags.append(f"≠ ref ({row.deviation.direction})")
-    return flags
+        return row.divergence.label()
+    dev = row.deviation
+    if score(row.cell, "rmse_a").n < 2:
+        return "1 seed" if row.n_seeds == 1 else MISSING
+    if dev is None:
+        return MISSING
+    return f"≠ ref ({dev.direction})" if dev.significant else "≈ ref"
 
 
-def _rmse_a_text(cell: Mapping[str, Any]) -> str:
-    mean = format_number(metric(cell, "rmse_a", "mean"))
-    std = metric(cell, "rmse_a", "std")
-    return mean if std is None else f"{mean} ± {format_number(std)}"
+def _ref_text(row: LeaderboardRow, *, footnote: bool = True) -> str:
+    ref = published_rmse(row.cell)
+    value = MISSING if ref is None else format(ref, "g")
+    if not footnote or row.source is None:
+        return value
+    return f"[{row.source}]" if ref is None else f"{value} [{row.source}]"
+
+
+def _delta_text(row: LeaderboardRow) -> str:
+    if row.deviation is None:
+        return MISSING
+    rm = score(row.cell, "rmse_a")
+    delta = Score(mean=row.deviation.delta, std=rm.std, n=rm.n)
+    return format_score(delta, signed=True)
+
+
+def _ms_text(cell: Mapping[str, Any]) -> str:
+    sec = _num(cell.get("seconds_per_cycle"))
+    if sec is None or not math.isfinite(sec):
+        return format_number(sec)
+    return _plain(1e3 * sec, 3)
+
+
+def _seconds_text(cell: Mapping[str, Any], key: str) -> str:
+    sec = _num(cell.get(key))
+    if sec is None or not math.isfinite(sec):
+        return format_number(sec)
+    return _plain(sec, 3)
+
+
+def per_seed_compact(row: LeaderboardRow) -> str:
+    """rmse.a of each seed, rounded like the row's mean (the Markdown's per-seed column)."""
+    rm = score(row.cell, "rmse_a")
+    out = []
+    for v in rm.per_seed:
+        out.append(format_score(Score(mean=v, std=None, n=0), se_of=rm) if v is not None else "—")
+    return ", ".join(out) if out else MISSING
+
+
+def seed_tooltip(row: LeaderboardRow, name: str = "rmse_a") -> str:
+    """``seed 0: 0.5669393022950759; seed 1: ...; std ...`` (full precision, HTML hover)."""
+    s = score(row.cell, name)
+    seeds = _seeds(row.cell)
+    if not s.per_seed:
+        return ""
+    parts = [
+        f"seed {seeds[i] if i < len(seeds) else i}: {full_precision(v)}"
+        for i, v in enumerate(s.per_seed)
+    ]
+    if s.se is not None:
+        parts.append(f"std {full_precision(s.std)}, s.e. {full_precision(s.se)}")
+    return "; ".join(parts)
 
 
 @dataclass(frozen=True)
 class Column:
-    """A table column: header, short key (HTML class / tests) and the cell text of a row."""
+    """A table column: short key (HTML class / tests), header, the cell text of a row, whether
+    it is numeric (right-aligned), whether it may be left out of a benchmark whose rows all
+    miss it (``optional``), and its definition (HTML header tooltip)."""
 
     key: str
     header: str
     text: Callable[[LeaderboardRow], str]
     numeric: bool = True
+    optional: bool = False
+    doc: str = ""
+
+
+def _score_column(key: str, header: str, doc: str) -> Column:
+    return Column(key, header, lambda r: format_score(score(r.cell, key)), optional=True, doc=doc)
 
 
 COLUMNS: tuple[Column, ...] = (
-    Column("rank", "#", lambda r: str(r.rank)),
-    Column("method", "method", lambda r: r.method, numeric=False),
-    Column("family", "family", lambda r: str(r.cell.get("family") or MISSING), numeric=False),
-    Column("config", "config", lambda r: config_summary(r.cell.get("config")), numeric=False),
-    Column("rmse_a", "rmse.a", lambda r: _rmse_a_text(r.cell)),
-    Column("ref_rmse_a", "ref. rmse.a", lambda r: format_number(_reference(r.cell).get("rmse_a"))),
+    Column("rank", "#", lambda r: str(r.rank), doc="rank by mean rmse.a; diverged cells last"),
     Column(
-        "delta_ref",
-        "Δ ref",
-        lambda r: MISSING if r.deviation is None else format_number(r.deviation.delta, signed=True),
-    ),
-    Column(
-        "ref_label",
-        "reference",
-        lambda r: str(_reference(r.cell).get("label") or MISSING),
+        "method",
+        "method",
+        lambda r: r.method,
         numeric=False,
+        doc="click a method for its configuration and per-seed values",
     ),
     Column(
-        "ref_citation",
-        "source",
-        lambda r: MISSING if r.source is None else f"[{r.source}]",
-        numeric=False,
+        "rmse_a",
+        "rmse.a",
+        lambda r: format_mean_se(score(r.cell, "rmse_a")),
+        doc="analysis rmse: time mean per seed, mean ± standard error over seeds",
     ),
-    Column("rmse_f", "rmse.f", lambda r: format_number(metric(r.cell, "rmse_f"))),
-    Column("rmse_s", "rmse.s", lambda r: format_number(metric(r.cell, "rmse_s"))),
-    Column("spread_a", "spread.a", lambda r: format_number(metric(r.cell, "spread_a"))),
-    Column("crps", "CRPS", lambda r: format_number(metric(r.cell, "crps"))),
-    Column("rank_chi2", "rank χ²", lambda r: format_number(metric(r.cell, "rank_chi2"))),
-    Column("log_likelihood", "log-lik", lambda r: format_number(metric(r.cell, "log_likelihood"))),
+    Column("verdict", "verdict", verdict, numeric=False, doc="divergence / reference verdict"),
     Column(
-        "seconds_per_cycle",
-        "s/cycle",
-        lambda r: format_number(_num(r.cell.get("seconds_per_cycle"))),
+        "ref_rmse_a",
+        "ref.",
+        _ref_text,
+        optional=True,
+        doc="published rmse.a of the same setup [source]",
+    ),
+    Column("delta_ref", "Δ ref", _delta_text, optional=True, doc="ours − published rmse.a"),
+    _score_column("rmse_f", "rmse.f", "forecast rmse: time mean per seed, mean over seeds"),
+    _score_column("rmse_s", "rmse.s", "smoothed-estimate rmse (smoothers)"),
+    _score_column("spread_a", "spread.a", "analysis spread, √(mean ensemble variance)"),
+    _score_column("crps", "CRPS", "fair ensemble CRPS (closed form for Gaussian filters)"),
+    _score_column("rank_delta", "rank δ", "χ²/(B−1) of the rank histogram: 1 = flat"),
+    _score_column("log_likelihood", "log-lik", "mean log p(y_k | y_1:k-1) per cycle"),
+    Column(
+        "ms_per_cycle",
+        "ms/cycle",
+        lambda r: _ms_text(r.cell),
+        doc="wall time per cycle (compiled, seeds batched), milliseconds",
     ),
     Column(
-        "compile_seconds", "compile s", lambda r: format_number(_num(r.cell.get("compile_seconds")))
+        "compile_seconds",
+        "compile s",
+        lambda r: _seconds_text(r.cell, "compile_seconds"),
+        optional=True,
+        doc="compile (or compile-cache load) time of the cell, seconds",
     ),
-    Column("n_seeds", "seeds", lambda r: str(len(r.cell.get("seeds") or ()))),
-    Column("flags", "flags", lambda r: "; ".join(_flags(r)), numeric=False),
+    Column("n_seeds", "seeds", lambda r: str(r.n_seeds), doc="number of seeds"),
+)
+# The Markdown (read on GitHub, ~900 px wide) leaves rmse.f, compile time and the seed count to
+# its details block and adds the per-seed rmse.a (the HTML shows it on hover and in the detail
+# rows).
+MARKDOWN_COLUMNS: tuple[Column, ...] = (
+    *(c for c in COLUMNS if c.key not in ("rmse_f", "compile_seconds", "n_seeds")),
+    Column("rmse_a_seeds", "rmse.a per seed", per_seed_compact, numeric=False),
 )
 
 
-def row_texts(row: LeaderboardRow) -> list[str]:
-    """The texts of a row, one per column of :data:`COLUMNS`."""
-    return [c.text(row) for c in COLUMNS]
+def table_columns(
+    rows: Sequence[LeaderboardRow], columns: Sequence[Column] = COLUMNS
+) -> list[Column]:
+    """``columns`` less the optional ones that no row of ``rows`` fills (all ``—``)."""
+    return [c for c in columns if not c.optional or any(c.text(r) != MISSING for r in rows)]
+
+
+def row_texts(row: LeaderboardRow, columns: Sequence[Column] = COLUMNS) -> list[str]:
+    """The texts of a row, one per column."""
+    return [c.text(row) for c in columns]
 
 
 def benchmark_caption(rows: Sequence[LeaderboardRow]) -> str:
@@ -379,7 +841,7 @@ def benchmark_caption(rows: Sequence[LeaderboardRow]) -> str:
     burn = sorted(
         {r.cell.get("burn_in_cycles") for r in rows if r.cell.get("burn_in_cycles") is not None}
     )
-    seeds = sorted({s for r in rows for s in (r.cell.get("seeds") or ())})
+    seeds = sorted({s for r in rows for s in _seeds(r.cell)})
     parts = []
     if cycles:
         parts.append("cycles " + "/".join(str(c) for c in cycles))
@@ -408,6 +870,79 @@ def run_info(results: Mapping[str, Any]) -> dict[str, list[str]]:
     }
 
 
+# The per-seed detail: (label, score name) rows, printed at full precision.
+DETAIL_SCORES: tuple[tuple[str, str], ...] = (
+    ("rmse.a", "rmse_a"),
+    ("rmse.f", "rmse_f"),
+    ("rmse.s", "rmse_s"),
+    ("spread.a", "spread_a"),
+    ("CRPS", "crps"),
+    ("rank χ²", "rank_chi2"),
+    ("rank δ", "rank_delta"),
+    ("log-lik", "log_likelihood"),
+    ("climatology rmse", "climatology"),
+)
+
+
+def detail_scores(row: LeaderboardRow) -> list[tuple[str, list[str], str, str]]:
+    """Per-seed rows of the details: ``(label, per-seed texts, mean, std)`` at full precision,
+    for every score the cell has; plus ρ (rank histogram) per seed when available."""
+    out = []
+    n = row.n_seeds
+    for label, name in DETAIL_SCORES:
+        s = score(row.cell, name)
+        if not s.per_seed and s.mean is None:
+            continue
+        if all(v is None for v in s.per_seed) and s.mean is None:
+            continue
+        per = [full_precision(v) for v in s.per_seed] if len(s.per_seed) == n else [MISSING] * n
+        out.append((label, per, full_precision(s.mean), full_precision(s.std)))
+    rho = rank_rho(row.cell)
+    if rho and len(rho) == n:
+        r = _score_of(None, None, rho, n)
+        vals = [v for v in rho if _finite(v)]
+        mean = sum(vals) / len(vals) if vals else None
+        out.append(
+            (
+                "rank ρ",
+                [full_precision(v) for v in rho],
+                full_precision(mean),
+                full_precision(r.std),
+            )
+        )
+    return out
+
+
+def detail_facts(row: LeaderboardRow, sources: Sequence[str]) -> list[tuple[str, str]]:
+    """``(label, text)`` facts of the details: family, config, published setup, verdict reasons,
+    timings."""
+    cell = row.cell
+    ref = _reference(cell)
+    facts = [
+        ("family", str(cell.get("family") or MISSING)),
+        ("config", config_summary(cell.get("config"))),
+    ]
+    if ref.get("label") or published_rmse(cell) is not None:
+        pub = _ref_text(row, footnote=False)
+        label = str(ref.get("label") or MISSING)
+        src = f" [{row.source}]" if row.source is not None else ""
+        facts.append(("published", f"{pub} ({label}){src}"))
+    if row.diverged:
+        facts.append(("diverged", row.divergence.explanation()))
+    elif row.deviation is not None:
+        d = row.deviation
+        test = (
+            f"|Δ| {abs(d.delta):.3g} {'>' if d.significant else '≤'} threshold {d.threshold:.3g}"
+            if d.testable
+            else "1 seed: no noise estimate, no test"
+        )
+        facts.append(("reference test", test))
+    facts.append(("seconds per cycle", full_precision(cell.get("seconds_per_cycle"))))
+    facts.append(("compile seconds", full_precision(cell.get("compile_seconds"))))
+    facts.append(("seeds", ", ".join(str(x) for x in _seeds(cell)) or MISSING))
+    return facts
+
+
 def slug(name: str) -> str:
     """A lower-case identifier made of ``[a-z0-9-]`` (for ids and file names)."""
     s = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
@@ -434,34 +969,67 @@ def benchmark_slugs(names: Sequence[str]) -> dict[str, str]:
 
 
 def _md_escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+    """Backslash-escape what GitHub would read as table pipes, HTML tags, code or emphasis."""
+    text = text.replace("\\", "\\\\").replace("\n", " ")
+    return re.sub(r"([|<`*])", r"\\\1", text)
+
+
+def _md_details(rows: Sequence[LeaderboardRow], sources: Sequence[str]) -> list[str]:
+    lines = [
+        "<details><summary>Configurations, published setups, verdict reasons and per-seed "
+        "values (full precision)</summary>",
+        "",
+    ]
+    for row in rows:
+        lines.append(f"- **{_md_escape(row.method)}**")
+        for label, text in detail_facts(row, sources):
+            lines.append(f"  - {_md_escape(label)}: {_md_escape(text)}")
+        seeds = ", ".join(str(s) for s in _seeds(row.cell))
+        per = detail_scores(row)
+        if per:
+            lines.append(f"  - per seed ({_md_escape(seeds)}):")
+            for label, vals, mean, std in per:
+                lines.append(
+                    f"    - {_md_escape(label)}: {', '.join(vals)} (mean {mean}, std {std})"
+                )
+    lines += ["", "</details>", ""]
+    return lines
 
 
 def render_markdown(
-    results: Mapping[str, Any], *, plots: Mapping[str, Sequence[tuple[str, str]]] | None = None
+    results: Mapping[str, Any],
+    *,
+    plots: Mapping[str, Sequence[tuple[str, str]] | Sequence[tuple[str, str, str]]] | None = None,
 ) -> str:
-    """The leaderboard as GitHub-flavoured Markdown: one table per benchmark.
+    """The leaderboard as GitHub-flavoured Markdown: one table per benchmark, then a collapsed
+    details block (configs, per-seed values) and the plots.
 
-    ``plots`` optionally maps a benchmark to ``(alt text, relative path)`` pairs linked below its
-    table (``render_all`` passes the PNG files it wrote).
+    ``plots`` optionally maps a benchmark to ``(alt text, relative path[, caption])`` entries
+    linked below its table (``render_all`` passes the PNG files it wrote).
     """
     tables = benchmark_tables(results)
-    lines = ["# filterax leaderboard", "", RANKING_RULE, ""]
-    lines += [f"- {DIVERGENCE_RULE}", f"- {DEVIATION_RULE}", ""]
+    lines = ["# filterax leaderboard", "", _md_escape(RANKING_RULE), ""]
+    lines += [f"- {_md_escape(rule)}" for rule in (DIVERGENCE_RULE, DEVIATION_RULE)]
+    lines += [f"- {_md_escape(RANK_DELTA_RULE)}", ""]
     for bench, rows in tables.items():
+        cols = table_columns(rows, MARKDOWN_COLUMNS)
         lines += [f"## {_md_escape(bench)}", "", _md_escape(benchmark_caption(rows)), ""]
-        lines.append("| " + " | ".join(_md_escape(c.header) for c in COLUMNS) + " |")
-        lines.append("|" + "|".join("---:" if c.numeric else ":---" for c in COLUMNS) + "|")
+        lines.append("| " + " | ".join(_md_escape(c.header) for c in cols) + " |")
+        lines.append("|" + "|".join("---:" if c.numeric else ":---" for c in cols) + "|")
         for row in rows:
-            lines.append("| " + " | ".join(_md_escape(t) for t in row_texts(row)) + " |")
+            lines.append("| " + " | ".join(_md_escape(t) for t in row_texts(row, cols)) + " |")
         lines.append("")
         sources = benchmark_sources(rows)
         if sources:
             lines += ["Sources:", ""]
             lines += [f"- [{i}] {_md_escape(cit)}" for i, cit in enumerate(sources, 1)]
             lines.append("")
-        for alt, rel in (plots or {}).get(bench, ()):
+        lines += _md_details(rows, sources)
+        for entry in (plots or {}).get(bench, ()):
+            alt, rel = entry[0], entry[1]
             lines += [f"![{_md_escape(alt)}]({rel})", ""]
+            if len(entry) > 2 and entry[2]:
+                lines += [f"*{_md_escape(entry[2])}*", ""]
     info = run_info(results)
     lines += ["## Runs", ""]
     for k, vals in info.items():
@@ -474,84 +1042,99 @@ def render_markdown(
 # Terminal (rich)
 # ---------------------------------------------------------------------------------------------
 
-
-def _terminal_rmse(cell: Mapping[str, Any]) -> str:
-    mean = format_number(metric(cell, "rmse_a", "mean"))
-    std = metric(cell, "rmse_a", "std")
-    if std is None:
-        return mean
-    return f"{mean} ± {format(std, '.2g') if math.isfinite(std) else format_number(std)}"
-
-
-def _terminal_ms(cell: Mapping[str, Any]) -> str:
-    sec = _num(cell.get("seconds_per_cycle"))
-    if sec is None or not math.isfinite(sec):
-        return format_number(sec)
-    return format(1e3 * sec, ".3g")
-
-
-# The terminal is a compact view (the Markdown/HTML hold every column at 4 significant digits):
-# rmse.a std with 2 significant digits, Δ with 3, time per cycle in milliseconds with 3.
+# The compact view, in display order; TERMINAL_DROP_ORDER says which go first on a narrow
+# console (rank, method, rmse.a and the verdict always stay).
 _TERMINAL_COLUMNS: tuple[Column, ...] = (
     Column("rank", "#", lambda r: str(r.rank)),
     Column("method", "method", lambda r: r.method, numeric=False),
-    Column("rmse_a", "rmse.a", lambda r: _terminal_rmse(r.cell)),
-    Column("ref_rmse_a", "ref.", lambda r: format_number(_reference(r.cell).get("rmse_a"))),
+    Column("rmse_a", "rmse.a", lambda r: format_mean_se(score(r.cell, "rmse_a"))),
+    Column("verdict", "verdict", verdict, numeric=False),
+    Column("ref_rmse_a", "ref.", lambda r: _ref_text(r, footnote=False), optional=True),
+    Column("delta_ref", "Δ ref", _delta_text, optional=True),
     Column(
-        "delta_ref",
-        "Δ ref",
-        lambda r: MISSING if r.deviation is None else format(r.deviation.delta, "+.3g"),
+        "spread_a",
+        "spread.a",
+        lambda r: format_score(score(r.cell, "spread_a")),
+        optional=True,
     ),
-    Column("spread_a", "spread.a", lambda r: format_number(metric(r.cell, "spread_a"))),
-    Column("rmse_s", "rmse.s", lambda r: format_number(metric(r.cell, "rmse_s"))),
-    Column("ms_per_cycle", "ms/cycle", lambda r: _terminal_ms(r.cell)),
-    Column("flags", "flags", lambda r: "; ".join(_flags(r)), numeric=False),
+    Column("rmse_s", "rmse.s", lambda r: format_score(score(r.cell, "rmse_s")), optional=True),
+    Column("ms_per_cycle", "ms/cycle", lambda r: _ms_text(r.cell)),
 )
+TERMINAL_DROP_ORDER = ("delta_ref", "ms_per_cycle", "rmse_s", "spread_a", "ref_rmse_a")
 
 
-def terminal_tables(results: Mapping[str, Any]) -> list[Table]:
-    """One rich Table per benchmark: a compact subset of the columns (configs, rmse.f, CRPS, χ²,
-    log-lik and compile times are in the Markdown/HTML); published labels and sources in the
-    caption."""
-    cols = _TERMINAL_COLUMNS
-    out = []
-    for bench, rows in benchmark_tables(results).items():
-        notes = []
-        for row in rows:
-            ref = _reference(row.cell)
-            if row.source is not None:
-                label = ref.get("label") or MISSING
-                notes.append(f"{row.method}: ref. {label} [{row.source}]")
-        notes += [f"[{i}] {cit}" for i, cit in enumerate(benchmark_sources(rows), 1)]
-        table = Table(
-            title=f"{bench} — {benchmark_caption(rows)}",
-            caption="\n".join(notes) or None,
-            caption_justify="left",
-            header_style="bold",
-            box=box.SIMPLE_HEAD,
-            pad_edge=False,
-            collapse_padding=True,
+VERDICT_LINE = 24  # the terminal keeps a verdict up to this long on one line when it can
+
+
+def _terminal_table(
+    bench: str, rows: Sequence[LeaderboardRow], cols: Sequence[Column], *, wrap_verdict: bool
+) -> Table:
+    notes = []
+    for row in rows:
+        ref = _reference(row.cell)
+        if row.source is not None:
+            label = ref.get("label") or MISSING
+            notes.append(f"{row.method}: ref. {label} [{row.source}]")
+    notes += [f"[{i}] {cit}" for i, cit in enumerate(benchmark_sources(rows), 1)]
+    table = Table(
+        title=f"{bench} — {benchmark_caption(rows)}",
+        caption="\n".join(notes) or None,
+        caption_justify="left",
+        header_style="bold",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    texts = [[c.text(r) for c in cols] for r in rows]
+    for j, c in enumerate(cols):
+        values = [t[j] for t in texts]
+        wraps = c.key == "verdict"  # wrapped between words only
+        pieces = [w for v in values for w in v.split()] if wraps else values
+        need = max([len(c.header), *(len(p) for p in pieces)])
+        if wraps and not wrap_verdict:
+            need = max(need, min(VERDICT_LINE, max(len(v) for v in values)))
+        table.add_column(
+            c.header,
+            justify="right" if c.numeric else "left",
+            no_wrap=not wraps,
+            overflow="fold",
+            min_width=need,
         )
-        for c in cols:
-            table.add_column(
-                c.header,
-                justify="right" if c.numeric else "left",
-                overflow="fold",
-                no_wrap=c.key in ("rmse_a", "rank", "delta_ref"),
-            )
-        for row in rows:
-            style = "red" if row.diverged else None
-            if style is None and row.deviation is not None and row.deviation.significant:
-                style = "yellow"
-            table.add_row(*(Text(c.text(row)) for c in cols), style=style)
+    for row, t in zip(rows, texts, strict=True):
+        style = "red" if row.diverged else ("yellow" if row.deviates else None)
+        table.add_row(*(Text(x) for x in t), style=style)
+    return table
+
+
+def terminal_tables(results: Mapping[str, Any], *, width: int | None = None) -> list[Table]:
+    """One rich Table per benchmark: the compact columns (configs, rmse.f, CRPS, rank δ, log-lik,
+    compile times and per-seed values are in the Markdown/HTML), published labels and sources
+    in the caption. With ``width``, columns are left out (``TERMINAL_DROP_ORDER``) until the
+    table fits with each verdict on one line (up to ``VERDICT_LINE`` characters), so that no
+    method name or number is cut or wrapped; failing that the verdict wraps between words."""
+    out = []
+    # measured on a wide console: a measurement is clamped to the console's width
+    measure = Console(width=10_000, file=io.StringIO())
+    for bench, rows in benchmark_tables(results).items():
+        cols = table_columns(rows, _TERMINAL_COLUMNS)
+        table = _terminal_table(bench, rows, cols, wrap_verdict=False)
+        drop = [k for k in TERMINAL_DROP_ORDER if any(c.key == k for c in cols)]
+        while width is not None and drop and measure.measure(table).minimum > width:
+            key = drop.pop(0)
+            cols = [c for c in cols if c.key != key]
+            table = _terminal_table(bench, rows, cols, wrap_verdict=False)
+        if width is not None and measure.measure(table).minimum > width:
+            # still too wide: let the verdict wrap between its words
+            table = _terminal_table(bench, rows, cols, wrap_verdict=True)
         out.append(table)
     return out
 
 
 def print_leaderboard(results: Mapping[str, Any], console: Console | None = None) -> None:
-    """Print the leaderboard's rich tables (with colour when the console supports it)."""
+    """Print the leaderboard's rich tables (with colour when the console supports it), fitted to
+    the console's width (80 columns when the output is not a terminal)."""
     console = console or Console()
-    for table in terminal_tables(results):
+    for table in terminal_tables(results, width=console.width):
         console.print(table)
     console.print(Text(TERMINAL_LEGEND, style="dim"))
 
@@ -572,10 +1155,13 @@ def render_terminal(results: Mapping[str, Any], *, width: int = 160) -> str:
 def render_all(results: Mapping[str, Any], out_dir: str | os.PathLike[str]) -> dict[str, Path]:
     """Write ``leaderboard.md``, ``leaderboard.html`` and ``plots/*.png`` under ``out_dir``.
 
-    Returns ``{"markdown": path, "html": path, "plots/<file>.png": path, ...}``.
+    Returns ``{"markdown": path, "html": path, "plots/<file>.png": path, ...}``. Figures an
+    earlier rendering wrote that this one does not make (``plots/<slug>--<kind>.png``, e.g. an
+    rmse-vs-ensemble-size plot for a benchmark now with one size) are removed, so that the
+    folder holds what the results give.
     """
     from ._html import render_html
-    from ._plots import make_plots
+    from ._plots import PLOT_KINDS, make_plots
 
     _check_schema(results)
     out = Path(out_dir)
@@ -583,12 +1169,19 @@ def render_all(results: Mapping[str, Any], out_dir: str | os.PathLike[str]) -> d
     plot_dir.mkdir(parents=True, exist_ok=True)
     plots = make_plots(results)
     paths: dict[str, Path] = {}
-    links: dict[str, list[tuple[str, str]]] = {}
+    links: dict[str, list[tuple[str, str, str]]] = {}
     for plot in plots:
         p = plot_dir / plot.filename
         write_bytes_atomic(p, plot.png)
         paths[f"plots/{plot.filename}"] = p
-        links.setdefault(plot.benchmark, []).append((plot.alt, f"plots/{plot.filename}"))
+        links.setdefault(plot.benchmark, []).append(
+            (plot.alt, f"plots/{plot.filename}", plot.caption)
+        )
+    for stale in sorted(plot_dir.glob("*--*.png")):
+        if stale.name.rsplit("--", 1)[1][: -len(".png")] in PLOT_KINDS and stale not in (
+            paths.values()
+        ):
+            stale.unlink()
     md = out / "leaderboard.md"
     write_text_atomic(md, render_markdown(results, plots=links))
     html = out / "leaderboard.html"
