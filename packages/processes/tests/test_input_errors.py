@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import filterax.processes as fpr
@@ -33,11 +34,33 @@ def test_uki_init_rejects_a_non_psd_initial_covariance():
 
 def test_diverged_update_is_not_blamed_on_the_forward_model():
     # An explicit EKS step far beyond its stability limit (Gamma = 1e-4, dt = 50) blows the
-    # ensemble up; the error must say the parameters were non-finite, i.e. the update diverged.
+    # ensemble up; the error must say the update diverged (status 3, the state before the
+    # update kept), not blame the forward model.
     a = jax.random.normal(jax.random.key(0), (6, 2))
     y = a @ jnp.array([1.0, -1.0])
     x0 = jax.random.normal(jax.random.key(1), (10, 2))
     process = fpr.EKS(jnp.zeros(2), jnp.eye(2), scheduler=fpr.FixedScheduler(50.0))
-    with pytest.raises(fpr.CalibrationError, match="non-finite PARAMETERS") as info:
+    with pytest.raises(ValueError, match=r"update diverged \(status 3\).*smaller time step"):
         fpr.calibrate(process, lambda t: a @ t, x0, y, 1e-4, n_iterations=30, key=jax.random.key(2))
-    assert info.value.n_nonfinite_parameters > 0
+    result = fpr.calibrate(
+        process, lambda t: a @ t, x0, y, 1e-4, n_iterations=30, key=jax.random.key(2), throw=False
+    )
+    assert int(result.status) == fpr.ProcessState.DIVERGED
+    assert np.all(np.isfinite(np.asarray(result.state.ensemble)))
+
+
+def test_step_api_flags_a_diverged_update_instead_of_returning_nan():
+    # An absurd explicit step overflowed UKI's covariance to NaN with status OK in the
+    # step-by-step API: now status 3 and the state before that update (float64, as the suite).
+    a = jnp.array([[1.0, 0.5], [0.0, 1.0], [1.0, -1.0]])
+    y = a @ jnp.array([1.0, -2.0])
+    process = fpr.UKI(jnp.zeros(2), jnp.eye(2), scheduler=fpr.FixedScheduler(1e300))
+    state = process.init(None, y, 0.01)
+    first = state
+    for _ in range(3):
+        state = process.update(state, jax.vmap(lambda t: a @ t)(process.particles(state)))
+    assert int(state.status) == fpr.ProcessState.DIVERGED
+    for leaf in [state.ensemble, *jax.tree.leaves(state.extra)]:
+        assert np.all(np.isfinite(np.asarray(leaf)))
+    np.testing.assert_array_equal(np.asarray(state.ensemble), np.asarray(first.ensemble))
+    assert float(state.time) == 0.0

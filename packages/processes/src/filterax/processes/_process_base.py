@@ -10,6 +10,7 @@ members, ask the scheduler for ``dt``, apply the method's analysis, handle failu
 import abc
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import lineax as lx
@@ -25,6 +26,7 @@ from ._inflation import InflationLike, apply_inflation
 from ._kalman_update import UpdateData, prepare_update
 from ._state import AbstractProcessState, ProcessState
 from ._status import (
+    STATUS_DIVERGED,
     STATUS_OK,
     data_ok,
     hyperparameters_ok,
@@ -253,7 +255,18 @@ def new_state(
     status: Array,
     extra: Any = None,
 ) -> ProcessState:
-    """The state after an update; ``dt = 0`` (e.g. a bad `status`) keeps the ensemble."""
+    """The state after an update; ``dt = 0`` (e.g. a bad `status`) keeps the ensemble.
+
+    An update that turns valid inputs into a non-finite ensemble (or `extra`, e.g. UKI's
+    mean and covariance) is kept out: the previous state stays and the status becomes
+    `STATUS_DIVERGED`, so a step-by-step loop never carries NaN with status OK.
+    """
+    finite = jnp.all(jnp.isfinite(ensemble))
+    for leaf in jax.tree.leaves(eqx.filter(extra, eqx.is_inexact_array)):
+        finite = finite & jnp.all(jnp.isfinite(leaf))
+    diverged = (dt > 0) & ~finite & (status == STATUS_OK)
+    status = jnp.where(diverged, STATUS_DIVERGED, status).astype(jnp.int32)
+    dt = jnp.where(diverged, jnp.zeros_like(dt), dt)
     moved = dt > 0
     ensemble = jnp.where(moved, ensemble, state.ensemble)
     if extra is not None:

@@ -8,7 +8,12 @@ import lineax as lx
 from equinox import AbstractVar
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray, PyTree
 
-from ._status import STATUS_INVALID_DATA, STATUS_INVALID_HYPERPARAMETERS, STATUS_OK
+from ._status import (
+    STATUS_DIVERGED,
+    STATUS_INVALID_DATA,
+    STATUS_INVALID_HYPERPARAMETERS,
+    STATUS_OK,
+)
 
 __all__ = ["AbstractProcessState", "ProcessState"]
 
@@ -33,6 +38,9 @@ class AbstractProcessState(eqx.Module):
         outside the range its constructor checks for a concrete value (e.g. a negative
         inflation scaling, a prior variance ``<= 0``), or the time step was NaN, infinite,
         negative or (`GNKI`) ``>= 2``.
+    - ``3`` `DIVERGED` (`ProcessState` only): valid inputs gave a non-finite ensemble (or UKI
+        mean / covariance), e.g. an explicit step far too large; the state before that update
+        is kept.
 
     Concrete bad inputs raise a `ValueError` when they are given; the status is for values
     only known at run time (under `jit`, `vmap`, `grad`). Once it is not `OK` every update is
@@ -44,6 +52,7 @@ class AbstractProcessState(eqx.Module):
     OK: ClassVar[int] = STATUS_OK
     INVALID_DATA: ClassVar[int] = STATUS_INVALID_DATA
     INVALID_HYPERPARAMETERS: ClassVar[int] = STATUS_INVALID_HYPERPARAMETERS
+    DIVERGED: ClassVar[int] = STATUS_DIVERGED
 
     ensemble: AbstractVar[Float[Array, "N_e N_p"]]
     obs: AbstractVar[Float[Array, " N_y"]]

@@ -35,6 +35,7 @@ import filterax.primitives as fxp
 from ._checks import any_traced
 
 __all__ = [
+    "STATUS_DIVERGED",
     "STATUS_INVALID_DATA",
     "STATUS_INVALID_HYPERPARAMETERS",
     "STATUS_OK",
@@ -49,10 +50,11 @@ __all__ = [
 STATUS_OK = 0
 STATUS_INVALID_DATA = 1
 STATUS_INVALID_HYPERPARAMETERS = 2
+STATUS_DIVERGED = 3
 
 
-def status_messages(owner: str) -> tuple[str, str]:
-    """What statuses 1 and 2 mean, for `eqx.branched_error_if` and `calibrate`'s errors."""
+def status_messages(owner: str) -> tuple[str, str, str]:
+    """What statuses 1, 2 and 3 mean, for `eqx.branched_error_if` and `calibrate`'s errors."""
     return (
         f"{owner}: invalid data (status 1): obs or obs_noise has a NaN/inf entry, a variance "
         "<= 0 or is not positive definite (or the initial ensemble has a NaN/inf entry). "
@@ -63,6 +65,10 @@ def status_messages(owner: str) -> tuple[str, str]:
         "(e.g. a negative inflation scaling, a prior variance <= 0), or the time step is NaN, "
         "infinite or negative. Pass finite values in range (e.g. FixedScheduler(dt) with "
         "dt >= 0), as the constructors require of concrete values.",
+        f"{owner}: the update diverged (status 3): valid inputs gave a non-finite ensemble "
+        "(numerical overflow, typically an explicit step too large for the problem's "
+        "scaling). The state before that update is kept. Use a smaller time step (e.g. "
+        "FixedScheduler(0.5) or DataMisfitController), more members, or a narrower prior.",
     )
 
 
