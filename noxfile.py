@@ -87,7 +87,7 @@ def docs(session: nox.Session) -> None:
     """Build the documentation site with --strict (warnings are errors)."""
     _sync(session, "--all-packages", "--group", "docs")
     session.env["NO_MKDOCS_2_WARNING"] = "1"
-    site = os.path.join(session.create_tmp(), "site")
+    site = os.path.abspath(os.path.join(session.create_tmp(), "site"))
     session.run("mkdocs", "build", "--strict", "--site-dir", site)
     # no raw $$, MathJax vendored, every formula typeset in headless Chromium
     session.run("python", os.path.join(ROOT, "tools", "check_site.py"), site)

@@ -92,7 +92,7 @@ def main(argv: list[str]) -> int:
     if len(argv) != 1 or not Path(argv[0]).is_dir():
         print("usage: python tools/check_site.py SITE_DIR", file=sys.stderr)
         return 2
-    site = Path(argv[0])
+    site = Path(argv[0]).resolve()  # file:// URIs need an absolute path
     problems = static_problems(site)
     chromium = _chromium()
     if chromium is None:
