@@ -1,9 +1,5 @@
 """assimilate_and_smooth: one compiled call, vmap, grad, and smoother skill on L63 / L96."""
 
-import importlib.util
-import pathlib
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,22 +8,10 @@ import pytest
 import filterax.filters as ff
 import filterax.primitives as fxp
 import filterax.smoothers as fs
+from filterax.testing import load_sibling
 from filterax.zoo import presets
 
-
-def _load_refs():
-    # --import-mode=importlib keeps tests/ off sys.path; load smoother_refs.py under a unique name.
-    name = "filterax_smoothers_tests_smoother_refs"
-    if name not in sys.modules:
-        path = pathlib.Path(__file__).with_name("smoother_refs.py")
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-refs = _load_refs()
+refs = load_sibling(__file__, "smoother_refs.py", "smoothers")
 
 SMOOTHERS = {
     "EnKS": fs.EnKS(),

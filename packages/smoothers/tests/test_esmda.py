@@ -11,10 +11,6 @@
   `run` (1e-12) and lands on the analytic posterior (sqrt, 1e-9).
 """
 
-import importlib.util
-import pathlib
-import sys
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -25,21 +21,9 @@ import pytest
 import filterax.primitives as fxp
 import filterax.processes as fpr
 from filterax.smoothers import ESMDA, InversionResult, InversionState
+from filterax.testing import load_sibling
 
-
-def _load_refs():
-    # --import-mode=importlib keeps tests/ off sys.path; load inverse_refs.py by file path.
-    name = "filterax_smoothers_tests_inverse_refs"
-    if name not in sys.modules:
-        path = pathlib.Path(__file__).with_name("inverse_refs.py")
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-refs = _load_refs()
+refs = load_sibling(__file__, "inverse_refs.py", "smoothers")
 
 # Algebraic identities in float64 on O(1) data (condition numbers < 1e3): round-off ~1e-13.
 TOL64 = 1e-9

@@ -7,10 +7,6 @@
   prior, the smoothed means/spreads are the exact Kalman filter + RTS smoother's (1e-9).
 """
 
-import importlib.util
-import pathlib
-import sys
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -21,22 +17,10 @@ import filterax.filters as ff
 import filterax.primitives as fxp
 import filterax.smoothers as fs
 from filterax.smoothers import SmootherResult, iEnKS
+from filterax.testing import load_sibling
 from filterax.zoo import LinearModel, presets
 
-
-def _load_refs():
-    # --import-mode=importlib keeps tests/ off sys.path; load ienks_refs.py by file path.
-    name = "filterax_smoothers_tests_ienks_refs"
-    if name not in sys.modules:
-        path = pathlib.Path(__file__).with_name("ienks_refs.py")
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-refs = _load_refs()
+refs = load_sibling(__file__, "ienks_refs.py", "smoothers")
 
 # Algebraic identities in float64: round-off is ~1e-13 on O(10) numbers; a few windows of
 # chaotic L63 (growth ~e^2) and N x N solves keep it far below 1e-9.

@@ -11,6 +11,7 @@ from ._fuzz import (
     first_line as first_line,
 )
 from ._helpers import (
+    load_sibling as load_sibling,
     random_ensemble as random_ensemble,
     random_spd as random_spd,
     tol as tol,

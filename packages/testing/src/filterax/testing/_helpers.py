@@ -1,3 +1,5 @@
+import types
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,3 +36,24 @@ def random_spd(rng: np.random.Generator, n: int, cond: float = 10.0) -> np.ndarr
 def random_ensemble(rng: np.random.Generator, n_ensemble: int, n_state: int) -> np.ndarray:
     """A random (N_e, N_x) ensemble with a non-zero mean."""
     return rng.standard_normal((n_ensemble, n_state)) + rng.standard_normal(n_state)
+
+
+def load_sibling(test_file: str, filename: str, package: str) -> types.ModuleType:
+    """Import ``filename`` (a reference module next to ``test_file``) once per session.
+
+    Tests run with ``--import-mode=importlib``, which keeps ``tests/`` off ``sys.path``; the
+    module is registered as ``filterax_<package>_tests_<stem>`` so every test file that loads
+    it shares one copy.
+    """
+    import importlib.util
+    import pathlib
+    import sys
+
+    name = f"filterax_{package}_tests_{pathlib.Path(filename).stem}"
+    if name not in sys.modules:
+        path = pathlib.Path(test_file).with_name(filename)
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
