@@ -267,6 +267,22 @@ def test_climatology_rmse_matches_numpy(getkey):
         ssm.climatology_rmse(xp.truth[:5])
 
 
+def test_climatology_matches_numpy_statistics_of_the_free_run(getkey):
+    # The same key gives the same truth as simulate: the statistics are numpy's of its rows
+    # after the burn-in (np.cov: unbiased, rows are samples), to round-off (rtol 1e-12).
+    ssm = _linear_ssm(burn_in=0.5, process_noise=1.0)
+    key = getkey()
+    mean, cov = ssm.climatology(key, 400)
+    after = np.asarray(ssm.simulate(key, 400).truth)[5:]
+    np.testing.assert_allclose(mean, after.mean(0), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(cov, np.cov(after.T), rtol=1e-12, atol=1e-12)
+    assert cov.shape == (ssm.n_state, ssm.n_state)
+    with pytest.raises(ValueError, match="at least 2 states after the burn-in"):
+        ssm.climatology(key, 6)
+    with pytest.raises(TypeError, match="n_cycles"):
+        ssm.climatology(key, 100.0)
+
+
 def test_metadata_fields_and_default_n_cycles(getkey):
     ssm = _linear_ssm(
         name="toy",

@@ -462,6 +462,47 @@ class StateSpaceModel(AbstractModel):
         mean = jnp.mean(after, axis=0)
         return jnp.mean(jnp.sqrt(jnp.mean((after - mean[None, :]) ** 2, axis=-1)))
 
+    def climatology(
+        self, key: PRNGKeyArray, n_cycles: int | None = None
+    ) -> tuple[Float[Array, " N_x"], Float[Array, "N_x N_x"]]:
+        r"""Mean and covariance of the invariant measure, from one long free run.
+
+        The truth of a twin experiment (`simulate`, with the model's process noise) is drawn
+        for `n_cycles` observation times; the rows inside the burn-in are dropped and the
+        remaining states ``x_k`` (``k \in K``) give
+
+        $$\mu_c = \frac1{|K|}\sum_{k\in K} x_k,\qquad
+        B_c = \frac1{|K| - 1}\sum_{k\in K} (x_k - \mu_c)(x_k - \mu_c)^\top .$$
+
+        These are the climatological prior of the reference methods (``Climatology``,
+        ``OptInterp``, ``Var3D``, the static part of EnVar). DAPPER estimates them from the
+        truth of the experiment being scored, which flatters a short experiment; pass a key
+        independent of the experiment's (the default length is ten published experiments).
+
+        **Arguments:**
+
+        - `key`: a JAX PRNG key (use one not used for the scored experiment).
+        - `n_cycles`: observation times simulated, burn-in included (a Python int); default
+          ``10 * (n_cycles or recommended_n_cycles)`` of the model, at least 10 000.
+
+        **Returns:** ``(mean (N_x,), cov (N_x, N_x))`` in the model's dtype.
+        """
+        if n_cycles is None:
+            n_cycles = max(10 * (self.n_cycles or self.recommended_n_cycles or 0), 10_000)
+            n_cycles += self.burn_in_cycles
+        n_cycles = self._check_n_cycles(n_cycles)
+        start = self.burn_in_cycles
+        if n_cycles - start < 2:
+            raise ValueError(
+                f"climatology needs at least 2 states after the burn-in ({start} cycles); "
+                f"got n_cycles={n_cycles}. Pass a longer run, e.g. n_cycles={start + 10_000}."
+            )
+        states = _simulate(self, key, n_cycles).truth[start:]
+        mean = jnp.mean(states, axis=0)
+        anomalies = states - mean[None, :]
+        cov = anomalies.T @ anomalies / (states.shape[0] - 1)
+        return mean, 0.5 * (cov + cov.T)
+
     def _check_n_cycles(self, n_cycles: Any) -> int:
         if isinstance(n_cycles, bool) or not isinstance(n_cycles, int | np.integer):
             raise TypeError(
