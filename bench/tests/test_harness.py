@@ -343,6 +343,30 @@ def test_divergence_flag_fires_on_late_loss_of_track(registry_snapshot, tmp_path
     assert cell["diverged"] and cell["diverged_seeds"] == [0]
 
 
+def _climatology_runner(keys, benchmark, twin, params):
+    # the climatological mean every cycle: rmse.a == the climatological rmse by construction
+    mean = jnp.broadcast_to(jnp.mean(twin.truth, axis=0), twin.truth.shape)
+    return fb.Trajectory(analysis_mean=mean, forecast_mean=mean)
+
+
+def test_climatological_method_is_not_flagged_by_the_climatology_fraction(
+    registry_snapshot, tmp_path
+):
+    # The same estimate is flagged for an ordinary method (rmse.a > 0.5 x climatology) and
+    # not for one declared climatological; a non-finite run is flagged either way.
+    kw = dict(seeds=[0], out=tmp_path, progress=False, n_cycles=60)
+    plain = fb.MethodConfig(name="clim-plain", family="fake", runner=_climatology_runner)
+    clim = fb.MethodConfig(
+        name="clim-baseline", family="fake", runner=_climatology_runner, climatological=True
+    )
+    cells = fb.run([plain, clim], [tiny_benchmark()], **kw)["cells"]
+    assert cells["test_tiny_l96/clim-plain"]["diverged_seeds"] == [0]
+    assert cells["test_tiny_l96/clim-baseline"]["diverged_seeds"] == []
+    rmse = np.array([[1.0, np.nan]])
+    assert _runner.diverged(rmse, 1.0, [False], None).tolist() == [True]
+    assert _runner.diverged(np.array([[9.0, 9.0]]), 1.0, [False], None).tolist() == [False]
+
+
 def test_resume_skips_finished_cells(registry_snapshot, tmp_path, monkeypatch):
     bench = fb.register_benchmark(tiny_benchmark())
     for name, offset in (("offset-a", 0.1), ("offset-b", 0.2)):

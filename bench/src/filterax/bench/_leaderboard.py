@@ -104,11 +104,12 @@ RANKING_RULE = (
 DIVERGENCE_RULE = (
     "DIVERGED: a seed diverged when (a) its run went non-finite or lost the truth for good "
     "(the runner's flag: rmse.a above the benchmark's fraction of the climatological rmse, "
-    "½ by default, over the scored run or its last 10 %), or (b) rmse.a > 2 × spread.a — the "
-    "filter's own error estimate no longer covers its error, the classical filter divergence "
-    "(a consistent ensemble has rmse.a ≈ spread.a·√(1 + 1/N) ≤ 1.22·spread.a), or (c) "
-    "rmse.a > 2 × the published rmse.a of the same setup. Diverged cells list their seeds and "
-    "are ranked below every other."
+    "½ by default, over the scored run or its last 10 %; not applied to the Climatology "
+    "baseline, whose rmse.a is the climatological one by construction), or (b) rmse.a > 2 × "
+    "spread.a — the filter's own error estimate no longer covers its error, the classical "
+    "filter divergence (a consistent ensemble has rmse.a ≈ spread.a·√(1 + 1/N) ≤ "
+    "1.22·spread.a), or (c) rmse.a > 2 × the published rmse.a of the same setup. Diverged "
+    "cells list their seeds and are ranked below every other."
 )
 DEVIATION_RULE = (
     "≠ ref: |ours − ref| > 2·std·√(1 + 1/n) + 0.03·|ref|, with std the seed-to-seed standard "

@@ -353,6 +353,10 @@ class MethodConfig:
       check) what the runner builds from the hyper-parameters, raising `ValueError` on a value
       it cannot take, so that a tuning grid or a tuned setting is refused before any run
       (`check_params`). Without a runner the filter and inflator are built for this.
+    - `climatological`: the method's estimate is the climatology itself (DAPPER's
+      ``Climatology`` baseline): its rmse.a sits at the climatological rmse by construction, so
+      the runner's lost-the-truth test (rmse.a above the benchmark's fraction of it) does not
+      apply; non-finite runs and the leaderboard's spread and reference tests still do.
     - `description`: one line for listings.
     """
 
@@ -377,6 +381,7 @@ class MethodConfig:
     runner: Callable[..., Any] | None = None
     optional_params: Sequence[str] = ()
     check: Callable[..., Any] | None = None
+    climatological: bool = False
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -523,6 +528,8 @@ class MethodConfig:
         if self.n_ensemble is not None:
             out["n_ensemble"] = self.n_ensemble
         out["rotate"] = bool(self.rotate)
+        if self.climatological:
+            out["climatological"] = True
         for k, v in self.params(benchmark).items():
             out[k] = v if isinstance(v, str | bool | int | float) else float(v)
         out["settings"] = self.source(benchmark.name)

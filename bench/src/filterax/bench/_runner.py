@@ -299,10 +299,11 @@ def diverged(
     rmse_a: Any,
     climatology: Any,
     nonfinite: Any,
-    fraction: float | int = DIVERGENCE_FRACTION,
+    fraction: float | int | None = DIVERGENCE_FRACTION,
 ) -> np.ndarray:
     """Per run: non-finite, or rmse.a above ``fraction`` x climatology, either as the time
-    mean over the scored cycles or over their final 10 %.
+    mean over the scored cycles or over their final 10 % (``fraction=None``: only the
+    non-finite test, for a method whose estimate is the climatology).
 
     The second test catches a filter that tracked for most of the run and then lost the truth
     for good (catastrophic divergence late in a long run), whose time mean can still sit below
@@ -313,8 +314,10 @@ def diverged(
     with np.errstate(invalid="ignore"):
         whole = rmse_a.mean(axis=-1)
         final = rmse_a[..., -n_final:].mean(axis=-1)
-        threshold = fraction * np.asarray(climatology, dtype=np.float64)
-        bad = ~np.isfinite(whole) | (whole > threshold) | (final > threshold)
+        bad = ~np.isfinite(whole)
+        if fraction is not None:
+            threshold = fraction * np.asarray(climatology, dtype=np.float64)
+            bad = bad | (whole > threshold) | (final > threshold)
     return np.asarray(nonfinite, dtype=bool) | bad
 
 
@@ -350,7 +353,7 @@ def summarise(
     seeds: Sequence[int],
     burn: int,
     times: np.ndarray,
-    divergence_fraction: float | int = DIVERGENCE_FRACTION,
+    divergence_fraction: float | int | None = DIVERGENCE_FRACTION,
 ) -> dict[str, Any]:
     """The JSON score fields of a cell from the stacked per-seed `CellOutput` (host side)."""
     rmse_a = np.asarray(out.rmse_a, dtype=np.float64)
@@ -534,7 +537,9 @@ def score_cell(plan: CellPlan, *, memory_budget: int = 2 * 2**30) -> dict[str, A
             seeds=seeds,
             burn=burn,
             times=times,
-            divergence_fraction=plan.benchmark.divergence_fraction,
+            divergence_fraction=(
+                None if plan.method.climatological else plan.benchmark.divergence_fraction
+            ),
         )
     )
     label = plan.method.reference_label(plan.benchmark.name)
