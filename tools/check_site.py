@@ -3,10 +3,15 @@
 1. No page holds a raw ``$$`` (two display formulas on adjacent lines used to merge into one
    block that showed a literal ``$$$$``) or loads MathJax from a CDN (the site must render
    its maths offline: MathJax is vendored under ``javascripts/mathjax``).
-2. In headless Chromium, every page's formulas are typeset: one ``mjx-container`` per
-   ``arithmatex`` element and no ``mjx-merror`` (TeX MathJax could not parse). Skipped, with a
-   message, when ``FILTERAX_SKIP_BROWSER=1`` or no Chromium is found (``FILTERAX_CHROMIUM``,
-   else ``/usr/bin/chromium``, else ``chromium`` on ``PATH``).
+   The executed tutorials (mkdocs-jupyter pages, ``jp-Notebook``) keep the notebook's ``$``
+   and ``$$`` delimiters for MathJax, so the raw ``$$`` test skips them (check 3 covers them).
+2. Every tutorial page (under ``tutorials/``) shows at least one rendered figure (an inline
+   PNG or SVG output) and no execution error (no ``Traceback`` in any output).
+3. In headless Chromium, every page's formulas are typeset: one ``mjx-container`` per
+   ``arithmatex`` element, no ``$`` left in a tutorial's text outside code once MathJax ran,
+   and no ``mjx-merror`` (TeX MathJax could not parse). Skipped, with a message, when
+   ``FILTERAX_SKIP_BROWSER=1`` or no Chromium is found (``FILTERAX_CHROMIUM``, else
+   ``/usr/bin/chromium``, else ``chromium`` on ``PATH``).
 
 Usage: ``python tools/check_site.py SITE_DIR``; exit status 1 with one line per problem.
 """
@@ -21,6 +26,12 @@ import sys
 from pathlib import Path
 
 MATHJAX = Path("javascripts") / "mathjax" / "tex-chtml.js"
+NOTEBOOK = 'class="jp-Notebook'
+# elements whose text is not prose: scripts, styles, code, and the typeset formulas
+_NOT_PROSE = re.compile(
+    r"<(script|style|pre|code|mjx-container)\b.*?</\1>", flags=re.DOTALL | re.IGNORECASE
+)
+_FIGURE = re.compile(r'<img[^>]+src="data:image/(png|svg\+xml)|<svg\b', flags=re.IGNORECASE)
 
 
 def _chromium() -> str | None:
@@ -39,7 +50,10 @@ def static_problems(site: Path) -> list[str]:
     for page in sorted(site.rglob("*.html")):
         text = page.read_text(encoding="utf-8")
         rel = page.relative_to(site)
-        if "$$" in text:
+        notebook = NOTEBOOK in text
+        if rel.parts[0] == "tutorials" and rel.name == "index.html":
+            problems += tutorial_problems(rel, text)
+        if "$$" in text and not notebook:
             line = text.count("\n", 0, text.index("$$")) + 1
             problems.append(
                 f"{rel}:{line}: raw '$$' (two display formulas on adjacent lines? put a "
@@ -51,11 +65,25 @@ def static_problems(site: Path) -> list[str]:
     return problems
 
 
+def tutorial_problems(rel: Path, text: str) -> list[str]:
+    """A tutorial page must be an executed notebook with a figure and no error output."""
+    if NOTEBOOK not in text:
+        return [f"{rel}: not an executed notebook page (mkdocs-jupyter did not render it)"]
+    problems = []
+    if not _FIGURE.search(text.split(NOTEBOOK, 1)[1]):
+        problems.append(f"{rel}: no rendered figure (every tutorial shows at least one)")
+    if "Traceback" in text:
+        problems.append(f"{rel}: an output shows a Traceback (an execution error)")
+    return problems
+
+
 def browser_problems(site: Path, chromium: str) -> list[str]:
     problems = []
     for page in sorted(site.rglob("*.html")):
-        expected = page.read_text(encoding="utf-8").count('class="arithmatex"')
-        if expected == 0:
+        source = page.read_text(encoding="utf-8")
+        expected = source.count('class="arithmatex"')
+        notebook = NOTEBOOK in source
+        if expected == 0 and not notebook:
             continue
         proc = subprocess.run(
             [
@@ -79,6 +107,12 @@ def browser_problems(site: Path, chromium: str) -> list[str]:
         errors = dom.count("<mjx-merror")
         # TeX left as text in an arithmatex element: MathJax did not recognise the formula
         raw = len(re.findall(r'class="arithmatex">\s*\\[(\[]', dom))
+        if notebook:
+            # the notebook's Markdown cells ($ ... $ formulas): none left as text once typeset
+            body = dom.split(NOTEBOOK, 1)[-1]
+            for cell in body.split("jp-MarkdownOutput")[1:]:
+                raw += _NOT_PROSE.sub("", cell.split('class="jp-Cell ', 1)[0]).count("$")
+            typeset -= body.count("<mjx-container")  # not arithmatex elements
         if proc.returncode != 0 or typeset != expected or errors or raw:
             problems.append(
                 f"{rel}: {typeset} of {expected} formulas typeset, {errors} MathJax errors, "
