@@ -103,7 +103,7 @@ def _window_log_likelihood(sums: _WindowSums) -> Float[Array, ""]:
     a = jnp.eye(sums.gram.shape[0], dtype=dtype) + sums.gram
     logdet_a = 2.0 * jnp.sum(jnp.log(jnp.diagonal(jnp.linalg.cholesky(a))))
     operator = lx.MatrixLinearOperator(a, lx.positive_semidefinite_tag)
-    solved = lx.linear_solve(operator, sums.projection, lx.Cholesky()).value
+    solved = lx.linear_solve(operator, sums.projection, lx.Cholesky(), throw=False).value
     quad = sums.misfit - jnp.dot(sums.projection, solved)
     return -0.5 * (sums.n_obs * _LOG_2PI + sums.logdet_noise + logdet_a + quad)
 
@@ -253,9 +253,7 @@ class EnKF4D(fxp.AbstractCycledMethod):
                 f"EnKF4D: lag must be a Python int >= 1 (the number of observation cycles per "
                 f"window; lag=1 is the ETKF); got {self.lag!r}."
             )
-        if self.inflator is not None and (
-            not isinstance(self.inflator, fxp.AbstractInflator)
-        ):
+        if self.inflator is not None and (not isinstance(self.inflator, fxp.AbstractInflator)):
             raise TypeError(
                 "EnKF4D: inflator must be None or a stateless AbstractInflator (e.g. "
                 "filterax.primitives.MultiplicativeInflator(1.04), RTPS(0.5)); got "
