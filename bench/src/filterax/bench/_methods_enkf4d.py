@@ -11,7 +11,11 @@ On `lorenz96_async_k4` (observations every 0.05, analyses every K = 4 observatio
   ideal (the 4D methods cannot beat it: they use the same data later).
 
 Every method reports its best estimate at every observation time (the 4D rows between
-analyses are forecasts), so the rows are comparable.
+analyses are forecasts), so the rows are comparable. The 4D rows inflate once per window
+(four model steps), hence their larger factors: an inflation sweep on seed 0, 1500 cycles
+(`rmse.a` over all times after the burn-in) gave for the 4D-EnKF 1.1: diverged, 1.15: 0.249,
+1.2: 0.268, 1.3: 0.280 (1.2 kept, on the safe side of the divergence edge), and for the 3D
+shortcut 1.2: 2.25, 1.25: 1.33, 1.3: 1.34, 1.4: 1.34.
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ def enkf4d_methods() -> list[MethodConfig]:
             filter=_enkf4d("4d"),
             n_ensemble=20,
             rotate=True,
-            settings={ASYNC_K4: {"inflation": 1.06}},
+            settings={ASYNC_K4: {"inflation": 1.2}},
             tune_grid={"inflation": _INFLATION_GRID},
             description="4D-EnKF (Hunt 2004), N=20, analyses every 4 obs times, rotation",
         ),
@@ -62,7 +66,7 @@ def enkf4d_methods() -> list[MethodConfig]:
             filter=_enkf4d("3d"),
             n_ensemble=20,
             rotate=True,
-            settings={ASYNC_K4: {"inflation": 1.06}},
+            settings={ASYNC_K4: {"inflation": 1.3}},
             tune_grid={"inflation": _INFLATION_GRID},
             description="3D shortcut: window's obs treated as valid at the analysis time",
         ),
