@@ -16,6 +16,11 @@ analyses are forecasts), so the rows are comparable. The 4D rows inflate once pe
 (`rmse.a` over all times after the burn-in) gave for the 4D-EnKF 1.1: diverged, 1.15: 0.249,
 1.2: 0.268, 1.3: 0.280 (1.2 kept, on the safe side of the divergence edge), and for the 3D
 shortcut 1.2: 2.25, 1.25: 1.33, 1.3: 1.34, 1.4: 1.34.
+
+Measured (``filterax-bench run``, 5000 cycles, seeds 0-2, rmse.a mean ± s.e.): ETKF-20-sync
+0.1948 ± 0.0011, EnKF4D-20-K4 0.261 ± 0.005, EnKF4D3D-20-K4 1.339 ± 0.005 (flagged diverged:
+rmse.a > 2 spread.a). Treating a 0.2 window's observations as simultaneous fails on L96, the
+4D-EnKF's trajectory-based comparison costs only the delay of the analysis.
 """
 
 from __future__ import annotations
