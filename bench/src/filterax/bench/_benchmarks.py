@@ -29,6 +29,7 @@ import jax.numpy as jnp
 from filterax.primitives import IdentityObs, IndexObs, PeriodicDistance, every_nth
 from filterax.zoo import StateSpaceModel, presets
 
+from ._benchmarks_async import register_async_benchmarks
 from ._registry import Benchmark, register_benchmark
 
 __all__ = ["grid_coordinates", "periodic_distance"]
@@ -202,6 +203,7 @@ def _register_builtin() -> None:
             description="Kuramoto-Sivashinsky L=22 N_x=256 with process noise, R = 0.5 I",
         )
     )
+    register_async_benchmarks()
 
 
 _register_builtin()

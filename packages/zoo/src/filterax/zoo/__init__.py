@@ -28,6 +28,13 @@ from ._toy import (
     Sinusoid as Sinusoid,
 )
 
+# --- reference methods ---
+from ._enkf4d import (
+    EnKF4D as EnKF4D,
+    EnKF4DDiagnostics as EnKF4DDiagnostics,
+    EnKF4DState as EnKF4DState,
+)
+
 # --- state-space models and twin experiments ---
 from . import presets as presets
 from ._ssm import (
