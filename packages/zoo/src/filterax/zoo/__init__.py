@@ -34,3 +34,12 @@ from ._ssm import (
     StateSpaceModel as StateSpaceModel,
     TwinExperiment as TwinExperiment,
 )
+
+# --- continuous-time observations and the ensemble Kalman-Bucy filter ---
+from ._enkbf import (
+    ContinuousExperiment as ContinuousExperiment,
+    ContinuousStateSpaceModel as ContinuousStateSpaceModel,
+    EnKBF as EnKBF,
+    EulerFlow as EulerFlow,
+    coarsen_increments as coarsen_increments,
+)
