@@ -159,7 +159,9 @@ def coarsen_increments(
         )
     n_sub = increments.shape[1] // n_obs
     if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1 or n_sub % factor:
-        raise ValueError(f"factor must be a Python int >= 1 dividing n_sub={n_sub}; got {factor!r}.")
+        raise ValueError(
+            f"factor must be a Python int >= 1 dividing n_sub={n_sub}; got {factor!r}."
+        )
     t = increments.shape[0]
     return increments.reshape(t, n_sub // factor, factor, n_obs).sum(axis=2).reshape(t, -1)
 
@@ -235,7 +237,7 @@ class ContinuousStateSpaceModel(AbstractModel):
 
     def __init__(
         self,
-        drift: Callable[..., Any],
+        drift: Any,
         obs_op: Any,
         obs_noise: Any,
         *,
