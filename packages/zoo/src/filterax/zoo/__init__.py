@@ -21,6 +21,11 @@ from ._lorenz import (
     Lorenz96TwoScale as Lorenz96TwoScale,
 )
 from ._noise_wrappers import StochasticDynamics as StochasticDynamics
+from ._pde1d import (
+    Darcy1D as Darcy1D,
+    HeatEquation1D as HeatEquation1D,
+    HeatInverse1D as HeatInverse1D,
+)
 from ._toy import (
     BrownianMotion as BrownianMotion,
     DoubleWell as DoubleWell,
