@@ -27,7 +27,7 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 
 
 class HeatEquation1D(AbstractDynamics):
-    r"""The 1-D heat equation with homogeneous Dirichlet ends, solved exactly in space-discrete form.
+    r"""The 1-D heat equation with zero (Dirichlet) ends, solved exactly in space-discrete form.
 
     $$u_t = \kappa\,u_{xx},\quad x\in(0, L),\quad u(0, t) = u(L, t) = 0,$$
 
@@ -217,7 +217,7 @@ class HeatInverse1D(eqx.Module):
 
 
 class Darcy1D(eqx.Module):
-    r"""The 1-D Darcy (steady diffusion) forward model: permeability modes ``->`` pressure at points.
+    r"""The 1-D Darcy (steady diffusion) forward model: permeability modes to pressure at points.
 
     $$-\big(\kappa(x)\,u'(x)\big)' = 1\ \text{on}\ (0, 1),\quad u(0) = u(1) = 0,\qquad
     \log\kappa(x) = \sum_{k=1}^{K}\theta_k\,\phi_k(x),$$

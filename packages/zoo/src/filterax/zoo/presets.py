@@ -14,7 +14,7 @@ columns; `PRESETS` maps each name to its constructor.
 | `linear_bach2025` | x <- A x, A symmetric stable | 40 | 1 | 1 | all / 2nd | I | QQ^T + 0.1 I | 0 |
 | `lorenz96_bach2025` | Lorenz-96 F=8, RK4 | 40 | 0.05 | 0.05 | all | I | 0.1 I | 0 |
 | `ks_bach2025` | KS L=22, ETD-RK4 | 256 | 0.25 | 1.25 (5 steps) | all | 0.5 I | 0.01 I | 0 |
-| `heat1d_sensors` | heat eq. kappa=0.1, exact flow | 63 | (exact) | 0.01 | 4 sensors | 0.01 I | 0.01 I | 0 |
+| `heat1d_sensors` | heat kappa=0.1, exact | 63 | exact | 0.01 | 4 sensors | 0.01 I | 0.01 I | 0 |
 
 Inverse problems (forward maps, not state-space models): `darcy1d_kl` (the calibration
 benchmark ``darcy1d``) and `heat1d_initial_condition`.
@@ -56,8 +56,8 @@ from filterax.primitives import IdentityObs, IndexObs, PeriodicDistance, every_n
 
 from ._ks import KuramotoSivashinsky
 from ._linear import LinearModel, random_process_covariance
-from ._pde1d import Darcy1D, HeatEquation1D, HeatInverse1D
 from ._lorenz import Lorenz63, Lorenz96
+from ._pde1d import Darcy1D, HeatEquation1D, HeatInverse1D
 from ._ssm import StateSpaceModel
 
 __all__ = [
