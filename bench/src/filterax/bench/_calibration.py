@@ -39,6 +39,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 import filterax.processes as fpr
+from filterax.zoo import Darcy1D, presets
 
 from ._files import write_json_atomic, write_text_atomic
 
@@ -236,35 +237,13 @@ DARCY_N_MODES, DARCY_N_OBS, DARCY_N_GRID = 8, 25, 128
 DARCY_NOISE_STD = 0.02  # relative to the largest |u| of the truth
 
 
-class _DarcyForward(eqx.Module):
-    modes: Float[Array, "K M"]  # sqrt(lambda_k) phi_k at the M cell midpoints
-    obs_index: Array = eqx.field(static=True)
-
-    def __call__(self, theta: Float[Array, " K"]) -> Float[Array, " N_y"]:
-        n_cells = self.modes.shape[1]
-        h = 1.0 / n_cells
-        kappa = jnp.exp(theta @ self.modes)  # at the cell faces x_{i+1/2}, i = 0..M-1
-        # -(kappa u')' = 1 with u(0) = u(1) = 0 on the M - 1 interior nodes: tridiagonal.
-        diag = (kappa[:-1] + kappa[1:]) / h**2
-        off = -kappa[1:-1] / h**2
-        lower = jnp.concatenate([jnp.zeros(1, off.dtype), off])
-        upper = jnp.concatenate([off, jnp.zeros(1, off.dtype)])
-        rhs = jnp.ones((n_cells - 1, 1), kappa.dtype)
-        u = jax.lax.linalg.tridiagonal_solve(lower, diag, upper, rhs)[:, 0]
-        return u[np.asarray(self.obs_index)]
-
-
-def _darcy_forward() -> _DarcyForward:
-    x = (np.arange(DARCY_N_GRID) + 0.5) / DARCY_N_GRID
-    k = np.arange(1, DARCY_N_MODES + 1)
-    # Karhunen-Loeve modes of a Matern-like field (EKP's Darcy example: (pi^2 k^2 + tau^2)^-alpha),
-    # scaled so the leading mode has unit standard deviation.
-    tau, alpha = 3.0, 2.0
-    lam = (math.pi**2 * k**2 + tau**2) ** (-alpha)
-    lam /= lam[0]
-    modes = np.sqrt(2.0 * lam)[:, None] * np.sin(math.pi * k[:, None] * x[None, :])
-    obs_index = np.linspace(4, DARCY_N_GRID - 6, DARCY_N_OBS).round().astype(int)
-    return _DarcyForward(jnp.asarray(modes), tuple(int(i) for i in obs_index))
+def _darcy_forward() -> Darcy1D:
+    # The forward map lives in the zoo (`filterax.zoo.Darcy1D`, preset `darcy1d_kl`): 8 KL
+    # modes of a Matern-like field on 128 cells, pressure at 25 interior nodes.
+    forward = presets.darcy1d_kl()
+    assert forward.modes.shape == (DARCY_N_MODES, DARCY_N_GRID)
+    assert len(forward.obs_index) == DARCY_N_OBS
+    return forward
 
 
 def _darcy(seed: int, quick: bool) -> ProblemInstance:

@@ -21,6 +21,11 @@ from ._lorenz import (
     Lorenz96TwoScale as Lorenz96TwoScale,
 )
 from ._noise_wrappers import StochasticDynamics as StochasticDynamics
+from ._pde1d import (
+    Darcy1D as Darcy1D,
+    HeatEquation1D as HeatEquation1D,
+    HeatInverse1D as HeatInverse1D,
+)
 from ._toy import (
     BrownianMotion as BrownianMotion,
     DoubleWell as DoubleWell,
@@ -40,4 +45,13 @@ from . import presets as presets
 from ._ssm import (
     StateSpaceModel as StateSpaceModel,
     TwinExperiment as TwinExperiment,
+)
+
+# --- continuous-time observations and the ensemble Kalman-Bucy filter ---
+from ._enkbf import (
+    ContinuousExperiment as ContinuousExperiment,
+    ContinuousStateSpaceModel as ContinuousStateSpaceModel,
+    EnKBF as EnKBF,
+    EulerFlow as EulerFlow,
+    coarsen_increments as coarsen_increments,
 )

@@ -14,6 +14,10 @@ columns; `PRESETS` maps each name to its constructor.
 | `linear_bach2025` | x <- A x, A symmetric stable | 40 | 1 | 1 | all / 2nd | I | QQ^T + 0.1 I | 0 |
 | `lorenz96_bach2025` | Lorenz-96 F=8, RK4 | 40 | 0.05 | 0.05 | all | I | 0.1 I | 0 |
 | `ks_bach2025` | KS L=22, ETD-RK4 | 256 | 0.25 | 1.25 (5 steps) | all | 0.5 I | 0.01 I | 0 |
+| `heat1d_sensors` | heat kappa=0.1, exact | 63 | exact | 0.01 | 4 sensors | 0.01 I | 0.01 I | 0 |
+
+Inverse problems (forward maps, not state-space models): `darcy1d_kl` (the calibration
+benchmark ``darcy1d``) and `heat1d_initial_condition`.
 
 Time conventions are DAPPER's: observations at ``t0 + k dt_obs`` for ``k >= 1`` (none at
 ``t0``), scores averaged over analysis times after the burn-in. The process noise of the
@@ -53,11 +57,15 @@ from filterax.primitives import IdentityObs, IndexObs, PeriodicDistance, every_n
 from ._ks import KuramotoSivashinsky
 from ._linear import LinearModel, random_process_covariance
 from ._lorenz import Lorenz63, Lorenz96
+from ._pde1d import Darcy1D, HeatEquation1D, HeatInverse1D
 from ._ssm import StateSpaceModel
 
 __all__ = [
     "PRESETS",
     "PUBLISHED_RMSE",
+    "darcy1d_kl",
+    "heat1d_sensors",
+    "heat1d_initial_condition",
     "grid_geometry",
     "ks_bach2025",
     "ks_bocquet2019",
@@ -67,6 +75,11 @@ __all__ = [
     "lorenz96_sakov2008",
 ]
 
+_HEAT = (
+    "filterax tutorial case study '1-D heat-equation DA' (a PDE state-space model with a "
+    "ground truth from the PDE); the heat equation as a linear dynamical system as in Law, "
+    "Stuart & Zygalakis (2015), Data Assimilation: A Mathematical Introduction, Springer."
+)
 _SAKOV2012 = (
     "Sakov, P., Oliver, D. S. & Bertino, L. (2012). An iterative EnKF for strongly "
     "nonlinear systems. Monthly Weather Review 140(6), 1988-2004. Setup and scores as "
@@ -169,6 +182,14 @@ PUBLISHED_RMSE: dict[str, dict[str, Any]] = {
         "citation": _BACH2025,
         "rmse_a": {},
         "notes": "Section 3.5.2 reports loss contours (inflation x radius), not RMSEs.",
+    },
+    "heat1d_sensors": {
+        "citation": _HEAT,
+        "rmse_a": {},
+        "notes": (
+            "A pedagogical PDE twin experiment: no published scores. The truth is the exact "
+            "semi-discrete flow, so model error is zero; process noise keeps it from decaying."
+        ),
     },
 }
 """Published ``rmse.a`` tables, keyed by preset name.
@@ -466,6 +487,57 @@ def ks_bach2025() -> StateSpaceModel:
     )
 
 
+def heat1d_sensors() -> StateSpaceModel:
+    r"""The 1-D heat equation observed by four point sensors (pedagogical PDE twin experiment).
+
+    - dynamics: `HeatEquation1D` (``n = 63`` interior points on ``[0, 1]``, ``kappa = 0.1``,
+      zero ends), advanced by its exact semi-discrete flow (no time-step error);
+    - observations every ``dt_obs = 0.01`` of ``u`` at the grid points nearest to
+      ``x = 0.2, 0.4, 0.6, 0.8`` (`IndexObs` of indices 12, 25, 37, 50), ``R = 0.01 I``;
+    - process noise ``Sigma = 0.01 I`` per window (without it the truth decays to 0);
+    - ``x0 ~ N(0, I)``, 500 cycles, no burn-in, no geometry (the domain is not periodic:
+      give ``state_coords = grid`` and ``obs_coords`` yourself to localise).
+
+    High modes are damped within a few windows (``kappa (k pi)^2 dt_obs = 1`` at ``k = 10``),
+    the low modes are seen by the sensors: the classic picture of what DA can and cannot
+    recover on a diffusive PDE.
+
+    **Returns:** a `StateSpaceModel`.
+    """
+    name = "heat1d_sensors"
+    n = 63
+    obs_op = IndexObs(jnp.array([12, 25, 37, 50]))
+    return StateSpaceModel(
+        dynamics=HeatEquation1D(n=n, diffusivity=0.1, length=1.0, dt=0.01),
+        obs_op=obs_op,
+        obs_noise=0.01,
+        dt_obs=0.01,
+        x0_mean=jnp.zeros(n),
+        x0_cov=1.0,
+        process_noise=0.01,
+        burn_in=0.0,
+        name=name,
+        reference=_HEAT,
+        n_cycles=500,
+        recommended_n_cycles=500,
+        published_rmse=_rmse_items(name),
+    )
+
+
+def darcy1d_kl() -> Darcy1D:
+    """The 1-D Darcy forward map of the calibration benchmark ``darcy1d``: 8 KL modes
+    (``tau = 3``, ``alpha = 2``) on 128 cells, pressure at 25 interior nodes
+    (`Darcy1D.kl` with its defaults)."""
+    return Darcy1D.kl(n_modes=8, n_cells=128, n_obs=25)
+
+
+def heat1d_initial_condition() -> HeatInverse1D:
+    """The backward heat problem: 8 sine-mode coefficients of the initial condition
+    (prior scales ``1/k``) from sensors at ``x = 0.2, 0.4, 0.6, 0.8`` at ``t = 0.01, 0.02,
+    0.05`` (``kappa = 0.1``, ``L = 1``); 12 data, linear forward map (`HeatInverse1D`)."""
+    return HeatInverse1D(jnp.array([0.2, 0.4, 0.6, 0.8]), jnp.array([0.01, 0.02, 0.05]), n_modes=8)
+
+
 PRESETS: dict[str, Callable[..., StateSpaceModel]] = {
     "lorenz63_sakov2012": lorenz63_sakov2012,
     "lorenz96_sakov2008": lorenz96_sakov2008,
@@ -473,5 +545,6 @@ PRESETS: dict[str, Callable[..., StateSpaceModel]] = {
     "linear_bach2025": linear_bach2025,
     "lorenz96_bach2025": lorenz96_bach2025,
     "ks_bach2025": ks_bach2025,
+    "heat1d_sensors": heat1d_sensors,
 }
 """Preset constructors keyed by name (the keys of `PUBLISHED_RMSE`)."""
