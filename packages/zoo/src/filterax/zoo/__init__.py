@@ -34,3 +34,10 @@ from ._ssm import (
     StateSpaceModel as StateSpaceModel,
     TwinExperiment as TwinExperiment,
 )
+
+# --- reference methods (cycled: run with filterax.filters.run) ---
+from ._envar import (
+    EnVar as EnVar,
+    EnVarDiagnostics as EnVarDiagnostics,
+    EnVarState as EnVarState,
+)
