@@ -119,7 +119,9 @@ def _check_static_cov(cov: Any) -> None:
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"EnVar: static_cov has a non-finite entry. {hint}")
     if arr.ndim > 2:
-        raise ValueError(f"EnVar: static_cov must have at most 2 dimensions; got {arr.shape}. {hint}")
+        raise ValueError(
+            f"EnVar: static_cov must have at most 2 dimensions; got {arr.shape}. {hint}"
+        )
     if arr.ndim <= 1:
         if np.any(arr <= 0):
             raise ValueError(
@@ -466,9 +468,7 @@ class EnVar(fxp.AbstractCycledMethod):
         else:
             analysis, mean_a, loglik, converged = jax.lax.cond(is_end, analyse, wait, None)
         beta_ok = self._beta_ok()
-        finite = (
-            fxp.is_finite(forecast, analysis, mean_a, loglik) & converged & beta_ok
-        )
+        finite = fxp.is_finite(forecast, analysis, mean_a, loglik) & converged & beta_ok
         info = fxp.CycleInfo(
             forecast_mean=jnp.mean(forecast, axis=0),
             forecast_spread=fxp.rms_spread(forecast),
@@ -649,4 +649,3 @@ def _hybrid_analysis(
     n_obs = jnp.sum(mask).astype(dtype)
     loglik = -0.5 * (n_obs * _LOG_2PI + logdet + quad)
     return x_a, loglik, converged
-
