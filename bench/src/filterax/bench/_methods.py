@@ -17,6 +17,7 @@ import filterax.filters as fxf
 from filterax.primitives import DAPPER_GC_FACTOR, dapper_radius_to_gc_halfwidth
 
 from ._methods_enkf4d import enkf4d_methods
+from ._methods_envar import envar_methods
 from ._registry import (
     MethodConfig,
     Suite,
@@ -403,7 +404,12 @@ def _full_cells() -> dict[str, tuple[str, ...]]:
 
 
 def _register_builtin() -> None:
-    for method in [*_builtin_methods(), *smoother_methods(INFLATION_GRID), *enkf4d_methods()]:
+    for method in [
+        *_builtin_methods(),
+        *smoother_methods(INFLATION_GRID),
+        *enkf4d_methods(),
+        *envar_methods(),
+    ]:
         register_method(method)
     register_suite(
         Suite(

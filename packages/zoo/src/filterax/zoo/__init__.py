@@ -55,3 +55,10 @@ from ._enkbf import (
     EulerFlow as EulerFlow,
     coarsen_increments as coarsen_increments,
 )
+
+# --- reference methods (cycled: run with filterax.filters.run) ---
+from ._envar import (
+    EnVar as EnVar,
+    EnVarDiagnostics as EnVarDiagnostics,
+    EnVarState as EnVarState,
+)
