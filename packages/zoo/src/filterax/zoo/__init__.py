@@ -21,6 +21,19 @@ from ._lorenz import (
     Lorenz96TwoScale as Lorenz96TwoScale,
 )
 from ._noise_wrappers import StochasticDynamics as StochasticDynamics
+from ._var3d import Var3D as Var3D
+from ._var4d import (
+    Var4D as Var4D,
+    VarDiagnostics as VarDiagnostics,
+    VarState as VarState,
+)
+from ._variational import (
+    VariationalResult as VariationalResult,
+    background_sqrt as background_sqrt,
+    variational_analysis as variational_analysis,
+    variational_cost as variational_cost,
+    variational_increment as variational_increment,
+)
 from ._toy import (
     BrownianMotion as BrownianMotion,
     DoubleWell as DoubleWell,
