@@ -18,6 +18,7 @@ from filterax.primitives import DAPPER_GC_FACTOR, dapper_radius_to_gc_halfwidth
 
 from ._methods_enkf4d import enkf4d_methods
 from ._methods_envar import envar_methods
+from ._methods_variational import variational_methods
 from ._registry import (
     MethodConfig,
     Suite,
@@ -409,6 +410,7 @@ def _register_builtin() -> None:
         *smoother_methods(INFLATION_GRID),
         *enkf4d_methods(),
         *envar_methods(),
+        *variational_methods(),
     ]:
         register_method(method)
     register_suite(

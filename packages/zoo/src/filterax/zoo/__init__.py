@@ -26,6 +26,19 @@ from ._pde1d import (
     HeatEquation1D as HeatEquation1D,
     HeatInverse1D as HeatInverse1D,
 )
+from ._var3d import Var3D as Var3D
+from ._var4d import (
+    Var4D as Var4D,
+    VarDiagnostics as VarDiagnostics,
+    VarState as VarState,
+)
+from ._variational import (
+    VariationalResult as VariationalResult,
+    background_sqrt as background_sqrt,
+    variational_analysis as variational_analysis,
+    variational_cost as variational_cost,
+    variational_increment as variational_increment,
+)
 from ._toy import (
     BrownianMotion as BrownianMotion,
     DoubleWell as DoubleWell,
