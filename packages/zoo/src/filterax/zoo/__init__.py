@@ -34,3 +34,10 @@ from ._ssm import (
     StateSpaceModel as StateSpaceModel,
     TwinExperiment as TwinExperiment,
 )
+
+# --- reference methods ---
+from ._baselines import (
+    BaselineDiagnostics as BaselineDiagnostics,
+    Climatology as Climatology,
+    OptInterp as OptInterp,
+)
