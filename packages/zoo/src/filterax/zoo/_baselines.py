@@ -221,7 +221,7 @@ class Climatology(fxp.AbstractCycledMethod):
     mean: Float[Array, " N_x"]
     cov: lx.AbstractLinearOperator
 
-    def __init__(self, mean: Float[ArrayLike, " N_x"], cov: Any):
+    def __init__(self, mean: ArrayLike, cov: Any):
         self.mean, self.cov = _climatology_fields("Climatology", mean, cov)
 
     def init(self, key: PRNGKeyArray, initial: Any, model: fxp.AbstractModel) -> Array:
@@ -322,7 +322,7 @@ class OptInterp(fxp.AbstractCycledMethod):
     background: str = eqx.field(static=True)
 
     def __init__(
-        self, mean: Float[ArrayLike, " N_x"], cov: Any, background: str = "climatology"
+        self, mean: ArrayLike, cov: Any, background: str = "climatology"
     ):
         if background not in ("climatology", "forecast"):
             raise ValueError(
