@@ -214,7 +214,12 @@ def test_bad_input_is_refused_with_a_message(cls):
         method.init(jax.random.key(0), jnp.zeros(4), model)
     with pytest.raises(ValueError, match="N_y=3"):
         method.step(
-            jax.random.key(0), jnp.asarray(mean), model, jnp.asarray(0.0), jnp.asarray(1.0), jnp.zeros(2)
+            jax.random.key(0),
+            jnp.asarray(mean),
+            model,
+            jnp.asarray(0.0),
+            jnp.asarray(1.0),
+            jnp.zeros(2),
         )
 
 

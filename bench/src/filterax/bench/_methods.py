@@ -25,6 +25,7 @@ from ._registry import (
     register_method,
     register_suite,
 )
+from ._methods_baselines import baseline_methods
 from ._smoother_methods import smoother_methods
 
 L63 = "lorenz63_sakov2012"
@@ -402,7 +403,7 @@ def _full_cells() -> dict[str, tuple[str, ...]]:
 
 
 def _register_builtin() -> None:
-    for method in [*_builtin_methods(), *smoother_methods(INFLATION_GRID)]:
+    for method in [*_builtin_methods(), *smoother_methods(INFLATION_GRID), *baseline_methods()]:
         register_method(method)
     register_suite(
         Suite(

@@ -321,9 +321,7 @@ class OptInterp(fxp.AbstractCycledMethod):
     cov: lx.AbstractLinearOperator
     background: str = eqx.field(static=True)
 
-    def __init__(
-        self, mean: ArrayLike, cov: Any, background: str = "climatology"
-    ):
+    def __init__(self, mean: ArrayLike, cov: Any, background: str = "climatology"):
         if background not in ("climatology", "forecast"):
             raise ValueError(
                 'OptInterp.background must be "climatology" (DAPPER\'s OptInterp: the '
