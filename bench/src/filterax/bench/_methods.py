@@ -16,6 +16,7 @@ import numpy as np
 import filterax.filters as fxf
 from filterax.primitives import DAPPER_GC_FACTOR, dapper_radius_to_gc_halfwidth
 
+from ._methods_baselines import baseline_methods
 from ._registry import (
     MethodConfig,
     Suite,
@@ -25,7 +26,6 @@ from ._registry import (
     register_method,
     register_suite,
 )
-from ._methods_baselines import baseline_methods
 from ._smoother_methods import smoother_methods
 
 L63 = "lorenz63_sakov2012"
