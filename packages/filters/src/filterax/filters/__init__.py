@@ -60,6 +60,10 @@ from ._kalman import (
     SquareRootKF as SquareRootKF,
     SqrtGaussianState as SqrtGaussianState,
 )
+from ._information import (
+    InformationFilter as InformationFilter,
+    InformationState as InformationState,
+)
 
 # rotations live in filterax.primitives (re-exported here, the same objects)
 from filterax.primitives import (

@@ -1,4 +1,4 @@
-"""filterax.zoo — dynamical systems, twin experiments and reference setups for filterax."""
+"""filterax.zoo — dynamical systems, twin experiments and reference methods for filterax."""
 
 from ._version import __version__ as __version__
 
@@ -26,31 +26,11 @@ from ._pde1d import (
     HeatEquation1D as HeatEquation1D,
     HeatInverse1D as HeatInverse1D,
 )
-from ._var3d import Var3D as Var3D
-from ._var4d import (
-    Var4D as Var4D,
-    VarDiagnostics as VarDiagnostics,
-    VarState as VarState,
-)
-from ._variational import (
-    VariationalResult as VariationalResult,
-    background_sqrt as background_sqrt,
-    variational_analysis as variational_analysis,
-    variational_cost as variational_cost,
-    variational_increment as variational_increment,
-)
 from ._toy import (
     BrownianMotion as BrownianMotion,
     DoubleWell as DoubleWell,
     OrnsteinUhlenbeck as OrnsteinUhlenbeck,
     Sinusoid as Sinusoid,
-)
-
-# --- reference methods ---
-from ._enkf4d import (
-    EnKF4D as EnKF4D,
-    EnKF4DDiagnostics as EnKF4DDiagnostics,
-    EnKF4DState as EnKF4DState,
 )
 
 # --- state-space models and twin experiments ---
@@ -60,18 +40,43 @@ from ._ssm import (
     TwinExperiment as TwinExperiment,
 )
 
-# --- continuous-time observations and the ensemble Kalman-Bucy filter ---
+# --- continuous-time observations ---
 from ._enkbf import (
     ContinuousExperiment as ContinuousExperiment,
     ContinuousStateSpaceModel as ContinuousStateSpaceModel,
-    EnKBF as EnKBF,
     EulerFlow as EulerFlow,
     coarsen_increments as coarsen_increments,
 )
 
-# --- reference methods (cycled: run with filterax.filters.run) ---
+# --- reference methods (cycled methods: run them with filterax.filters.run) ---
+from ._baselines import (
+    BaselineDiagnostics as BaselineDiagnostics,
+    Climatology as Climatology,
+    OptInterp as OptInterp,
+)
+from ._var3d import Var3D as Var3D
+from ._var4d import (
+    Var4D as Var4D,
+    VarDiagnostics as VarDiagnostics,
+    VarState as VarState,
+)
 from ._envar import (
     EnVar as EnVar,
     EnVarDiagnostics as EnVarDiagnostics,
     EnVarState as EnVarState,
+)
+from ._enkf4d import (
+    EnKF4D as EnKF4D,
+    EnKF4DDiagnostics as EnKF4DDiagnostics,
+    EnKF4DState as EnKF4DState,
+)
+from ._enkbf import EnKBF as EnKBF
+
+# --- the control-variable solver shared by the variational methods ---
+from ._variational import (
+    VariationalResult as VariationalResult,
+    background_sqrt as background_sqrt,
+    variational_analysis as variational_analysis,
+    variational_cost as variational_cost,
+    variational_increment as variational_increment,
 )
