@@ -61,6 +61,7 @@ def baseline_methods() -> list[MethodConfig]:
             kind="cycled",
             initial=_no_initial,
             reference_labels={b: "Climatology" for b in _BENCHMARKS},
+            climatological=True,
             description="the climatological mean every cycle (DAPPER's Climatology)",
         ),
         MethodConfig(
