@@ -25,6 +25,7 @@ from filterax.primitives import mask_noise
 from ._kalman import (
     AbstractKalmanFilter,
     _check_mean,
+    _linear_dynamics_matrix,
     _linearize_dynamics,
     _linearize_obs,
     _mm,
@@ -130,16 +131,8 @@ def _dynamics_matrix(
     """``(M, c)``: the dynamics as ``x -> M x + c`` (``c = 0`` for a matrix or operator; for a
     callable, the Jacobian at the mean and the offset that makes the map exact there)."""
     n, dtype = state.eta.shape[0], state.eta.dtype
-    if isinstance(dynamics, lx.AbstractLinearOperator | jax.Array | np.ndarray):
-        matrix = (
-            dynamics.as_matrix() if isinstance(dynamics, lx.AbstractLinearOperator) else dynamics
-        )
-        matrix = jnp.asarray(matrix).astype(dtype)
-        if matrix.shape != (n, n):
-            raise ValueError(
-                f"a dynamics matrix must be square (N_x, N_x) = ({n}, {n}); got shape "
-                f"{matrix.shape}."
-            )
+    matrix = _linear_dynamics_matrix(dynamics, n, dtype)
+    if matrix is not None:
         return matrix, jnp.zeros(n, dtype)
     mean = state.mean
     mean_f, M = _linearize_dynamics(dynamics, mean, t0, t1, "rev")

@@ -119,23 +119,27 @@ def _noise_operator(noise: Any, n: int, dtype: Any, name: str) -> lx.AbstractLin
         raise type(err)(f"{name}: {err}") from None
 
 
+def _linear_dynamics_matrix(dynamics: Any, n: int, dtype: Any) -> Array | None:
+    """The ``(N_x, N_x)`` matrix of linear dynamics (a matrix or a lineax operator), checked
+    square; ``None`` for a callable."""
+    if not isinstance(dynamics, lx.AbstractLinearOperator | jax.Array | np.ndarray):
+        return None
+    matrix = dynamics.as_matrix() if isinstance(dynamics, lx.AbstractLinearOperator) else dynamics
+    matrix = jnp.asarray(matrix).astype(dtype)
+    if matrix.shape != (n, n):
+        raise ValueError(
+            f"a dynamics matrix must be square (N_x, N_x) = ({n}, {n}); got shape {matrix.shape}."
+        )
+    return matrix
+
+
 def _linearize_dynamics(
     dynamics: Any, mean: Array, t0: Any, t1: Any, jacobian: str
 ) -> tuple[Array, Array]:
     """``(dynamics(mean), M)`` with ``M`` the (exact, for affine maps) Jacobian at the mean."""
     n, dtype = mean.shape[0], mean.dtype
-    if isinstance(dynamics, lx.AbstractLinearOperator) or isinstance(
-        dynamics, jax.Array | np.ndarray
-    ):
-        matrix = (
-            dynamics.as_matrix() if isinstance(dynamics, lx.AbstractLinearOperator) else dynamics
-        )
-        matrix = jnp.asarray(matrix).astype(dtype)
-        if matrix.shape != (n, n):
-            raise ValueError(
-                f"a dynamics matrix must be square (N_x, N_x) = ({n}, {n}); got shape "
-                f"{matrix.shape}."
-            )
+    matrix = _linear_dynamics_matrix(dynamics, n, dtype)
+    if matrix is not None:
         return _mm(matrix, mean), matrix
     if not callable(dynamics):
         raise TypeError(
