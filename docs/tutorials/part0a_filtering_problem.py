@@ -152,7 +152,9 @@ assert jnp.allclose(s_var, rts.cov[:, 0, 0], atol=1e-8), "grid smoother != RTS (
 assert jnp.allclose(log_ev.sum(), kf.log_likelihood.sum(), atol=1e-8), "evidence differs"
 # Using more data never increases the posterior variance of a linear-Gaussian model.
 assert jnp.all(s_var <= f_var + 1e-12)
-print(f"log evidence: grid {float(log_ev.sum()):.10f}, Kalman {float(kf.log_likelihood.sum()):.10f}")
+print(
+    f"log evidence: grid {float(log_ev.sum()):.10f}, Kalman {float(kf.log_likelihood.sum()):.10f}"
+)
 print(f"max |grid - KF| filtering mean: {float(jnp.max(jnp.abs(f_mean - kf.mean[:, 0]))):.1e}")
 
 # %% [markdown]

@@ -236,7 +236,7 @@ for name in ("Joseph", "square root"):
     assert rel_err[name].max() < 0.1 * rel_err["standard"].max(), name
 
 fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 3.6), constrained_layout=True)
-for (name, color) in zip(filters, ("C3", "C0", "C2"), strict=True):
+for name, color in zip(filters, ("C3", "C0", "C2"), strict=True):
     ax0.plot(times10, min_eig[name], color=color, label=name)
     ax1.semilogy(times10, rel_err[name], color=color, label=name)
 ax0.plot(times10, np.linalg.eigvalsh(ref_cov).min(axis=1), "k:", label="float64 reference")
