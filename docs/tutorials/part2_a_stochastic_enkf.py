@@ -82,6 +82,7 @@ assert mean_err < 1e-10
 # noise of the perturbations, averaged over `N_KEYS` independent keys (one `jax.vmap`).
 # A deterministic square-root filter (the ETKF, Part 2.B) has none: its error is round-off.
 
+
 # %%
 def cov_error(filt, key, X, cov_ref):
     Xa = filt.analysis(key, X, jnp.asarray(y), obs_op, R).particles

@@ -93,7 +93,9 @@ Yp = (np.asarray(X) @ H.T) - (np.asarray(X) @ H.T).mean(0)
 C_tilde = (N_E - 1) * np.eye(N_E) + Yp @ np.diag(1 / r_var) @ Yp.T
 eigenvalues = np.linalg.eigvalsh(C_tilde)
 n_trivial = int(np.sum(np.isclose(eigenvalues, N_E - 1, rtol=0, atol=1e-9)))
-print(f"{n_trivial} of {N_E} eigenvalues equal N_e - 1 = {N_E - 1}; the others:", eigenvalues[-N_Y:])
+print(
+    f"{n_trivial} of {N_E} eigenvalues equal N_e - 1 = {N_E - 1}; the others:", eigenvalues[-N_Y:]
+)
 assert n_trivial == N_E - N_Y  # rank-N_y update of (N_e - 1) I
 
 
@@ -194,8 +196,10 @@ cov_denkf = np.cov(np.asarray(particles["DEnKF"]), rowvar=False)
 excess = cov_kf + 0.25 * K @ H @ P @ H.T @ K.T
 assert errors["DEnKF"][0] < 1e-10  # the mean is the Kalman mean
 assert np.abs(cov_denkf - excess).max() < 1e-10  # (I - KH)P + K HPH^T K^T / 4, exactly
-print("DEnKF covariance = Kalman + K H P H^T K^T / 4 (max deviation "
-      f"{np.abs(cov_denkf - excess).max():.1e})")
+print(
+    "DEnKF covariance = Kalman + K H P H^T K^T / 4 (max deviation "
+    f"{np.abs(cov_denkf - excess).max():.1e})"
+)
 
 # %% [markdown]
 # ## Same statistics, different members
@@ -203,6 +207,7 @@ print("DEnKF covariance = Kalman + K H P H^T K^T / 4 (max deviation "
 # The covariance ellipses (2-sigma, components 0 and 1) of the exact Kalman analysis and of the
 # ETKF, EnSRF and serial EnSRF ensembles coincide; the members (dots) do not. The DEnKF's
 # ellipse is slightly larger.
+
 
 # %%
 def ellipse(mean, cov, n=200):
@@ -216,7 +221,9 @@ e = ellipse(m[ij], P[np.ix_(ij, ij)])
 ax.plot(*e, color="0.6", ls="--", label="forecast")
 e = ellipse(mean_kf[ij], cov_kf[np.ix_(ij, ij)])
 ax.plot(*e, color="k", lw=3, alpha=0.3, label="Kalman analysis")
-for c, name in zip(("C0", "C1", "C2", "C3"), ("ETKF", "EnSRF", "EnSRF_Serial", "DEnKF"), strict=True):
+for c, name in zip(
+    ("C0", "C1", "C2", "C3"), ("ETKF", "EnSRF", "EnSRF_Serial", "DEnKF"), strict=True
+):
     Xa = np.asarray(particles[name])
     ax.plot(Xa[:, 0], Xa[:, 1], ".", color=c, ms=5)
     e = ellipse(Xa.mean(0)[ij], np.cov(Xa[:, ij], rowvar=False))

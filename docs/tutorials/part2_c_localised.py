@@ -28,8 +28,9 @@ ring = fxp.PeriodicDistance(float(N_X))
 geometry = {"state_coords": grid, "obs_coords": grid, "distance": ring}
 rng = np.random.default_rng(0)
 # a smooth random forecast: correlated along the ring, as a real forecast would be
-L_true = np.linalg.cholesky(np.asarray(fxp.localization_matrix(grid, grid, 4.0, distance=ring))
-                            + 1e-6 * np.eye(N_X))
+L_true = np.linalg.cholesky(
+    np.asarray(fxp.localization_matrix(grid, grid, 4.0, distance=ring)) + 1e-6 * np.eye(N_X)
+)
 X = jnp.asarray(rng.normal(size=(N_E, N_X)) @ L_true.T)
 y = jnp.asarray(rng.normal(size=N_X))
 obs_op, R = fxp.IdentityObs(), fxp.isotropic_noise(1.0, N_X)
@@ -50,6 +51,7 @@ obs_op, R = fxp.IdentityObs(), fxp.isotropic_noise(1.0, N_X)
 # the global one, so the LETKF equals the ETKF — the first check. The LETKF needs a diagonal
 # $R$ (the taper weights individual observation errors).
 
+
 # %%
 @eqx.filter_jit
 def letkf(filt, X, y):
@@ -63,8 +65,9 @@ print(f"LETKF(radius=inf) vs ETKF: max member difference {gap:.1e}")
 assert gap < 1e-10  # identical algebra, round-off only
 
 try:
-    ff.LETKF(radius=3.0).analysis(None, X, y, obs_op, fxp.dense_noise(jnp.eye(N_X) + 0.1),
-                                  **geometry)
+    ff.LETKF(radius=3.0).analysis(
+        None, X, y, obs_op, fxp.dense_noise(jnp.eye(N_X) + 0.1), **geometry
+    )
     raise AssertionError("a correlated R must be refused")
 except ValueError as err:
     print("ValueError:", str(err)[:120], "...")
@@ -151,7 +154,9 @@ d = float(y1[0] - Xn[:, h].mean())
 rho = np.asarray(fxp.localization_matrix(grid, grid[h : h + 1], c, distance=ring))[:, 0]
 
 # B-localisation: K = (rho o P) H^T (H (rho o P) H^T + R)^{-1}
-P_loc = np.asarray(fxp.localize(jnp.asarray(P), fxp.localization_matrix(grid, grid, c, distance=ring)))
+P_loc = np.asarray(
+    fxp.localize(jnp.asarray(P), fxp.localization_matrix(grid, grid, c, distance=ring))
+)
 inc_B = P_loc[:, h] / (P_loc[h, h] + r1) * d
 one_obs = eqx.filter_jit(ff.LETKF(radius=c).analysis)
 Xa = one_obs(None, X, y1, obs1, R1, state_coords=grid, obs_coords=grid[h : h + 1], distance=ring)

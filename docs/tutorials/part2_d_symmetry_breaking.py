@@ -56,8 +56,10 @@ etkf_a, livings_a, theta = analyse(jax.random.key(5), X, y)
 _, livings_b, _ = analyse(jax.random.key(5), X, y)
 mean_gap = float(jnp.max(jnp.abs(livings_a.mean(0) - etkf_a.mean(0))))
 cov_gap = float(jnp.max(jnp.abs(jnp.cov(livings_a.T) - jnp.cov(etkf_a.T))))
-print(f"mean gap {mean_gap:.1e}, covariance gap {cov_gap:.1e}, "
-      f"member gap {float(jnp.max(jnp.abs(livings_a - etkf_a))):.2f}")
+print(
+    f"mean gap {mean_gap:.1e}, covariance gap {cov_gap:.1e}, "
+    f"member gap {float(jnp.max(jnp.abs(livings_a - etkf_a))):.2f}"
+)
 # algebraic identities: float64 round-off on O(1) quantities (observed ~1e-15)
 assert mean_gap < 1e-10 and cov_gap < 1e-10
 assert float(jnp.max(jnp.abs(livings_a - etkf_a))) > 0.1  # the members did move
@@ -110,8 +112,15 @@ methods = {
     "EnKF-N xN=2 (no inflation)": ff.EnsembleFilter(ff.EnKF_N(xN=2.0)),
 }
 runs = {
-    name: ff.run(m, ssm, ens0, twin.observations, twin.times, key=jax.random.key(2),
-                 save="forecast_and_analysis")
+    name: ff.run(
+        m,
+        ssm,
+        ens0,
+        twin.observations,
+        twin.times,
+        key=jax.random.key(2),
+        save="forecast_and_analysis",
+    )
     for name, m in methods.items()
 }
 rmse = {name: float(out.scores(twin.truth, BURN_IN)["rmse_a"]) for name, out in runs.items()}
@@ -119,8 +128,11 @@ for name, value in rmse.items():
     print(f"{name:28s} rmse.a = {value:.3f}")
 
 inflation = eqx.filter_jit(
-    jax.vmap(lambda Xf, y: ff.EnKF_N(xN=2.0).analysis(None, Xf, y, ssm.obs_op,
-                                                       ssm.obs_noise).info.inflation)
+    jax.vmap(
+        lambda Xf, y: (
+            ff.EnKF_N(xN=2.0).analysis(None, Xf, y, ssm.obs_op, ssm.obs_noise).info.inflation
+        )
+    )
 )(runs["EnKF-N xN=2 (no inflation)"].forecasts, twin.observations)
 print(f"mean estimated inflation l1 after burn-in: {float(inflation[BURN_IN:].mean()):.3f}")
 

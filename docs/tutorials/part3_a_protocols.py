@@ -30,16 +30,16 @@ N_CYCLES = 300  # docs size of the Lorenz-63 runs (DAPPER: 1000+)
 # %% [markdown]
 # ## 3.1 The protocol family
 #
-# | protocol | call | who calls it |
+# | protocol | call | called by |
 # |---|---|---|
-# | `AbstractDynamics` | `dynamics(x, t0, t1) -> x` on ONE state | the method, vmapped over members |
-# | `AbstractObsOperator` | `obs_op(x) -> y` on ONE state | the analysis kernel, vmapped |
-# | `AbstractInflator` | `inflator(particles, forecast, *, key) -> particles` | `EnsembleFilter`'s post-processing |
-# | `AbstractLocalizer` | `localizer.matrix(coords_a, coords_b)`, `localize(cov, L)` | B-localising code |
-# | `AbstractScheduler` | `scheduler.step(state, misfits) -> (dt, state)` | the inverse-problem processes (Part 5) |
-# | `AbstractSequentialFilter` | `analysis(key, forecast, obs, obs_op, obs_noise) -> Analysis` | `EnsembleFilter` |
+# | `AbstractDynamics` | `dynamics(x, t0, t1) -> x`, ONE state | the method (vmapped) |
+# | `AbstractObsOperator` | `obs_op(x) -> y`, ONE state | the analysis (vmapped) |
+# | `AbstractInflator` | `inflator(analysis, forecast, *, key)` | `EnsembleFilter` |
+# | `AbstractLocalizer` | `localizer.matrix(...)`, `localize(cov, L)` | B-localising code |
+# | `AbstractScheduler` | `scheduler.step(state, misfits)` | processes (Part 5) |
+# | `AbstractSequentialFilter` | `analysis(key, forecast, obs, obs_op, R)` | `EnsembleFilter` |
 # | `AbstractCycledMethod` | `init(...)`, `step(...) -> (State, CycleInfo)` | `run` |
-# | `AbstractModel` | fields `dynamics`, `obs_op`, `obs_noise`, `process_noise`, geometry | the cycled method |
+# | `AbstractModel` | `dynamics`, `obs_op`, `obs_noise`, geometry | the cycled method |
 #
 # The diagram shows how they fit: the arrows are "is called by". The cell checks the
 # relationships it draws, so the diagram cannot drift from the library.
@@ -70,21 +70,44 @@ boxes = {
     "AbstractObsOperator": (0.86, 0.1, "C2"),
 }
 arrows = [
-    (1, 0), (2, 1), (3, 1), (4, 1), (5, 2), (6, 2), (7, 2), (7, 3), (7, 4),
-    (8, 5), (9, 7), (10, 7),
+    (1, 0),
+    (2, 1),
+    (3, 1),
+    (4, 1),
+    (5, 2),
+    (6, 2),
+    (7, 2),
+    (7, 3),
+    (7, 4),
+    (8, 5),
+    (9, 7),
+    (10, 7),
 ]
 names = list(boxes)
 fig, ax = plt.subplots(figsize=(10, 6), constrained_layout=True)
 for a, b in arrows:
     (xa, ya, _), (xb, yb, _) = boxes[names[a]], boxes[names[b]]
-    ax.annotate("", xy=(xb, yb - 0.035), xytext=(xa, ya + 0.035),
-                arrowprops={"arrowstyle": "->", "color": "0.4"})
+    ax.annotate(
+        "",
+        xy=(xb, yb - 0.035),
+        xytext=(xa, ya + 0.035),
+        arrowprops={"arrowstyle": "->", "color": "0.4"},
+    )
 for text, (x, y, colour) in boxes.items():
-    ax.text(x, y, text, ha="center", va="center", fontsize=8,
-            bbox={"boxstyle": "round", "fc": "white", "ec": colour, "lw": 1.5})
+    ax.text(
+        x,
+        y,
+        text,
+        ha="center",
+        va="center",
+        fontsize=8,
+        bbox={"boxstyle": "round", "fc": "white", "ec": colour, "lw": 1.5},
+    )
 ax.set_axis_off()
-ax.set_title("filterax's extension points (arrow: 'is called by'); "
-             "blue: cycled methods, orange: analysis pieces, green: the model")
+ax.set_title(
+    "filterax's extension points (arrow: 'is called by'); "
+    "blue: cycled methods, orange: analysis pieces, green: the model"
+)
 plt.show()
 
 # %% [markdown]
@@ -97,6 +120,7 @@ plt.show()
 # can reach. Both give the same run, bit for bit:
 #
 # $$x(t_1) = e^{-\lambda (t_1 - t_0)}\, x(t_0)\quad\text{(a damped linear model)}.$$
+
 
 # %%
 class Damped(fxp.AbstractDynamics):
@@ -116,8 +140,9 @@ for name, dyn in {
 }.items():
     model = fxp.Model(dynamics=dyn, obs_op=fxp.IdentityObs(), obs_noise=0.5)
     results[name] = ff.run(ff.ETKF(), model, ens0, obs, times, key=jax.random.key(1))
-assert jnp.array_equal(results["plain function"].analysis_mean,
-                       results["AbstractDynamics"].analysis_mean)
+assert jnp.array_equal(
+    results["plain function"].analysis_mean, results["AbstractDynamics"].analysis_mean
+)
 print("plain function == AbstractDynamics subclass: bit-identical run")
 
 # %% [markdown]
@@ -127,8 +152,11 @@ print("plain function == AbstractDynamics subclass: bit-identical run")
 # gives each member its own key, derived from the cycle's key. Same run key, same noise.
 
 # %%
-noisy = fxp.Model(dynamics=StochasticDynamics(Damped(jnp.asarray(0.3)), noise=0.05),
-                  obs_op=fxp.IdentityObs(), obs_noise=0.5)
+noisy = fxp.Model(
+    dynamics=StochasticDynamics(Damped(jnp.asarray(0.3)), noise=0.05),
+    obs_op=fxp.IdentityObs(),
+    obs_noise=0.5,
+)
 run_a = ff.run(ff.ETKF(), noisy, ens0, obs, times, key=jax.random.key(1))
 run_b = ff.run(ff.ETKF(), noisy, ens0, obs, times, key=jax.random.key(1))
 run_c = ff.run(ff.ETKF(), noisy, ens0, obs, times, key=jax.random.key(2))
@@ -166,11 +194,19 @@ noise = jnp.sqrt(2.0) * jax.random.normal(jax.random.key(5), twin.truth.shape)
 observations = jax.vmap(decoder)(twin.truth) + noise
 model = fxp.Model(dynamics=l63.dynamics, obs_op=decoder, obs_noise=2.0)
 method = ff.EnsembleFilter(ff.ETKF(), inflator=fxp.MultiplicativeInflator(1.02))
-out_mlp = ff.run(method, model, l63.initial_ensemble(jax.random.key(1), 10), observations,
-                 twin.times, key=jax.random.key(2))
+out_mlp = ff.run(
+    method,
+    model,
+    l63.initial_ensemble(jax.random.key(1), 10),
+    observations,
+    twin.times,
+    key=jax.random.key(2),
+)
 rmse_mlp = float(out_mlp.scores(twin.truth, l63.burn_in_cycles)["rmse_a"])
-print(f"ETKF through the MLP decoder: rmse.a = {rmse_mlp:.3f} (climatology 7.6, "
-      "identity-observed ETKF N=10: 0.60)")
+print(
+    f"ETKF through the MLP decoder: rmse.a = {rmse_mlp:.3f} (climatology 7.6, "
+    "identity-observed ETKF N=10: 0.60)"
+)
 # the decoder is a mild perturbation of the identity: the score must stay near the
 # identity-observed 0.60 (300 cycles of one seed scatter by ~0.15), far below climatology
 assert out_mlp.status == 0 and rmse_mlp < 1.0, rmse_mlp
@@ -187,6 +223,7 @@ assert out_mlp.status == 0 and rmse_mlp < 1.0, rmse_mlp
 # x^a = x^f + B H^\top (H B H^\top + R)^{-1} (y - H x^f).$$
 #
 # `CycleInfo` reports the means, spreads, log-likelihood, innovation and a finiteness flag.
+
 
 # %%
 class Var3D(fxp.AbstractCycledMethod):
@@ -210,8 +247,9 @@ class Var3D(fxp.AbstractCycledMethod):
         return xa, info
 
 
-var = ff.run(Var3D(8.0 * jnp.eye(3)), l63, l63.x0_mean, twin.observations, twin.times,
-             key=jax.random.key(1))
+var = ff.run(
+    Var3D(8.0 * jnp.eye(3)), l63, l63.x0_mean, twin.observations, twin.times, key=jax.random.key(1)
+)
 rmse_var = float(var.scores(twin.truth, l63.burn_in_cycles)["rmse_a"])
 print(f"Var3D through run: rmse.a = {rmse_var:.3f} (DAPPER Var3D: 1.04, OptInterp: 1.25)")
 # 300 cycles of one seed: the time mean scatters by ~0.15 around the long-run value

@@ -8,7 +8,6 @@
 # is on [its own page](part3_c_letkf_sweep.py).
 
 # %%
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
@@ -44,8 +43,15 @@ ens0 = ssm.initial_ensemble(jax.random.key(1), 20)
 etkf = ff.EnsembleFilter(ff.ETKF(), inflator=fxp.MultiplicativeInflator(1.04))
 out = ff.run(etkf, ssm, ens0, twin.observations, twin.times, key=jax.random.key(2))
 
-for field in ("forecast_mean", "analysis_mean", "forecast_spread", "analysis_spread",
-              "log_likelihood", "cycle_status", "times"):
+for field in (
+    "forecast_mean",
+    "analysis_mean",
+    "forecast_spread",
+    "analysis_spread",
+    "log_likelihood",
+    "cycle_status",
+    "times",
+):
     print(f"RunResult.{field:16s} shape {tuple(getattr(out, field).shape)}")
 print("RunResult.state: the final EnsembleState, particles", out.state.particles.shape)
 print("status", int(out.status), "| first_failure", int(out.first_failure))
@@ -85,14 +91,31 @@ plt.show()
 # %%
 outs = {
     "EnSRF N=20 infl=1.04": ff.assimilate(
-        ff.EnSRF(), ssm.dynamics, ssm.obs_op, ssm.obs_noise, ens0, twin.observations,
-        twin.times, key=jax.random.key(2), inflator=fxp.MultiplicativeInflator(1.04)),
+        ff.EnSRF(),
+        ssm.dynamics,
+        ssm.obs_op,
+        ssm.obs_noise,
+        ens0,
+        twin.observations,
+        twin.times,
+        key=jax.random.key(2),
+        inflator=fxp.MultiplicativeInflator(1.04),
+    ),
     "StochasticEnKF N=20 infl=1.04": ff.run(
         ff.EnsembleFilter(ff.StochasticEnKF(), inflator=fxp.MultiplicativeInflator(1.04)),
-        ssm, ens0, twin.observations, twin.times, key=jax.random.key(2)),
+        ssm,
+        ens0,
+        twin.observations,
+        twin.times,
+        key=jax.random.key(2),
+    ),
 }
-print("AssimilationResult.particles", outs["EnSRF N=20 infl=1.04"].particles.shape,
-      "| .analysis_mean", outs["EnSRF N=20 infl=1.04"].analysis_mean.shape)
+print(
+    "AssimilationResult.particles",
+    outs["EnSRF N=20 infl=1.04"].particles.shape,
+    "| .analysis_mean",
+    outs["EnSRF N=20 infl=1.04"].analysis_mean.shape,
+)
 rmse = {name: float(o.scores(twin.truth, BURN_IN)["rmse_a"]) for name, o in outs.items()}
 print(rmse)
 assert all(o.status == 0 for o in outs.values())

@@ -47,8 +47,9 @@ print("model geometry:", ssm.state_coords.shape, ssm.obs_coords.shape, ssm.dista
 @jax.vmap
 def sweep(radius):
     method = ff.EnsembleFilter(ff.LETKF(radius=radius), inflator=fxp.MultiplicativeInflator(1.04))
-    o = ff.run(method, ssm, ens10, twin.observations, twin.times, key=jax.random.key(2),
-               throw=False)  # some radii are expected to fail: read the status
+    o = ff.run(
+        method, ssm, ens10, twin.observations, twin.times, key=jax.random.key(2), throw=False
+    )  # some radii are expected to fail: read the status
     return o.scores(twin.truth, BURN_IN)["rmse_a"], o.status
 
 
@@ -65,8 +66,13 @@ assert not (int(status_r[-1]) == 0 and float(rmse_r[-1]) < 0.5)
 fig, ax = plt.subplots(figsize=(6, 3.8), constrained_layout=True)
 finite = np.isfinite(np.asarray(radii))
 ok = np.asarray(status_r) == 0
-ax.semilogy(np.asarray(radii)[finite & ok], np.asarray(rmse_r)[finite & ok], "o-", color="C3",
-            label="LETKF, $N_e$ = 10")
+ax.semilogy(
+    np.asarray(radii)[finite & ok],
+    np.asarray(rmse_r)[finite & ok],
+    "o-",
+    color="C3",
+    label="LETKF, $N_e$ = 10",
+)
 ax.axhline(ETKF_20, color="C0", ls="--", lw=0.8, label="global ETKF, $N_e$ = 20 (published)")
 ax.set_xlabel("Gaspari-Cohn half-width $c$ (grid units)")
 ax.set_ylabel("rmse.a")
