@@ -134,7 +134,7 @@ plt.show()
 # The perturbations are drawn from the `key` passed to `analysis`: the same key gives a
 # bit-identical ensemble, a different key a different one. In a cycled run the driver hands
 # cycle $k$ the key `jax.random.fold_in(base_key, k)`, so no two windows reuse a draw —
-# [Part 3.D](part3_d_inflation_and_keys.py) shows what goes wrong without it.
+# [Part 3.D](../part3_d_inflation_and_keys/) shows what goes wrong without it.
 
 # %%
 k = jax.random.key(7)

@@ -9,7 +9,7 @@
 #
 # Notation: $X^f$ is the $(N_e, N_x)$ forecast ensemble, $X'$ its anomalies, $Y'$ the observed
 # anomalies, $d = y - \overline{H(X^f)}$ the innovation. The problem is the one of
-# [2.A](part2_a_stochastic_enkf.py): $N_x = 6$, $N_y = 4$, diagonal $R$, $N_e = 20$.
+# [2.A](../part2_a_stochastic_enkf/): $N_x = 6$, $N_y = 4$, diagonal $R$, $N_e = 20$.
 
 # %%
 import equinox as eqx

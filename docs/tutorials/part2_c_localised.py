@@ -8,7 +8,7 @@
 #
 # The setting here is the Lorenz-96 geometry: $N_x = 40$ points on a ring, a periodic
 # distance, $N_e = 10$ members (a random forecast ensemble: this page looks at single
-# analyses; [Part 3.B](part3_c_letkf_sweep.py) cycles the LETKF).
+# analyses; [Part 3.B](../part3_c_letkf_sweep/) cycles the LETKF).
 
 # %%
 import equinox as eqx

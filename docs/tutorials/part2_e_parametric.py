@@ -6,7 +6,7 @@
 # distribution, the ground truth every ensemble filter of Part 2 is tested against. The
 # problem here: a stable linear model $x_k = M x_{k-1} + \xi_k$ with correlated process
 # noise $Q$, $N_x = 10$, and $N_y = 5$ linear observations with $R = 0.5 I$. They are
-# cycled by the same driver `ff.run` as the ensemble filters ([Part 3](part3_a_protocols.py)).
+# cycled by the same driver `ff.run` as the ensemble filters ([Part 3](../part3_a_protocols/)).
 
 # %%
 import jax

@@ -48,7 +48,7 @@ KERNELS = {
 # %% [markdown]
 # ### Exactness and accepted noise structure
 #
-# The linear-Gaussian problem of [2.A](part2_a_stochastic_enkf.py): $N_x = 6$, $N_y = 4$,
+# The linear-Gaussian problem of [2.A](../part2_a_stochastic_enkf/): $N_x = 6$, $N_y = 4$,
 # $N_e = 20$. The LETKF is given coordinates that put every observation within reach and
 # `radius=inf`, which makes it the global ETKF. The EnKF-N is left out of the exactness test:
 # it inflates by design (its $l_1$ is estimated from the innovation), so it is not a Kalman

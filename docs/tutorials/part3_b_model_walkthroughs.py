@@ -5,7 +5,7 @@
 # (`presets.lorenz96_sakov2008`: $N_x = 40$, every site observed every $\Delta t = 0.05$,
 # $R = I$), each through the one driver `ff.run`. The analysis kernels are the ones of Part 2;
 # what is new here is the loop and the result object. The LETKF's cycled walkthrough (3.6)
-# is on [its own page](part3_c_letkf_sweep.py).
+# is on [its own page](../part3_c_letkf_sweep/).
 
 # %%
 import jax

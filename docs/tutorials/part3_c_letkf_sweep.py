@@ -3,7 +3,7 @@
 #
 # The Lorenz-96 benchmark of Sakov & Oke (2008) (`presets.lorenz96_sakov2008`: $N_x = 40$ on
 # a ring, every site observed every $\Delta t = 0.05$, $R = I$), assimilated by the LETKF of
-# [2.C](part2_c_localised.py) through the one driver `ff.run`.
+# [2.C](../part2_c_localised/) through the one driver `ff.run`.
 
 # %%
 import equinox as eqx
