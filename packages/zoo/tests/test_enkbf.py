@@ -284,7 +284,7 @@ def test_enkbf_same_key_same_result_and_grad_matches_finite_differences(path):
         analyses = _deterministic(ens_det, incs, times)[0]
         return jnp.mean(analyses[-1], axis=0) @ w
 
-    grad = jax.grad(loss)(increments)
+    grad = jax.jit(jax.grad(loss))(increments)  # one program (forward and backward)
     direction = jnp.asarray(np.random.default_rng(6).standard_normal(increments.shape))
     eps = 1e-6
     fd = (loss(increments + eps * direction) - loss(increments - eps * direction)) / (2 * eps)
