@@ -1,4 +1,10 @@
-"""The ensemble Kalman–Bucy filter against the Kalman–Bucy filter (continuous observations)."""
+"""The ensemble Kalman–Bucy filter against the Kalman–Bucy filter (continuous observations).
+
+Test cost is XLA compilation, so the tests share compiled programs: one simulated path
+(64 fine steps per unit time, 4 unit cycles), one deterministic program (N_e = 5, 8 steps per
+cycle, 4 cycles; smaller steps dt come from shorter cycles of the same program), one batched
+stochastic program per ensemble size, and XLA's optimisation passes are off.
+"""
 
 import diffrax
 import equinox as eqx
@@ -16,7 +22,18 @@ R = 0.5  # intensity (variance per unit time)
 Q = np.array([0.2, 0.1])  # intensity
 M0 = np.array([0.5, -0.3])
 P0 = np.array([[0.6, 0.1], [0.1, 0.4]])
-HORIZON = 1.0  # one cycle of length 1; a second test uses two cycles
+HORIZON = 1.0  # the length of a unit cycle
+N_SUB, N_FINE, N_CYCLES = 8, 64, 4  # filter steps and simulation steps per unit; cycles
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _fast_compile():
+    # These tests run tiny programs whose cost is all XLA compilation: skip XLA's optimisation
+    # passes (same semantics; round-off at most reassociated, far below the tolerances here).
+    previous = jax.config.values["jax_disable_most_optimizations"]
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", previous)
 
 
 class _LinearDrift(eqx.Module):
@@ -109,27 +126,52 @@ def _moments(ensembles):
     return mean, cov
 
 
+@eqx.filter_jit
+def _stochastic_batch(model, keys, ensemble_keys, n_e, increments, times):
+    """The stochastic EnKBF for a batch of (noise key, initial-ensemble key) pairs (vmap): one
+    compiled program per ensemble size `n_e` (static)."""
+
+    def one(key, ensemble_key):
+        ens0 = model.initial_ensemble(ensemble_key, n_e)
+        return _drive(EnKBF("stochastic"), model, ens0, increments, times, key)
+
+    return jax.vmap(one)(keys, ensemble_keys)
+
+
+N_BATCH = 16  # seeds of the batched stochastic runs
+
+
+@pytest.fixture(scope="module")
+def path():
+    """One simulated path: increments on the fine grid (N_FINE per unit) and summed to the
+    filters' grid (N_SUB per unit), for N_CYCLES unit cycles."""
+    xp = _model(N_FINE).simulate(jax.random.key(3), N_CYCLES)
+    coarse = coarsen_increments(xp.increments, 1, N_FINE // N_SUB)
+    return xp.increments, coarse, xp.times
+
+
+def _deterministic(ensemble, increments, times, seed=0):
+    # Every deterministic run: _model(N_SUB), (N_CYCLES, N_SUB) increments, N_e = 5.
+    key = jax.random.key(seed)
+    return _drive(EnKBF("deterministic"), _model(N_SUB), ensemble, increments, times, key)
+
+
 # --- the deterministic variant is the Euler scheme of the Kalman–Bucy equations -------------
 
 
-def test_deterministic_enkbf_is_the_euler_scheme_of_the_kalman_bucy_filter(getkey):
+def test_deterministic_enkbf_is_the_euler_scheme_of_the_kalman_bucy_filter(path):
     # With an initial ensemble of exactly (M0, P0), the deterministic EnKBF's anomalies obey
     # a <- (I + dt M) a, M = A - P H^T R^-1 H / 2 + Q P^-1 / 2, and its mean the Euler step of
     # dm = A m dt + P H^T R^-1 (dY - H m dt): re-derived here in numpy. The only difference
     # is round-off and the CG solve of P^-1 (tolerance 1e-10), hence 1e-8.
-    # (The shapes of the convergence test below, so the compiled program is shared.)
-    n_sub, n_cycles, n_e = 8, 1, 5
-    model = _model(n_sub)
-    xp = model.simulate(getkey(), n_cycles)
-    ens0 = _exact_ensemble(n_e, M0, P0)
-    analyses, _, _, _ = _drive(
-        EnKBF("deterministic"), model, jnp.asarray(ens0), xp.increments, xp.times, getkey()
-    )
-    dt = HORIZON / n_sub
+    _, increments, times = path
+    ens0 = _exact_ensemble(5, M0, P0)
+    analyses, _, _, _ = _deterministic(jnp.asarray(ens0), increments, times)
+    dt = HORIZON / N_SUB
     m, p = M0.copy(), P0.copy()
     qm = np.diag(Q)
     expected = []
-    for dy in np.asarray(xp.increments).reshape(-1, 1):
+    for dy in np.asarray(increments).reshape(-1, 1):
         gain = p @ H.T / R
         mat = A - 0.5 * gain @ H + 0.5 * qm @ np.linalg.inv(p)
         m = m + dt * A @ m + gain @ (dy - dt * H @ m)
@@ -137,8 +179,8 @@ def test_deterministic_enkbf_is_the_euler_scheme_of_the_kalman_bucy_filter(getke
         p = step @ p @ step.T
         expected.append((m.copy(), p.copy()))
     mean, cov = _moments(analyses)
-    for k in range(n_cycles):
-        m_k, p_k = expected[(k + 1) * n_sub - 1]
+    for k in range(N_CYCLES):
+        m_k, p_k = expected[(k + 1) * N_SUB - 1]
         np.testing.assert_allclose(mean[k], m_k, rtol=0, atol=1e-8)
         np.testing.assert_allclose(cov[k], p_k, rtol=0, atol=1e-8)
 
@@ -150,25 +192,30 @@ def _slope(sizes, errors):
     return float(np.polyfit(np.log(sizes), np.log(errors), 1)[0])
 
 
-def test_deterministic_enkbf_converges_to_kalman_bucy_at_first_order_in_dt(getkey):
+def test_deterministic_enkbf_converges_to_kalman_bucy_at_first_order_in_dt(path):
     # Euler–Maruyama has strong order 1 for this additive-noise problem; the reference is the
-    # diffrax Kalman–Bucy filter on the 64-step path, the filters see the same path summed to
-    # 8, 16 and 32 steps. Fitted slopes of log error vs log dt (measured: ~1.0 for the mean,
-    # ~1.1 for the covariance) must lie in [0.75, 1.3]: one path, so not exactly 1.
-    n_fine = 64
-    xp = _model(n_fine).simulate(jax.random.key(3), 1)
-    m_ref, p_ref = _kalman_bucy(xp.increments, n_fine)
+    # diffrax Kalman–Bucy filter on the 64-step path of [0, 1], the filters see the same path
+    # summed to 8, 16 and 32 steps. Fitted slopes of log error vs log dt (measured: ~1.0 for
+    # the mean, ~1.1 for the covariance) must lie in [0.75, 1.3]: one path, so not exactly 1.
+    # The steps dt = 1/8, 1/16, 1/32 are cycles of length 1, 1/2, 1/4 with 8 steps each (the
+    # step is (t - t_prev) / n_sub): one compiled program, read at t = 1; the cycles after
+    # t = 1 see zero increments and are not used.
+    fine, _, _ = path
+    m_ref, p_ref = _kalman_bucy(fine[:1], N_FINE)
     ens0 = jnp.asarray(_exact_ensemble(5, M0, P0))
     subs = np.array([8, 16, 32])
     err_m, err_p = [], []
     for n_sub in subs:
-        incs = coarsen_increments(xp.increments, 1, n_fine // int(n_sub))
-        analyses, *_ = _drive(
-            EnKBF("deterministic"), _model(int(n_sub)), ens0, incs, xp.times, getkey()
+        per_unit = int(n_sub) // N_SUB  # cycles per unit time
+        incs = np.zeros((N_CYCLES, N_SUB))
+        incs[:per_unit] = np.asarray(coarsen_increments(fine[:1], 1, N_FINE // int(n_sub))).reshape(
+            per_unit, N_SUB
         )
-        mean, cov = _moments(analyses)
-        err_m.append(np.abs(mean[0] - m_ref[0]).max())
-        err_p.append(np.abs(cov[0] - p_ref[0]).max())
+        times = jnp.arange(1, N_CYCLES + 1) / per_unit
+        analyses, *_ = _deterministic(ens0, jnp.asarray(incs), times)
+        mean, cov = _moments(analyses[per_unit - 1])
+        err_m.append(np.abs(mean - m_ref[0]).max())
+        err_p.append(np.abs(cov - p_ref[0]).max())
     assert 0.75 < _slope(1.0 / subs, err_m) < 1.3, err_m
     assert 0.75 < _slope(1.0 / subs, err_p) < 1.3, err_p
     # And the errors are small in absolute terms (P ~ 0.3): the limit is the Kalman–Bucy one.
@@ -188,27 +235,28 @@ def _stochastic_mean_field(increments, dt):
     return m, p
 
 
-def test_stochastic_enkbf_error_decays_like_inverse_sqrt_ensemble_size(getkey):
+def _batch_keys(seed):
+    keys = jax.random.split(jax.random.key(seed), N_BATCH)
+    return keys, jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
+
+
+def test_stochastic_enkbf_error_decays_like_inverse_sqrt_ensemble_size(path):
     # Against its own N_e -> infinity limit at the same dt the stochastic EnKBF has only Monte
-    # Carlo error, O(N_e^-1/2). RMS over 16 seeds (vmap) at N_e = 8, 32, 128: the RMS of 16
-    # draws is itself uncertain by ~18%, i.e. +-0.1 on a slope over a factor 16, so the fitted
-    # slope must lie in [-0.75, -0.3] (measured ~ -0.5).
-    n_sub = 8
-    model = _model(n_sub)
-    xp = model.simulate(jax.random.key(4), 1)
-    m_lim, p_lim = _stochastic_mean_field(xp.increments, HORIZON / n_sub)
-    keys = jax.random.split(getkey(), 16)
+    # Carlo error, O(N_e^-1/2). RMS over 16 seeds (vmap) at N_e = 8, 32, 128, at the end of
+    # the first cycle: the RMS of 16 draws is itself uncertain by ~18%, i.e. +-0.1 on a slope
+    # over a factor 16, so the fitted slope must lie in [-0.75, -0.3] (measured ~ -0.5).
+    _, increments, times = path
+    m_lim, p_lim = _stochastic_mean_field(increments[0], HORIZON / N_SUB)
+    keys, ensemble_keys = _batch_keys(4)
     sizes = np.array([8, 32, 128])
     err_m, err_p = [], []
     for n_e in sizes:
-
-        def one(key, n_e=int(n_e)):
-            ens0 = model.initial_ensemble(jax.random.fold_in(key, 1), n_e)
-            return _drive(EnKBF("stochastic"), model, ens0, xp.increments, xp.times, key)[0]
-
-        mean, cov = _moments(jax.vmap(one)(keys))
-        err_m.append(np.sqrt(np.mean((mean[:, 0] - m_lim) ** 2)))
-        err_p.append(np.sqrt(np.mean((cov[:, 0] - p_lim) ** 2)))
+        analyses = _stochastic_batch(
+            _model(N_SUB), keys, ensemble_keys, int(n_e), increments, times
+        )[0]
+        mean, cov = _moments(analyses[:, 0])
+        err_m.append(np.sqrt(np.mean((mean - m_lim) ** 2)))
+        err_p.append(np.sqrt(np.mean((cov - p_lim) ** 2)))
     assert -0.75 < _slope(sizes, err_m) < -0.3, err_m
     assert -0.75 < _slope(sizes, err_p) < -0.3, err_p
 
@@ -216,45 +264,41 @@ def test_stochastic_enkbf_error_decays_like_inverse_sqrt_ensemble_size(getkey):
 # --- transformations, determinism, dtypes, missing data ----------------------------------
 
 
-def test_enkbf_same_key_same_result_and_grad_matches_finite_differences(getkey):
-    # (Shapes shared with the other tests: one compiled program per variant.)
-    model = _model(8)
-    xp = model.simulate(getkey(), 2)
-    ens0 = model.initial_ensemble(getkey(), 6)
-    key = getkey()
-    a = _drive(EnKBF("stochastic"), model, ens0, xp.increments, xp.times, key)[0]
-    b = _drive(EnKBF("stochastic"), model, ens0, xp.increments, xp.times, key)[0]
-    c = _drive(EnKBF("stochastic"), model, ens0, xp.increments, xp.times, getkey())[0]
-    np.testing.assert_array_equal(a, b)
-    assert not np.allclose(a, c)
+def test_enkbf_same_key_same_result_and_grad_matches_finite_differences(path):
+    # (The N_e = 8 batch of the rate test: rows 0 and 1 have the same noise key, row 2
+    # another; all rows the same initial ensemble.)
+    _, increments, times = path
+    keys, ensemble_keys = _batch_keys(5)
+    keys = jnp.concatenate([keys[:1], keys[:1], keys[2:]])
+    ensemble_keys = jnp.concatenate([ensemble_keys[:1]] * N_BATCH)
+    a = _stochastic_batch(_model(N_SUB), keys, ensemble_keys, 8, increments, times)[0]
+    np.testing.assert_array_equal(a[0], a[1])
+    assert not np.allclose(a[0], a[2])
 
     # d(final mean . w)/d(increments) through the deterministic variant (CG solve included),
     # against central differences (step 1e-6, float64: agreement to ~1e-7 expected).
     w = jnp.array([1.0, -2.0])
-
     ens_det = jnp.asarray(_exact_ensemble(5, M0, P0))
-    xp = model.simulate(getkey(), 1)
 
     def loss(incs):
-        analyses = _drive(EnKBF("deterministic"), model, ens_det, incs, xp.times, key)[0]
+        analyses = _deterministic(ens_det, incs, times)[0]
         return jnp.mean(analyses[-1], axis=0) @ w
 
-    grad = jax.grad(loss)(xp.increments)
-    direction = jax.random.normal(getkey(), xp.increments.shape)
+    grad = jax.jit(jax.grad(loss))(increments)  # one program (forward and backward)
+    direction = jnp.asarray(np.random.default_rng(6).standard_normal(increments.shape))
     eps = 1e-6
-    fd = (loss(xp.increments + eps * direction) - loss(xp.increments - eps * direction)) / (2 * eps)
+    fd = (loss(increments + eps * direction) - loss(increments - eps * direction)) / (2 * eps)
     assert np.isfinite(grad).all()
     np.testing.assert_allclose(jnp.sum(grad * direction), fd, rtol=1e-6, atol=1e-8)
 
 
-def test_enkbf_float32_matches_float64(getkey):
+def test_enkbf_float32_matches_float64(path):
     # Same problem in float32: relative round-off ~1e-7 per step over 8 steps, and the CG
-    # tolerance 1e-5 on the Q P^-1 term (times dt/2): 1e-4 absolute.
-    model64 = _model(8)
-    xp = model64.simulate(getkey(), 1)
+    # tolerance 1e-5 on the Q P^-1 term (times dt/2): 1e-4 absolute (4 cycles of a stable,
+    # damped system: the errors do not grow).
+    _, increments, times = path
     ens0 = jnp.asarray(_exact_ensemble(5, M0, P0))
-    key = getkey()
-    out64 = _drive(EnKBF("deterministic"), model64, ens0, xp.increments, xp.times, key)[0]
+    out64 = _deterministic(ens0, increments, times, seed=7)[0]
     model32 = ContinuousStateSpaceModel(
         _LinearDrift(jnp.asarray(A, jnp.float32)),
         jnp.asarray(H, jnp.float32),
@@ -269,45 +313,45 @@ def test_enkbf_float32_matches_float64(getkey):
         EnKBF("deterministic"),
         model32,
         ens0.astype(jnp.float32),
-        xp.increments.astype(jnp.float32),
-        xp.times.astype(jnp.float32),
-        key,
+        increments.astype(jnp.float32),
+        times.astype(jnp.float32),
+        jax.random.key(7),
     )[0]
     assert out32.dtype == jnp.float32
     np.testing.assert_allclose(out32, out64, rtol=0, atol=1e-4)
 
 
-def test_enkbf_missing_increments_are_not_assimilated(getkey):
+def test_enkbf_missing_increments_are_not_assimilated(path):
     # A cycle whose increments are all NaN is a pure forecast: analysis == forecast (same
     # noise draws), zero innovation and zero log-likelihood; other cycles are unaffected
-    # up to the changed state.
-    model = _model(8)
-    xp = model.simulate(getkey(), 2)
-    incs = xp.increments.at[0].set(jnp.nan)
-    ens0 = model.initial_ensemble(getkey(), 6)
-    analyses, forecast_means, logliks, innovations = _drive(
-        EnKBF("stochastic"), model, ens0, incs, xp.times, getkey()
+    # up to the changed state. (The N_e = 8 batch program; every row checked.)
+    _, increments, times = path
+    incs = increments.at[0].set(jnp.nan)
+    keys, ensemble_keys = _batch_keys(8)
+    analyses, forecast_means, logliks, innovations = _stochastic_batch(
+        _model(N_SUB), keys, ensemble_keys, 8, incs, times
     )
-    np.testing.assert_allclose(jnp.mean(analyses[0], 0), forecast_means[0], rtol=0, atol=1e-12)
-    assert logliks[0] == 0.0 and np.all(innovations[0] == 0.0)
-    assert np.all(np.isfinite(analyses)) and np.isfinite(logliks[1]) and logliks[1] != 0.0
+    np.testing.assert_allclose(
+        jnp.mean(analyses[:, 0], 1), forecast_means[:, 0], rtol=0, atol=1e-12
+    )
+    assert np.all(logliks[:, 0] == 0.0) and np.all(innovations[:, 0] == 0.0)
+    assert np.all(np.isfinite(analyses)) and np.all(np.isfinite(logliks[:, 1]))
+    assert np.all(logliks[:, 1] != 0.0)
 
 
-def test_enkbf_runs_under_the_one_driver(getkey):
+def test_enkbf_runs_under_the_one_driver(path):
     # filterax.filters.run drives it like every cycled method (the same loop as _drive:
-    # identical numbers), and the status is OK.
+    # identical numbers), and the status is OK. (Compared with row 0 of the N_e = 8 batch.)
     ff = pytest.importorskip("filterax.filters")
-    model = _model(8)
-    xp = model.simulate(getkey(), 2)
-    ens0 = model.initial_ensemble(getkey(), 6)
-    key = getkey()
-    out = ff.run(
-        EnKBF("stochastic"), model, ens0, xp.increments, xp.times, key=key, save="ensembles"
-    )
-    mine = _drive(EnKBF("stochastic"), model, ens0, xp.increments, xp.times, key)
+    _, increments, times = path
+    keys, ensemble_keys = _batch_keys(9)
+    model = _model(N_SUB)
+    mine = _stochastic_batch(model, keys, ensemble_keys, 8, increments, times)
+    ens0 = model.initial_ensemble(ensemble_keys[0], 8)
+    out = ff.run(EnKBF("stochastic"), model, ens0, increments, times, key=keys[0], save="ensembles")
     assert int(out.status) == 0
-    np.testing.assert_allclose(out.analyses, mine[0], rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(out.log_likelihood, mine[2], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(out.analyses, mine[0][0], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(out.log_likelihood, mine[2][0], rtol=1e-12, atol=1e-12)
 
 
 # --- bad input -----------------------------------------------------------------------------

@@ -5,6 +5,11 @@ Carlo): for a linear perfect model the ensemble-space Gaussian conditioning is e
 4D-EnKF must agree with a Kalman filter / sequential ETKF written here in numpy to round-off;
 1e-9 leaves ~6 orders of magnitude above the ~1e-15 round-off of these 4-8 dimensional
 problems while any algebra error (a missed term, a wrong normalisation) is O(1e-2) or larger.
+
+Test cost is XLA compilation, so the tests share compiled programs: the dynamics is a module
+holding its matrix (an array leaf, not a new closure per problem), every run saves the
+ensembles and reports failures through the status (``throw=False``), and two shapes are used
+(N_x, N_y, N_e = 4, 3, 8 and the rank-deficient 6, 5, 4; T = 6 cycles).
 """
 
 import equinox as eqx
@@ -22,6 +27,39 @@ TOL = 1e-9
 N_X, N_Y, T = 4, 3, 6
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _fast_compile():
+    # These tests run tiny programs whose cost is all XLA compilation: skip XLA's optimisation
+    # passes (same semantics; round-off at most reassociated, far below the 1e-9 tolerance).
+    previous = jax.config.values["jax_disable_most_optimizations"]
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", previous)
+
+
+def _enkf4d(lag, factor=1.0, **kw):
+    # The default-shape configuration: inflation (an array leaf: any factor, one program) and
+    # rotation. With factor 1 it is the plain 4D-EnKF for every mean and covariance (the
+    # rotation is mean- and covariance-preserving), so the exact identities below hold for it
+    # and the tests share its compiled programs (lag 1 and lag 3).
+    return EnKF4D(lag=lag, inflator=fxp.MultiplicativeInflator(factor), rotate=True, **kw)
+
+
+class _Linear(eqx.Module):
+    # x -> A x, or inf from t1 >= blowup on (a traced overflow; blowup = inf: never). The
+    # inf branch is a constant, so gradients through the finite branch stay finite.
+    matrix: jax.Array
+    blowup: jax.Array
+
+    def __call__(self, x, t0, t1):
+        y = self.matrix @ x
+        return jnp.where(t1 >= self.blowup, jnp.full_like(y, jnp.inf), y)
+
+
+def _dynamics(A, blowup=np.inf):
+    return _Linear(jnp.asarray(A), jnp.asarray(blowup))
+
+
 def _linear_problem(seed=0, n_x=N_X, n_y=N_Y, n_e=8, n_times=T, dynamics="linear"):
     rng = np.random.default_rng(seed)
     if dynamics == "linear":
@@ -33,8 +71,7 @@ def _linear_problem(seed=0, n_x=N_X, n_y=N_Y, n_e=8, n_times=T, dynamics="linear
     ys = rng.standard_normal((n_times, n_y))
     ys[2, 1] = np.nan  # one missing entry: zero weight
     E0 = rng.standard_normal((n_e, n_x)) + 1.0
-    A_j = jnp.asarray(A)
-    model = fxp.Model(dynamics=lambda x, t0, t1: A_j @ x, obs_op=jnp.asarray(H), obs_noise=r)
+    model = fxp.Model(dynamics=_dynamics(A), obs_op=jnp.asarray(H), obs_noise=r)
     return A, H, r, ys, E0, model
 
 
@@ -83,10 +120,18 @@ def _cov(E):
     return np.cov(np.asarray(E).T)
 
 
-def _run(method, model, E0, ys, **kw):
-    kw.setdefault("key", jax.random.key(0))
+def _run(method, model, E0, ys, key=0):
+    # One save mode and throw=False everywhere (status checked by the tests that need it):
+    # a single compiled program per method configuration and shape.
     return ff.run(
-        method, model, jnp.asarray(E0), jnp.asarray(ys), jnp.arange(1.0, len(ys) + 1), **kw
+        method,
+        model,
+        jnp.asarray(E0),
+        jnp.asarray(ys),
+        jnp.arange(1.0, len(ys) + 1),
+        key=jax.random.key(key),
+        save="ensembles",
+        throw=False,
     )
 
 
@@ -95,7 +140,7 @@ def test_window_end_equals_kalman_filter_for_linear_perfect_model(lag):
     # N_e - 1 >= N_x: the ensemble spans the state, so the ETKF (hence the 4D-EnKF at every
     # window end) carries the exact Kalman mean and covariance from the sample statistics.
     A, H, r, ys, E0, model = _linear_problem()
-    out = _run(EnKF4D(lag=lag), model, E0, ys, save="ensembles")
+    out = _run(_enkf4d(lag), model, E0, ys)
     means, covs, evidence = _np_kalman(A, H, r, ys, E0.mean(0), _cov(E0))
     ends = np.arange(lag - 1, T, lag)
     np.testing.assert_array_equal(np.asarray(out.diagnostics.analysed), np.isin(np.arange(T), ends))
@@ -112,7 +157,7 @@ def test_rank_deficient_ensemble_equals_sequential_etkf():
     # mean and covariance at the window ends (the ensemble-space posterior is the same).
     A, H, r, ys, E0, model = _linear_problem(seed=1, n_x=6, n_y=5, n_e=4, n_times=6)
     lag = 3
-    out = _run(EnKF4D(lag=lag), model, E0, ys, save="ensembles")
+    out = _run(EnKF4D(lag=lag), model, E0, ys)
     ref = _np_etkf(A, H, r, ys, E0)
     for k in (2, 5):
         np.testing.assert_allclose(out.analysis_mean[k], ref[k].mean(0), atol=TOL, rtol=0)
@@ -131,7 +176,7 @@ def test_smoothed_window_start_equals_batch_gaussian_conditioning():
     # given the window's observations y_j = H A^j x + e_j (numpy, batch form).
     A, H, r, ys, E0, model = _linear_problem(seed=2)
     lag = 3
-    out = _run(EnKF4D(lag=lag), model, E0, ys, save="ensembles")
+    out = _run(_enkf4d(lag), model, E0, ys)
     m, P = E0.mean(0), _cov(E0)
     for start in (0, 3):
         if start:
@@ -151,10 +196,8 @@ def test_lag_one_is_ensemble_filter_etkf_member_for_member():
     # method of filterax.filters member by member.
     _, _, _, ys, E0, model = _linear_problem(seed=3)
     infl = fxp.MultiplicativeInflator(1.05)
-    ours = _run(EnKF4D(lag=1, inflator=infl, rotate=True), model, E0, ys, save="ensembles")
-    ref = _run(
-        ff.EnsembleFilter(ff.ETKF(), inflator=infl, rotate=True), model, E0, ys, save="ensembles"
-    )
+    ours = _run(_enkf4d(1, 1.05), model, E0, ys)
+    ref = _run(ff.EnsembleFilter(ff.ETKF(), inflator=infl, rotate=True), model, E0, ys)
     np.testing.assert_allclose(ours.analyses, ref.analyses, atol=TOL, rtol=0)
     np.testing.assert_allclose(ours.log_likelihood, ref.log_likelihood, atol=TOL, rtol=0)
 
@@ -163,12 +206,13 @@ def test_observation_order_inside_window_does_not_matter():
     # With static dynamics every time of a window sees the same ensemble, so permuting the
     # rows inside each window must leave every window-end analysis unchanged; and the 3D
     # shortcut (everything observed at the window end) is then the 4D-EnKF itself.
-    _, _, _, ys, E0, model = _linear_problem(seed=4, dynamics="identity")
+    # (The rank-deficient shapes of the test above: the same two compiled programs.)
+    _, _, _, ys, E0, model = _linear_problem(seed=4, n_x=6, n_y=5, n_e=4, dynamics="identity")
     lag = 3
     perm = np.concatenate([np.array([2, 0, 1]), 3 + np.array([1, 2, 0])])
-    a = _run(EnKF4D(lag=lag), model, E0, ys, save="ensembles")
-    b = _run(EnKF4D(lag=lag), model, E0, ys[perm], save="ensembles")
-    c = _run(EnKF4D(lag=lag, mode="3d"), model, E0, ys, save="ensembles")
+    a = _run(EnKF4D(lag=lag), model, E0, ys)
+    b = _run(EnKF4D(lag=lag), model, E0, ys[perm])
+    c = _run(EnKF4D(lag=lag, mode="3d"), model, E0, ys)
     for k in (2, 5):
         np.testing.assert_allclose(a.analyses[k], b.analyses[k], atol=TOL, rtol=0)
         np.testing.assert_allclose(a.analyses[k], c.analyses[k], atol=TOL, rtol=0)
@@ -178,7 +222,7 @@ def test_observation_order_inside_window_does_not_matter():
 def test_window_without_observations_is_identity_and_check_refuses_it():
     _, _, _, ys, E0, model = _linear_problem(seed=6)
     ys[3:6] = np.nan
-    method = EnKF4D(lag=3)
+    method = _enkf4d(3)
     out = _run(method, model, E0, ys)
     assert float(out.diagnostics.n_window_obs[5]) == 0.0
     np.testing.assert_allclose(out.analysis_mean[5], out.forecast_mean[5], atol=TOL, rtol=0)
@@ -190,37 +234,45 @@ def test_window_without_observations_is_identity_and_check_refuses_it():
 
 def test_float32_matches_float64():
     # float32 round-off (~1e-7 relative) amplified by the 6-cycle recursion: 1e-4 is loose
-    # enough for it and far below the O(1) change any dtype bug would make.
+    # enough for it and far below the O(1) change any dtype bug would make. (lag = 3: the
+    # float64 run is the compiled program of the lag-3 tests above.)
     _, _, _, ys, E0, model = _linear_problem(seed=7)
-    out64 = _run(EnKF4D(lag=2, mode="4d"), model, E0, ys)
+    # (The rotations differ between the dtypes, but for a linear model the means depend only
+    # on the rotation-invariant mean and covariance.)
+    out64 = _run(_enkf4d(3, mode="4d"), model, E0, ys)
     model32 = eqx.tree_at(lambda m: m.obs_op, model, model.obs_op.astype(jnp.float32))
-    out32 = _run(EnKF4D(lag=2), model32, E0.astype(np.float32), ys.astype(np.float32))
+    out32 = _run(_enkf4d(3), model32, E0.astype(np.float32), ys.astype(np.float32))
     assert out32.analysis_mean.dtype == jnp.float32
+    assert int(out32.status) == 0
     np.testing.assert_allclose(out32.analysis_mean, out64.analysis_mean, atol=1e-4, rtol=1e-4)
 
 
 def test_jit_vmap_grad_and_same_key_same_result():
     _, _, _, ys, E0, model = _linear_problem(seed=8)
-    method = EnKF4D(lag=2, inflator=fxp.MultiplicativeInflator(1.1), rotate=True)
+    method = _enkf4d(3, 1.1)  # lag 3: the plain run is the shared program
 
-    def final_mean(factor, obs):
+    def final_mean(factor):
         m = eqx.tree_at(lambda m: m.inflator.factor, method, factor)
-        return _run(m, model, E0, obs).analysis_mean[-1]
+        return _run(m, model, E0, ys).analysis_mean[-1]
 
-    eager = final_mean(1.1, ys)
-    np.testing.assert_array_equal(final_mean(1.1, ys), eager)  # same key: bit-identical
-    factors = jnp.array([1.09, 1.1, 1.11])
-    batched = jax.vmap(final_mean, in_axes=(0, None))(factors, jnp.asarray(ys))
-    np.testing.assert_allclose(batched[1], eager, atol=TOL, rtol=0)
-    # Under jax.jit, value and gradient w.r.t. the inflation factor; the gradient against
-    # the central difference of the batched values at 1.1 +- 0.01 (float64; the O(h^2)
+    eager = final_mean(1.1)
+    np.testing.assert_array_equal(final_mean(1.1), eager)  # same key: bit-identical
+    # ONE compiled program for jit, vmap and grad: under jax.jit, the vmap over inflation
+    # factors of (value, gradient) w.r.t. the factor. The gradient at 1.1 against the
+    # central difference of the batched values at 1.1 +- 0.01 (float64; the O(h^2)
     # truncation is ~1e-4 relative here, so 1e-3 separates a right gradient from a wrong one,
     # e.g. a dropped inflation path, which is off by O(1)).
-    value, grad = jax.jit(jax.value_and_grad(lambda f: jnp.sum(final_mean(f, jnp.asarray(ys)))))(
-        1.1
-    )
-    np.testing.assert_allclose(float(value), float(jnp.sum(eager)), atol=TOL, rtol=0)
-    fd = (jnp.sum(batched[2]) - jnp.sum(batched[0])) / 0.02
+    factors = jnp.array([1.09, 1.1, 1.11])
+
+    def total(factor):
+        mean = final_mean(factor)
+        return jnp.sum(mean), mean
+
+    (values, batched), grads = jax.jit(jax.vmap(jax.value_and_grad(total, has_aux=True)))(factors)
+    np.testing.assert_allclose(batched[1], eager, atol=TOL, rtol=0)
+    np.testing.assert_allclose(float(values[1]), float(jnp.sum(eager)), atol=TOL, rtol=0)
+    fd = (values[2] - values[0]) / 0.02
+    grad = grads[1]
     assert np.isfinite(float(grad)) and abs(float(grad)) > 1e-3
     np.testing.assert_allclose(float(grad), float(fd), rtol=1e-3)
 
@@ -241,7 +293,7 @@ def test_bad_configuration_is_refused():
 
 def test_bad_input_is_refused_at_trace_time():
     _, _, _, ys, E0, model = _linear_problem(seed=9)
-    method = EnKF4D(lag=2)
+    method = _enkf4d(3)
     with pytest.raises(ValueError, match="2-D array"):
         _run(method, model, E0[0], ys)
     with pytest.raises(ValueError, match="N_e >= 2"):
@@ -254,7 +306,7 @@ def test_bad_input_is_refused_at_trace_time():
     # ensemble is traced, so the driver reports it (status NONFINITE from the first cycle).
     with pytest.raises(ValueError, match="initial ensemble"):
         method.init(jax.random.key(0), jnp.asarray(bad), model)
-    out = _run(method, model, bad, ys, throw=False)
+    out = _run(method, model, bad, ys)
     assert int(out.status) == ff.RunResult.NONFINITE and int(out.first_failure) == 0
     with pytest.raises(ValueError, match="N_y=2 entries per time"):
         _run(method, model, E0, ys[:, :2])
@@ -263,13 +315,9 @@ def test_bad_input_is_refused_at_trace_time():
 def test_nonfinite_forecast_reported_by_driver_status():
     # A traced blow-up (dynamics overflowing to inf in the 3rd cycle) is a non-OK status with
     # the state frozen, not a NaN analysis reported as fine.
-    _, H, r, ys, E0, _ = _linear_problem(seed=10)
-    blowup = fxp.Model(
-        dynamics=lambda x, t0, t1: jnp.where(t1 >= 3.0, x * jnp.inf, x),
-        obs_op=jnp.asarray(H),
-        obs_noise=r,
-    )
-    out = _run(EnKF4D(lag=2), blowup, E0, ys, throw=False)
+    A, H, r, ys, E0, _ = _linear_problem(seed=10)
+    blowup = fxp.Model(dynamics=_dynamics(A, blowup=3.0), obs_op=jnp.asarray(H), obs_noise=r)
+    out = _run(_enkf4d(3), blowup, E0, ys)
     assert int(out.status) == ff.RunResult.NONFINITE
     assert int(out.first_failure) == 2
     assert bool(jnp.all(jnp.isfinite(out.state.ensemble)))
