@@ -76,8 +76,12 @@ def variational_methods() -> list[MethodConfig]:
             initial=_mean_initial,
             hyper={"xB": 0.1, "lag": 2, "n_iter": 3},
             settings={L63: {"xB": 0.1, "lag": 2}, L96: {"xB": 0.02, "lag": 2}},
-            static=("lag", "n_iter"),
-            tune_grid={"xB": (0.02, 0.05, 0.1, 0.2)},
+            # xB is static as well: a tuning sweep vmaps the cell over grid points and seeds,
+            # and the Jacobian rows of the zoo's stepped models over traced intervals come from
+            # the VJP of equinox's checkpointed while loop, which refuses that nested batch
+            # ("Unexpected batch tracer ... cannot be vmap'd"); one program per point instead.
+            static=("lag", "n_iter", "xB"),
+            tune_grid={"lag": (1, 2, 4), "xB": (0.02, 0.05, 0.1, 0.2)},
             safety=("xB", 1),
             description="cycled strong-constraint 4D-Var (Gauss-Newton, lineax CG), DAPPER's Var4D",
         ),
