@@ -370,14 +370,14 @@ def variational_increment(
 
 def _solve(
     linear_map: Callable[[Array], Array],
-    apply_u: Callable[[Array], Array],
+    apply_u: Callable[[Any], Array],
     whiten: Callable[[Array], Array],
     d: Array,
-    control: Array,
+    control: PyTree[Array],
     rtol: float | None,
     atol: float,
     max_steps: int | None,
-) -> tuple[Array, _IncrementStats]:
+) -> tuple[PyTree[Array], _IncrementStats]:
     dtype = _tree_dtype(control)
 
     def whitened_map(v):
