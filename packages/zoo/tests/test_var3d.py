@@ -1,5 +1,6 @@
 """3D-Var and the control-variable solver against independent numpy references."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import lineax as lx
@@ -27,6 +28,10 @@ def drive(method, model, initial, observations, times, t0=0.0):
         return state, info
 
     return jax.lax.scan(body, state, (prev, times, observations))
+
+
+# One compiled program per (method, model, shapes): tests compile a run once, not op by op.
+drive_jit = eqx.filter_jit(drive)
 
 
 def _spd(rng, n, scale=1.0):
@@ -65,7 +70,7 @@ def test_var3d_equals_kalman_analysis_with_b_equal_pf():
     y = rng.standard_normal(m)
     ((xa, Pa),) = numpy_kf_linear(A, H, R, x0, Pa0, [y])
     model = fxp.Model(lambda x, a, b: jnp.asarray(A) @ x, jnp.asarray(H), jnp.asarray(R))
-    _, info = drive(
+    _, info = drive_jit(
         Var3D(jnp.asarray(Pf)), model, jnp.asarray(x0), jnp.asarray(y[None]), jnp.ones(1)
     )
     np.testing.assert_allclose(info.analysis_mean[0], xa, rtol=0, atol=1e-8)
@@ -94,7 +99,7 @@ def test_var3d_cycled_with_missing_obs_and_xb():
     model = fxp.Model(
         lambda x, a, b: jnp.asarray(A) @ x, fxp.IdentityObs(), jnp.diag(jnp.asarray(R))
     )
-    _, info = drive(
+    _, info = drive_jit(
         Var3D(jnp.asarray(B), xB=0.3),
         model,
         jnp.asarray(x0),
@@ -118,25 +123,23 @@ def test_minimisation_equals_closed_form_normal_equations():
     xb = rng.standard_normal(n)
     y = rng.standard_normal((2, m))
     U = background_sqrt(jnp.asarray(B))
-    res = variational_analysis(
-        lambda x: jnp.einsum("tmn,n->tm", jnp.asarray(G), x), jnp.asarray(xb), U, jnp.asarray(y), R
-    )
+
+    def forward(x):
+        return jnp.einsum("tmn,n->tm", jnp.asarray(G), x)
+
+    @jax.jit
+    def solve_and_grad(y):
+        res = variational_analysis(forward, jnp.asarray(xb), U, y, R)
+        g = jax.grad(lambda v: variational_cost(forward, jnp.asarray(xb), U, y, R, v))
+        return res, g(res.control)
+
+    res, g = solve_and_grad(jnp.asarray(y))
     Gs = G.reshape(2 * m, n)
     lhs = np.linalg.inv(B) + Gs.T @ Gs / R
     rhs = Gs.T @ (y.reshape(-1) - Gs @ xb) / R
     np.testing.assert_allclose(res.analysis, xb + np.linalg.solve(lhs, rhs), atol=1e-8)
     assert bool(res.converged) and int(res.iterations) == 1
     # gradient of the cost at the minimiser is zero (1e-8: CG residual 1e-10 relative)
-    g = jax.grad(
-        lambda v: variational_cost(
-            lambda x: jnp.einsum("tmn,n->tm", jnp.asarray(G), x),
-            jnp.asarray(xb),
-            U,
-            jnp.asarray(y),
-            R,
-            v,
-        )
-    )(res.control)
     assert float(jnp.max(jnp.abs(g))) < 1e-8
 
 
@@ -150,37 +153,41 @@ def test_gauss_newton_nonlinear_converges_to_minimiser():
         return jnp.stack([x[:1] ** 3 + x[1:], jnp.sin(x[:1])])  # (2 times, 1 obs)
 
     y = jnp.array([[2.0], [0.5]])
-    res = jax.jit(lambda y: variational_analysis(fwd, jnp.ones(2), U, y, 0.1, n_iter=20))(y)
-    g = jax.grad(lambda v: variational_cost(fwd, jnp.ones(2), U, y, 0.1, v))(res.control)
+
+    @jax.jit
+    def solve(y):  # one program: the full run, the cost gradient there, the wtol run
+        res = variational_analysis(fwd, jnp.ones(2), U, y, 0.1, n_iter=20)
+        g = jax.grad(lambda v: variational_cost(fwd, jnp.ones(2), U, y, 0.1, v))(res.control)
+        res2 = variational_analysis(fwd, jnp.ones(2), U, y, 0.1, n_iter=20, wtol=1e-12)
+        return res, g, res2
+
+    res, g, res2 = solve(y)
     # Gauss-Newton converges linearly on a problem with a nonzero residual (measured: 1e-7
     # after 20 iterations, 1e-3 after 2): 1e-6 fails if the iteration stalls or is wrong.
     assert float(jnp.max(jnp.abs(g))) < 1e-6
     # wtol stops early and reports fewer iterations
-    res2 = jax.jit(
-        lambda y: variational_analysis(fwd, jnp.ones(2), U, y, 0.1, n_iter=20, wtol=1e-12)
-    )(y)
     assert int(res2.iterations) < 20
     np.testing.assert_allclose(res2.analysis, res.analysis, atol=1e-6)
 
 
 def test_increment_matches_blue_and_rev_jacobian_equals_fwd():
     U = lx.DiagonalLinearOperator(jnp.full(3, 2.0))
-    dv, steps, ok = variational_increment(lambda dx: dx[None], U, jnp.ones((1, 3)), 1.0)
-    np.testing.assert_allclose(U.mv(dv), 0.8 * jnp.ones(3), atol=1e-10)  # B/(B+R) d = 4/5
-    assert bool(ok) and int(steps) >= 1
     rng = np.random.default_rng(3)
     M = jnp.asarray(rng.standard_normal((3, 3)))
-    y = jnp.asarray(rng.standard_normal((1, 3)))
-    a = jax.jit(
-        lambda y: variational_analysis(
-            lambda x: jnp.tanh(M @ x)[None], jnp.zeros(3), U, y, 0.5, n_iter=4
+
+    @jax.jit
+    def solve(d, y):  # one program for the three solves
+        inc = variational_increment(lambda dx: dx[None], U, d, 1.0)
+        kw = {"n_iter": 4}
+        a = variational_analysis(lambda x: jnp.tanh(M @ x)[None], jnp.zeros(3), U, y, 0.5, **kw)
+        b = variational_analysis(
+            lambda x: jnp.tanh(M @ x)[None], jnp.zeros(3), U, y, 0.5, jacobian="rev", **kw
         )
-    )(y)
-    b = jax.jit(
-        lambda y: variational_analysis(
-            lambda x: jnp.tanh(M @ x)[None], jnp.zeros(3), U, y, 0.5, n_iter=4, jacobian="rev"
-        )
-    )(y)
+        return inc, a, b
+
+    (dv, steps, ok), a, b = solve(jnp.ones((1, 3)), jnp.asarray(rng.standard_normal((1, 3))))
+    np.testing.assert_allclose(U.mv(dv), 0.8 * jnp.ones(3), atol=1e-10)  # B/(B+R) d = 4/5
+    assert bool(ok) and int(steps) >= 1
     np.testing.assert_allclose(a.analysis, b.analysis, atol=1e-10)
 
 
@@ -229,21 +236,26 @@ def test_jit_vmap_grad():
     ys = jnp.asarray(rng.standard_normal((4, n)))
     times = jnp.arange(1.0, 5.0)
 
-    @jax.jit
-    def last_analysis(xb, ys):
-        _, info = drive(Var3D(B, xB=xb), model, jnp.zeros(n), ys, times)
+    def last(xb, ys):
+        _, info = drive(Var3D(B, xB=xb, spread=False), model, jnp.zeros(n), ys, times)
         return info.analysis_mean[-1]
 
+    last_analysis = jax.jit(last)
+
+    @jax.jit
+    def transformed(xbs, ys):  # vmap and both gradients in one compiled program
+        batch = jax.vmap(last, in_axes=(0, None))(xbs, ys)
+        gx, g = jax.grad(lambda xb, ys: jnp.sum(last(xb, ys)), argnums=(0, 1))(xbs[0], ys)
+        return batch, g, gx
+
     eager = last_analysis(0.5, ys)
-    batch = jax.vmap(last_analysis, in_axes=(0, None))(jnp.array([0.5, 2.0]), ys)
+    batch, g, gx = transformed(jnp.array([0.5, 2.0]), ys)
     np.testing.assert_allclose(batch[0], eager, atol=1e-12)
     np.testing.assert_allclose(batch[1], last_analysis(2.0, ys), atol=1e-12)
     # the analysis is linear in the observations: grad == finite difference (exact for linear)
-    g = jax.grad(lambda ys: jnp.sum(last_analysis(0.5, ys)))(ys)
     e = jnp.zeros_like(ys).at[2, 1].set(1.0)
-    fd = jnp.sum(last_analysis(0.5, ys + e)) - jnp.sum(last_analysis(0.5, ys))
+    fd = jnp.sum(last_analysis(0.5, ys + e)) - jnp.sum(eager)
     np.testing.assert_allclose(g[2, 1], fd, atol=1e-8)
-    gx = jax.grad(lambda xb: jnp.sum(last_analysis(xb, ys)))(0.5)
     assert np.isfinite(gx) and gx != 0.0
 
 
@@ -303,8 +315,10 @@ def test_rank_deficient_b_through_sqrt():
     u = jnp.array([[1.0], [2.0]])
     with pytest.raises(ValueError, match="singular"):
         Var3D(u @ u.T)
-    res = variational_analysis(
-        lambda x: x[None], jnp.zeros(2), background_sqrt(B_sqrt=u), jnp.ones((1, 2)), 1.0
-    )
+    res = jax.jit(
+        lambda y: variational_analysis(
+            lambda x: x[None], jnp.zeros(2), background_sqrt(B_sqrt=u), y, 1.0
+        )
+    )(jnp.ones((1, 2)))
     # closed form: x = u (1 + u^T u)^{-1} u^T y
     np.testing.assert_allclose(res.analysis, (u @ (u.T @ jnp.ones(2)) / 6.0), atol=1e-10)

@@ -33,9 +33,11 @@ import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 import lineax as lx
 import numpy as np
-from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree, Real
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, Real
 
 import filterax.primitives as fxp
+
+from ._variational import _solve
 
 __all__ = ["EnVar", "EnVarDiagnostics", "EnVarState"]
 
@@ -144,20 +146,6 @@ def _check_static_cov(cov: Any) -> None:
         )
 
 
-def _solve_control(normal: Any, rhs: PyTree, rtol: float, atol: float, max_steps: Any):
-    """CG solve of the control-variable normal equations ``(I + G^T G) v = rhs``.
-
-    Returns ``(v, converged)``. Kept as one small function so that it can be swapped for a
-    shared control-variable solver."""
-    structure = jax.eval_shape(lambda: rhs)
-    op = lx.FunctionLinearOperator(
-        normal, structure, tags=(lx.symmetric_tag, lx.positive_semidefinite_tag)
-    )
-    solver = lx.CG(rtol=rtol, atol=atol, max_steps=max_steps)
-    sol = lx.linear_solve(op, rhs, solver, throw=False)
-    return sol.value, sol.result == lx.RESULTS.successful
-
-
 class _WindowObs(eqx.Module):
     """The observation operator of a window's stacked trajectory ``(lag N_x,) -> (lag N_y,)``."""
 
@@ -236,8 +224,10 @@ class EnVar(fxp.AbstractCycledMethod):
     - `inflator`: ``None`` or a stateless `filterax.primitives.AbstractInflator` (e.g.
       ``MultiplicativeInflator(1.04)``) applied to the kernel's analysis ensemble.
     - `rotate`: DAPPER's random mean-preserving rotation of that ensemble (static).
-    - `rtol`, `atol`, `max_steps`: the CG tolerances and iteration cap (static). An
-      unconverged solve makes the cycle non-finite (status 1 of the driver).
+    - `rtol`, `atol`, `max_steps`: the CG tolerances and iteration cap (static; the CG is the
+      shared control-variable solver of `variational_increment`, whose default cap is
+      ``N_v + 10`` with ``N_v`` the control size). An unconverged solve makes the cycle
+      non-finite (status 1 of the driver).
 
     **References:** A. C. Lorenc (2003), "The potential of the ensemble Kalman filter for NWP —
     a comparison with 4D-Var", QJRMS 129, 3183-3203; M. Buehner (2005), "Ensemble-derived
@@ -623,13 +613,14 @@ def _hybrid_analysis(
     )
     adjoint = jax.linear_transpose(forward, v0)
 
-    def normal(v: tuple[Array, Array]) -> tuple[Array, Array]:
-        (back,) = adjoint(forward(v))
-        return jax.tree_util.tree_map(jnp.add, v, back)
-
     white_d = whiten(innovation)
-    (rhs,) = adjoint(white_d)
-    v, converged = _solve_control(normal, rhs, rtol, atol, max_steps)
+    # The shared control-variable solver of 3D/4D-Var (`_variational._solve`: lineax CG on
+    # (I + U^T H^T R^-1 H U) v = U^T H^T R^-1 d), with U the hybrid square root acting on the
+    # PyTree control (v_c, v_e) and this whitening (missing rows zero). Not the public
+    # `variational_increment`, which refuses a concrete all-NaN window: here such a window is
+    # the filters' no-op update (docs/failure_modes.md).
+    v, stats = _solve(h_lin, increment, whiten, innovation, v0, rtol, atol, max_steps)
+    converged = stats.converged
     x_a = mean[-1] + increment(v)[-1]
     # log N(d; 0, HBH^T + R) in whitened form: S~ = I + G G^T (lag N_y square).
     n = lag * n_y

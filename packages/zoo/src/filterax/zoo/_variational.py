@@ -41,6 +41,7 @@ DAPPER's ``Var4D`` forms the same Gauss–Newton step densely (``Cow1 @ grad``).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -50,7 +51,7 @@ import jax.numpy as jnp
 import lineax as lx
 import numpy as np
 from jax import lax
-from jaxtyping import Array, ArrayLike, Bool, Float, Int, Real
+from jaxtyping import Array, ArrayLike, Bool, Float, Int, PyTree, Real
 
 import filterax.primitives as fxp
 
@@ -159,6 +160,36 @@ def background_sqrt(
             )
     sym = 0.5 * (B + B.T)
     return lx.MatrixLinearOperator(jnp.linalg.cholesky(sym), lx.lower_triangular_tag)
+
+
+# --- control vectors are PyTrees -------------------------------------------------------------
+# The control space of U may be any PyTree of arrays (e.g. EnVar's (v_c, v_e) of the static and
+# ensemble parts), as lineax operators allow; these keep the solver free of special cases.
+
+
+def _tree_add(a: Any, b: Any) -> Any:
+    return jax.tree.map(jnp.add, a, b)
+
+
+def _tree_sub(a: Any, b: Any) -> Any:
+    return jax.tree.map(jnp.subtract, a, b)
+
+
+def _tree_dot(a: Any, b: Any) -> Array:
+    leaves = zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    return functools.reduce(jnp.add, [jnp.sum(x * y) for x, y in leaves])
+
+
+def _tree_size(a: Any) -> int:
+    return sum(int(np.size(x)) for x in jax.tree.leaves(a))
+
+
+def _tree_dtype(a: Any, *more: Any) -> Any:
+    return jnp.result_type(*(x.dtype for x in jax.tree.leaves(a)), *more)
+
+
+def _tree_zeros(structure: Any, dtype: Any) -> Any:
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, dtype), structure)
 
 
 def _as_linear_fn(sqrt_cov: Any) -> tuple[Callable[[Array], Array], Any]:
@@ -271,12 +302,12 @@ def variational_increment(
     sqrt_cov: Any,
     innovation: Float[ArrayLike, "T N_y"],
     obs_noise: Any,
-    control: Float[ArrayLike, " N_v"] | None = None,
+    control: PyTree[Float[ArrayLike, "..."]] | None = None,
     *,
     rtol: float | None = None,
     atol: float = 0.0,
     max_steps: int | None = None,
-) -> tuple[Float[Array, " N_v"], Int[Array, ""], Bool[Array, ""]]:
+) -> tuple[PyTree[Float[Array, "..."]], Int[Array, ""], Bool[Array, ""]]:
     r"""One Gauss–Newton (incremental) step of a variational cost in control-variable form.
 
     Solves, by conjugate gradients (`lineax.CG`, matrix-free, never forming a matrix),
@@ -295,10 +326,14 @@ def variational_increment(
       linear callable (then give `control`).
     - `innovation`: ``d``, ``(T, N_y)``; NaN entries are missing (zero weight).
     - `obs_noise`: ``R`` of every row (scalar variance, variances, matrix or lineax operator).
-    - `control`: the current control ``v`` (default 0, the quadratic cost of the task).
+    - `control`: the current control ``v`` (default 0, the quadratic cost of the task). The
+      control space may be any PyTree of arrays (the input structure of `sqrt_cov`, e.g. a
+      `lineax.FunctionLinearOperator` on a tuple ``(v_c, v_e)``): the increment has the same
+      structure.
     - `rtol`, `atol`, `max_steps`: CG stopping rule (``\lVert r\rVert \le atol + rtol
       \lVert b\rVert``); default `rtol` ``1e-10`` in float64, ``1e-5`` in float32; default
-      `max_steps` ``N_v + 10`` (CG is exact in ``N_v`` steps in exact arithmetic).
+      `max_steps` ``N_v + 10`` (``N_v`` the total control size; CG is exact in ``N_v`` steps
+      in exact arithmetic).
 
     **Returns:** ``(delta_v, cg_steps, converged)``.
 
@@ -321,12 +356,12 @@ def variational_increment(
                 "variational_increment: with a callable sqrt_cov, give control (e.g. zeros of "
                 "the control-space size) so the control space is known."
             )
-        control = jnp.zeros(structure.shape, structure.dtype)
-    control = jnp.asarray(control)
-    dtype = jnp.result_type(control.dtype, innovation.dtype)
+        control = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), structure)
+    control = jax.tree.map(jnp.asarray, control)
+    dtype = _tree_dtype(control, innovation.dtype)
     if not jnp.issubdtype(dtype, jnp.floating):
         dtype = jnp.result_type(float)
-    control = control.astype(dtype)
+    control = jax.tree.map(lambda x: x.astype(dtype), control)
     whiten, mask = _whitener(obs_noise, innovation, dtype)
     d = _innovation(innovation.astype(dtype), jnp.zeros_like(innovation, dtype), mask)
     delta, stats = _solve(linear_map, apply_u, whiten, d, control, rtol, atol, max_steps)
@@ -335,15 +370,15 @@ def variational_increment(
 
 def _solve(
     linear_map: Callable[[Array], Array],
-    apply_u: Callable[[Array], Array],
+    apply_u: Callable[[Any], Array],
     whiten: Callable[[Array], Array],
     d: Array,
-    control: Array,
+    control: PyTree[Array],
     rtol: float | None,
     atol: float,
     max_steps: int | None,
-) -> tuple[Array, _IncrementStats]:
-    dtype = control.dtype
+) -> tuple[PyTree[Array], _IncrementStats]:
+    dtype = _tree_dtype(control)
 
     def whitened_map(v):
         return whiten(jnp.asarray(linear_map(apply_u(v))).astype(dtype))
@@ -352,14 +387,14 @@ def _solve(
 
     def normal(v):
         (back,) = transpose(whitened_map(v))
-        return v + back
+        return _tree_add(v, back)
 
     (rhs,) = transpose(whiten(d))
-    rhs = rhs - control
-    n_v = control.size
+    rhs = _tree_sub(rhs, control)
+    n_v = _tree_size(control)
     operator = lx.FunctionLinearOperator(
         normal,
-        jax.ShapeDtypeStruct(control.shape, dtype),
+        jax.eval_shape(lambda: control),
         (lx.symmetric_tag, lx.positive_semidefinite_tag),
     )
     solver = lx.CG(
@@ -381,7 +416,8 @@ class VariationalResult(eqx.Module):
     **Fields:**
 
     - `analysis`: ``(N_x,)`` the minimiser ``x_a = x_b + U v`` at the control time.
-    - `control`: ``(N_v,)`` ``v``.
+    - `control`: ``(N_v,)`` ``v`` (a PyTree of the same structure when `sqrt_cov` acts on
+      one).
     - `iterations`: Gauss–Newton iterations done (``< n_iter`` when `wtol` stopped early).
     - `cg_steps`: CG steps summed over the iterations.
     - `converged`: every inner CG solve met its tolerance (``False``: raise `max_steps` or
@@ -393,7 +429,7 @@ class VariationalResult(eqx.Module):
     """
 
     analysis: Float[Array, " N_x"]
-    control: Float[Array, " N_v"]
+    control: PyTree[Float[Array, "..."]]
     iterations: Int[Array, ""]
     cg_steps: Int[Array, ""]
     converged: Bool[Array, ""]
@@ -502,7 +538,7 @@ def variational_analysis(
             "structure fixes the control space); wrap a callable in "
             "lineax.FunctionLinearOperator(fn, jax.ShapeDtypeStruct((N_v,), dtype))."
         )
-    control0 = jnp.zeros(structure.shape, dtype)
+    control0 = _tree_zeros(structure, dtype)
     probe = jax.eval_shape(lambda v: apply_u(v), control0)
     if probe.shape != background.shape:
         raise ValueError(
@@ -511,7 +547,7 @@ def variational_analysis(
         )
     shape = observations.shape
     whiten, mask = _whitener(obs_noise, observations, dtype)
-    n_v = control0.size
+    n_v = _tree_size(control0)
 
     def gn_step(v):
         x = background + apply_u(v).astype(dtype)
@@ -528,9 +564,9 @@ def variational_analysis(
         return whiten(jnp.asarray(lin0(apply_u(v))).astype(dtype))
 
     (b0,) = jax.linear_transpose(whitened_map0, control0)(wd0)
-    statistic = jnp.sum(wd0**2) - jnp.dot(b0, delta0)
-    v1 = control0 + delta0
-    done0 = jnp.sum(delta0**2) < wtol * n_v
+    statistic = jnp.sum(wd0**2) - _tree_dot(b0, delta0)
+    v1 = _tree_add(control0, delta0)
+    done0 = _tree_dot(delta0, delta0) < wtol * n_v
 
     def body(carry, _):
         v, iters, steps, ok, done = carry
@@ -540,10 +576,11 @@ def variational_analysis(
 
         def do(v):
             delta, stats, _, _ = gn_step(v)
-            return v + delta, stats
+            return _tree_add(v, delta), stats
 
         v_new, stats = lax.cond(done, skip, do, v)
-        small = jnp.sum((v_new - v) ** 2) < wtol * n_v
+        step = _tree_sub(v_new, v)
+        small = _tree_dot(step, step) < wtol * n_v
         iters = iters + jnp.where(done, 0, 1).astype(jnp.int32)
         return (v_new, iters, steps + stats.steps, ok & stats.converged, done | small), None
 
@@ -568,7 +605,7 @@ def variational_cost(
     sqrt_cov: Any,
     observations: Float[ArrayLike, "T N_y"],
     obs_noise: Any,
-    control: Float[ArrayLike, " N_v"],
+    control: PyTree[Float[ArrayLike, "..."]],
 ) -> Real[Array, ""]:
     r"""The control-variable cost ``J(v) = \tfrac12\lVert v\rVert^2 + \tfrac12\sum_t\lVert y_t -
     \mathcal G_t(x_b + U v)\rVert^2_{R^{-1}}`` (NaN observations have zero weight).
@@ -577,12 +614,13 @@ def variational_cost(
     Gauss–Newton solver zeroes; w.r.t. `observations` the sensitivity to the data).
     """
     observations = _check_observations(observations)
-    control = jnp.asarray(control)
+    control = jax.tree.map(jnp.asarray, control)
     background = jnp.asarray(background)
-    dtype = jnp.result_type(background.dtype, observations.dtype, control.dtype)
+    dtype = _tree_dtype(control, background.dtype, observations.dtype)
+    control = jax.tree.map(lambda v: v.astype(dtype), control)
     apply_u, _ = _as_linear_fn(sqrt_cov)
     whiten, mask = _whitener(obs_noise, observations, dtype)
-    x = background.astype(dtype) + apply_u(control.astype(dtype)).astype(dtype)
+    x = background.astype(dtype) + apply_u(control).astype(dtype)
     predicted = _forward_rows(forward, x, observations.shape)
     d = _innovation(observations.astype(dtype), predicted, mask)
-    return 0.5 * jnp.sum(control.astype(dtype) ** 2) + 0.5 * jnp.sum(whiten(d) ** 2)
+    return 0.5 * _tree_dot(control, control) + 0.5 * jnp.sum(whiten(d) ** 2)
