@@ -367,6 +367,35 @@ def test_climatological_method_is_not_flagged_by_the_climatology_fraction(
     assert _runner.diverged(np.array([[9.0, 9.0]]), 1.0, [False], None).tolist() == [False]
 
 
+def test_reference_rounding_is_recorded_and_checked(registry_snapshot, tmp_path):
+    # a stated rounding of the published value goes into the cell's reference; it must name
+    # a reference and be a finite half unit
+    bench = tiny_benchmark()
+    rounded = dataclasses.replace(
+        bench, references={"offset": 0.1}, reference_rounding={"offset": 0.05}
+    )
+    method = fb.MethodConfig(
+        name="offset",
+        family="fake",
+        runner=_offset_runner,
+        inflation=0.1,
+        reference_labels={rounded.name: "offset"},
+    )
+    cell = fb.run([method], [rounded], seeds=[0], out=tmp_path, progress=False, n_cycles=30)[
+        "cells"
+    ][f"{rounded.name}/offset"]
+    assert cell["reference"] == {
+        "rmse_a": 0.1,
+        "label": "offset",
+        "citation": rounded.citation,
+        "rounding": 0.05,
+    }
+    with pytest.raises(ValueError, match="reference_rounding"):
+        dataclasses.replace(bench, reference_rounding={"missing": 0.05})
+    with pytest.raises(ValueError, match="reference_rounding"):
+        dataclasses.replace(bench, references={"a": 1.0}, reference_rounding={"a": -1.0})
+
+
 def test_resume_skips_finished_cells(registry_snapshot, tmp_path, monkeypatch):
     bench = fb.register_benchmark(tiny_benchmark())
     for name, offset in (("offset-a", 0.1), ("offset-b", 0.2)):

@@ -576,6 +576,17 @@ def test_reference_deviation_rule():
     d = reference_deviation(_dev_cell(0.3, 0.0, 1, 0.2))
     assert not d.testable and not d.significant and d.delta == pytest.approx(0.1)
     assert not reference_deviation(_dev_cell(0.3, math.nan, 3, 0.2)).significant
+    # a reference published to one decimal carries its rounding: DAPPER's KS OptInterp "0.5"
+    # (0.45-0.55) against our 0.528 +- 0.0007 is no deviation; without the rounding it is one
+    cell = _dev_cell(0.528, 0.0012, 3, 0.5)
+    assert reference_deviation(cell).significant
+    cell["reference"]["rounding"] = 0.05
+    d = reference_deviation(cell)
+    assert not d.significant and d.threshold == pytest.approx(
+        2 * 0.0012 * math.sqrt(1 + 1 / 3) + 0.05
+    )
+    cell["rmse_a"]["mean"] = 0.56
+    assert reference_deviation(cell).significant
     # nothing to compare
     assert reference_deviation(_dev_cell(0.3, 0.01, 3, None)) is None
     assert reference_deviation(_dev_cell(math.nan, math.nan, 3, 0.2)) is None

@@ -116,8 +116,9 @@ DEVIATION_RULE = (
     "deviation of our rmse.a over n ≥ 2 seeds (≈ ref otherwise). The published number is itself "
     "one run with seed noise of about std, so ours − ref has a standard deviation of about "
     "std·√(1 + 1/n); the 3 % term absorbs the rounding of published values (two significant "
-    "digits) and differing run lengths. A single seed has no noise estimate: its verdict is "
-    "'1 seed', never ≠ ref."
+    "digits) and differing run lengths, or the stated rounding of a value published with fewer "
+    "digits when that is more (KS baselines: 0.5 stands for 0.45–0.55). A single seed has no "
+    "noise estimate: its verdict is '1 seed', never ≠ ref."
 )
 RANK_DELTA_RULE = (
     "rank δ = χ²/(B − 1) (Candille & Talagrand 2005): Pearson's χ² of the rank histogram of the "
@@ -349,8 +350,11 @@ def reference_deviation(cell: Mapping[str, Any]) -> Deviation | None:
     so the difference of our n-seed mean and that run has standard deviation
     ``std·sqrt(1 + 1/n)``; twice that is a ~95 % band. The ``0.03·|ref|`` term covers published
     values rounded to two significant digits (0.18 stands for 0.175–0.185, ±2.8 %) and different
-    run lengths. With fewer than 2 seeds (or a non-finite std) there is no noise estimate: the
-    deviation is returned with ``testable=False`` and is never ``significant``.
+    run lengths; a value published with fewer digits carries its own rounding
+    (``reference.rounding``, half a unit in its last digit: DAPPER's KS OptInterp "0.5" stands
+    for 0.45–0.55), used instead when larger. With fewer than 2 seeds (or a non-finite std)
+    there is no noise estimate: the deviation is returned with ``testable=False`` and is
+    never ``significant``.
 
     Returns None when there is no finite reference or no finite mean.
     """
@@ -361,7 +365,10 @@ def reference_deviation(cell: Mapping[str, Any]) -> Deviation | None:
     testable = s.n >= 2 and _finite(s.std)
     std = abs(s.std) if testable else 0.0
     threshold = DEVIATION_NOISE_FACTOR * std * math.sqrt(1.0 + 1.0 / max(s.n, 1))
-    threshold += DEVIATION_REL_TOLERANCE * abs(ref)
+    reference = cell.get("reference")
+    rounding = _num(reference.get("rounding")) if isinstance(reference, Mapping) else None
+    rounding = rounding if _finite(rounding) and rounding > 0 else 0.0
+    threshold += max(DEVIATION_REL_TOLERANCE * abs(ref), rounding)
     return Deviation(delta=s.mean - ref, threshold=threshold, n_seeds=s.n, testable=testable)
 
 

@@ -95,6 +95,10 @@ class Benchmark:
     - `references`: published ``rmse.a`` by method label (as in
       `filterax.zoo.presets.PUBLISHED_RMSE`).
     - `citation`: where `references` come from.
+    - `reference_rounding`: for references published with fewer digits than two significant
+      ones, half a unit in their last published digit, by label (DAPPER gives the KS
+      baselines to one decimal: ``{"OptInterp": 0.05}``); the leaderboard's reference test
+      allows that much beside seed noise.
     - `coordinates`: ``coordinates(model) -> {"state_coords": ..., "obs_coords": ...}`` for
       localised filters (LETKF) on a model without geometry, or to override the model's;
       ``None`` (default): they take the model's own ``state_coords``/``obs_coords`` (the zoo
@@ -119,6 +123,7 @@ class Benchmark:
     burn_in_cycles: int | None = None
     references: Mapping[str, float | int] = dataclasses.field(default_factory=dict)
     citation: str = ""
+    reference_rounding: Mapping[str, float | int] = dataclasses.field(default_factory=dict)
     coordinates: Callable[[Any], Mapping[str, Any]] | None = None
     distance: Callable[..., Any] | None = None
     climatology_rmse: float | int | None = None
@@ -141,6 +146,14 @@ class Benchmark:
             raise ValueError(f"Benchmark.n_cycles must be >= 2; got {self.n_cycles}.")
         object.__setattr__(self, "seeds", _as_seeds(self.seeds, "Benchmark.seeds"))
         object.__setattr__(self, "references", dict(self.references))
+        object.__setattr__(self, "reference_rounding", dict(self.reference_rounding))
+        for label, half_unit in self.reference_rounding.items():
+            if label not in self.references or not 0 <= half_unit < math.inf:
+                raise ValueError(
+                    f"benchmark {self.name!r}: reference_rounding[{label!r}] must be a finite "
+                    f"half unit >= 0 of a published reference (references: "
+                    f"{sorted(self.references)}); got {half_unit!r}."
+                )
         if self.burn_in_cycles is not None and self.burn_in_cycles < 0:
             raise ValueError(f"burn_in_cycles must be >= 0; got {self.burn_in_cycles}.")
 

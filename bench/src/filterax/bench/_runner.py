@@ -548,6 +548,8 @@ def score_cell(plan: CellPlan, *, memory_budget: int = 2 * 2**30) -> dict[str, A
         "label": label,
         "citation": plan.benchmark.citation,
     }
+    if label in plan.benchmark.reference_rounding:
+        cell["reference"]["rounding"] = float(plan.benchmark.reference_rounding[label])
     cell["seconds_per_cycle"] = elapsed / (plan.n_cycles * len(seeds))
     cell["compile_seconds"] = compile_seconds
     # With the persistent compilation cache, compile_seconds is then load time.
