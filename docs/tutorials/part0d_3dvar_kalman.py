@@ -59,7 +59,6 @@ q = jnp.full(N_X, 0.05)  # Q = diag(q)
 mean0, cov0 = jnp.zeros(N_X), jnp.eye(N_X)
 
 
-
 @jax.jit
 def simulate(key):  # a truth and its observations
     k0, k1 = jax.random.split(key)
@@ -83,8 +82,11 @@ def three_d_var(xb, B, y):
     """One 3D-Var analysis (CG in control space) and its inverse Hessian."""
     U = background_sqrt(B)
     res = variational_analysis(lambda x: (H @ x)[None], xb, U, y[None], r)
-    hessian = jax.hessian(lambda x: variational_cost(lambda z: (H @ z)[None], xb, U, y[None], r,
-                                                     jnp.linalg.solve(U.as_matrix(), x - xb)))
+    hessian = jax.hessian(
+        lambda x: variational_cost(
+            lambda z: (H @ z)[None], xb, U, y[None], r, jnp.linalg.solve(U.as_matrix(), x - xb)
+        )
+    )
     Pa = jnp.linalg.inv(hessian(res.analysis))
     return res.analysis, Pa
 
@@ -103,8 +105,10 @@ def sequential_3dvar(mean0, cov0, obs):
 var_mean, var_cov = sequential_3dvar(mean0, cov0, obs)
 gap_mean = jnp.max(jnp.abs(var_mean - kf.mean), axis=1)
 gap_cov = jnp.max(jnp.abs(var_cov - kf.cov), axis=(1, 2))
-print(f"max |x_3dvar - x_KF| = {float(gap_mean.max()):.2e},"
-      f"  max |P_3dvar - P_KF| = {float(gap_cov.max()):.2e}")
+print(
+    f"max |x_3dvar - x_KF| = {float(gap_mean.max()):.2e},"
+    f"  max |P_3dvar - P_KF| = {float(gap_cov.max()):.2e}"
+)
 
 # %% [markdown]
 # The two agree to round-off at every cycle. The tolerance $10^{-8}$ is the conjugate-gradient
@@ -190,4 +194,3 @@ ax.set_xlabel("cycle")
 ax.set_ylabel("absolute difference")
 ax.legend(fontsize=8)
 plt.show()
-

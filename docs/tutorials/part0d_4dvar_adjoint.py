@@ -57,7 +57,9 @@ r = jnp.asarray(rng.uniform(0.3, 1.0, N_Y))  # R = diag(r)
 xb = jnp.asarray(rng.standard_normal(N_X))
 a = rng.standard_normal((N_X, N_X))
 B = jnp.asarray(a @ a.T / N_X + 0.3 * np.eye(N_X))
-ys = jnp.asarray(rng.standard_normal((T_WIN, N_Y))).at[2, 0].set(jnp.nan)  # a missing entry: zero weight in both
+ys = (
+    jnp.asarray(rng.standard_normal((T_WIN, N_Y))).at[2, 0].set(jnp.nan)
+)  # a missing entry: zero weight in both
 
 
 def window(x0):
@@ -218,11 +220,11 @@ assert jnp.all(jnp.isfinite(rows["4D-Var gradient (adjoint)"][0]))
 #
 # | | 4D-Var (adjoint) | differentiable EnKF |
 # |---|---|---|
-# | derivative needed to *assimilate* | model adjoint $M^\top$ along the window, every Gauss–Newton iteration | none: $N_e$ forward runs estimate the covariances |
-# | derivative of the *run* (learning) | rarely (second-order adjoint) | reverse mode through the cycle `lax.scan` |
-# | memory of a reverse sweep | the window trajectory, $O(L\,N_x)$ | every cycle's ensemble and transform, $O(L\,N_e N_x)$ (or checkpointing, Part 8) |
-# | Jacobian access | tangent-linear by `jax.linearize`, adjoint by `jax.linear_transpose` / `jax.vjp` | none: anomalies $Y \approx H M X$ stand in |
-# | rank of the background | full $B$ (static), through $U$ | $N_e - 1$ (localisation lifts it) |
+# | to *assimilate* | model adjoint $M^\top$, every Gauss–Newton step | none: $N_e$ forward runs |
+# | to *learn* (gradient of a run) | a second-order adjoint | reverse mode through the `lax.scan` |
+# | memory of a reverse sweep | the trajectory, $O(L\,N_x)$ | the ensembles, $O(L\,N_e N_x)$ |
+# | Jacobian access | `jax.linearize`, `jax.linear_transpose` | none: anomalies, $Y \approx HMX$ |
+# | rank of the background | full (a static $B$, through $U$) | $N_e - 1$ (localise to lift it) |
 #
 # The measured numbers of the table above, side by side:
 

@@ -153,15 +153,28 @@ times = jnp.arange(1.0, N_CYCLES + 1)
 tri = ff.InformationFilter(structure="tridiagonal")
 state0 = tri.init_information(jnp.zeros(N_FIELD), prior_lambda)
 out_tri = ff.run(tri, static, state0, ys_field, times, key=jax.random.key(0), save="ensembles")
-out_kf = ff.run(ff.KalmanFilter(), static, (jnp.zeros(N_FIELD), Sigma0), ys_field, times,
-                key=jax.random.key(0), save="ensembles")
+out_kf = ff.run(
+    ff.KalmanFilter(),
+    static,
+    (jnp.zeros(N_FIELD), Sigma0),
+    ys_field,
+    times,
+    key=jax.random.key(0),
+    save="ensembles",
+)
 
 last = jax.tree_util.tree_map(lambda leaf: leaf[-1], out_tri.analyses)
 Lambda_T, Sigma_T = last.precision_matrix(), out_kf.analyses.cov[-1]
-print("precision kept as", type(out_tri.analyses.precision).__name__,
-      "with diagonals of shape", out_tri.analyses.precision.diagonal.shape)
-print("max |mean_info - mean_KF| =", float(jnp.max(jnp.abs(out_tri.analysis_mean -
-                                                            out_kf.analysis_mean))))
+print(
+    "precision kept as",
+    type(out_tri.analyses.precision).__name__,
+    "with diagonals of shape",
+    out_tri.analyses.precision.diagonal.shape,
+)
+print(
+    "max |mean_info - mean_KF| =",
+    float(jnp.max(jnp.abs(out_tri.analysis_mean - out_kf.analysis_mean))),
+)
 print("max |Lambda^-1 - Sigma_KF| =", float(jnp.max(jnp.abs(jnp.linalg.inv(Lambda_T) - Sigma_T))))
 
 # the information filter is the Kalman filter (same beliefs to round-off; the bound)
@@ -205,8 +218,8 @@ plt.show()
 #
 # | step | covariance form ($\mu, \Sigma$) | information form ($\eta, \Lambda$) |
 # |---|---|---|
-# | update | $O(N_y^3 + N_x^2 N_y)$: solve with $S = H\Sigma H^\top + R$ | $O(N_x N_y^2)$ or less: add $H^\top R^{-1} H$ (diagonal $R$: sequential, any order) |
-# | predict | $O(N_x^3)$: $M\Sigma M^\top + Q$ | $O(N_x^3)$: $M^{-1}$ and the inversion lemma (needs $M$ invertible) |
+# | update | $O(N_y^3 + N_x^2 N_y)$: a solve with $S = H\Sigma H^\top + R$ | add $H^\top R^{-1} H$ |
+# | predict | $O(N_x^3)$: $M\Sigma M^\top + Q$ | $O(N_x^3)$: $M^{-1}$, the inversion lemma |
 # | the mean | free | a solve with $\Lambda$: $O(N_x^3)$ dense, $O(N_x)$ tridiagonal |
 # | storage | $N_x^2$ (dense even for a GMRF) | $N_x^2$, or $3N_x - 2$ for a tridiagonal $\Lambda$ |
 # | no prior information ($\Sigma = \infty$) | not representable | $\Lambda = 0$ is fine |
