@@ -25,19 +25,20 @@
 # + K\,\big(dY - \tfrac12 (h(x_i) + \bar h)\,dt\big).$$
 #
 # `filterax.zoo.EnKBF` integrates either by Euler–Maruyama (diffrax) on the grid of the
-# observation increments, as a cycled method of `filterax.filters.run`;
-# `ContinuousStateSpaceModel` simulates the truth and the increments. This page measures
-# both limits: $dt \to 0$ (deterministic variant, against a diffrax Kalman–Bucy reference)
-# and $N_e \to \infty$ (stochastic variant, Monte Carlo error).
+# observation increments, as a cycled method of `filterax.filters.run` (every study below is
+# one cycle, so its `init`/`step` are called directly); `ContinuousStateSpaceModel`
+# simulates the truth and the increments. This page measures both limits: $dt \to 0$
+# (deterministic variant, against a diffrax Kalman–Bucy reference) and $N_e \to \infty$
+# (stochastic variant, Monte Carlo error).
 
 # %%
 import diffrax
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 
-import filterax.filters as ff
 from filterax.zoo import ContinuousStateSpaceModel, EnKBF, coarsen_increments
 
 jax.config.update("jax_enable_x64", True)
@@ -117,6 +118,14 @@ def moments(ensemble):
     return mean, jnp.einsum("...ei,...ej->...ij", anom, anom) / (ensemble.shape[-2] - 1)
 
 
+def one_cycle(method, model, ensemble0, increments, key):
+    """One cycle (t = 0 -> 1) of the cycled method: what `filterax.filters.run` does per
+    cycle, called directly (one cycle needs none of the driver's bookkeeping)."""
+    state = method.init(key, ensemble0, model)
+    state, _ = method.step(key, state, model, jnp.asarray(0.0), jnp.asarray(1.0), increments)
+    return state  # the analysis ensemble at t = 1
+
+
 # %% [markdown]
 # ## 13.1 Convergence in $dt$ (deterministic EnKBF)
 #
@@ -130,16 +139,10 @@ def moments(ensemble):
 err_dt_m, err_dt_p = [], []
 for n_sub in SUBS:
     incs = coarsen_increments(xp.increments, 1, N_FINE // n_sub)
-    out = ff.run(
-        EnKBF("deterministic"),
-        model(n_sub),
-        exact_ensemble(5),
-        incs,
-        xp.times,
-        key=jax.random.key(0),
-        save="ensembles",
+    ensemble = eqx.filter_jit(one_cycle)(
+        EnKBF("deterministic"), model(n_sub), exact_ensemble(5), incs[0], jax.random.key(0)
     )
-    mean, cov = moments(out.analyses[0])
+    mean, cov = moments(ensemble)
     err_dt_m.append(float(jnp.max(jnp.abs(mean - m_ref))))
     err_dt_p.append(float(jnp.max(jnp.abs(cov - p_ref))))
 
@@ -186,19 +189,10 @@ for n_e in SIZES:
 
     def one(key, n_e=n_e):
         ens0 = model_ne.initial_ensemble(jax.random.fold_in(key, 1), n_e)
-        out = ff.run(
-            EnKBF("stochastic"),
-            model_ne,
-            ens0,
-            incs_ne,
-            xp.times,
-            key=key,
-            save="ensembles",
-            throw=False,
-        )
-        return out.analyses[0]
+        return one_cycle(EnKBF("stochastic"), model_ne, ens0, incs_ne[0], key)
 
-    mean, cov = moments(jax.vmap(one)(jax.random.split(jax.random.key(5), N_SEEDS)))
+    keys = jax.random.split(jax.random.key(5), N_SEEDS)
+    mean, cov = moments(eqx.filter_jit(jax.vmap(one))(keys))
     err_ne_m.append(float(jnp.sqrt(jnp.mean((mean - m_lim) ** 2))))
     err_ne_p.append(float(jnp.sqrt(jnp.mean((cov - p_lim) ** 2))))
 slope_ne_m, slope_ne_p = slope(SIZES, err_ne_m), slope(SIZES, err_ne_p)

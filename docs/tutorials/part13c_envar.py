@@ -101,16 +101,14 @@ assert gap_3dvar < 1e-8 and gap_ens < 1e-8 and gap_closed < 1e-8
 #
 # The Lorenz-96 twin of Sakov & Oke (2008) (40 variables, all observed every $0.05$,
 # $R = I$), $N_e = 20$, inflation 1.04 and random rotations, no localisation; $B_c$ is the
-# climatological covariance from an independent free run (`StateSpaceModel.climatology`,
-# here as long as the twin);
+# climatological covariance from an independent free run (`StateSpaceModel.climatology`);
 # $\beta_e = 1$ and $\beta_c$ swept. The whole sweep is one compiled program (`jax.vmap`
 # of `run` over $\beta_c$). Beside it: the ETKF with the same settings, and 3D-Var with
 # DAPPER's setting $B = 0.02\,B_c$.
 
 # %%
 ssm = presets.lorenz96_sakov2008()
-# an independent free run of the same length as the twin (one compiled simulation for both)
-_, B_clim = ssm.climatology(jax.random.key(99), n_cycles=N_CYCLES)
+_, B_clim = ssm.climatology(jax.random.key(99))  # 10 400 cycles, independent of the twin
 twin = ssm.simulate(jax.random.key(0), N_CYCLES)
 ens0 = ssm.initial_ensemble(jax.random.key(1), 20)
 infl = fxp.MultiplicativeInflator(1.04)
