@@ -32,7 +32,7 @@ from filterax.zoo import EnKF4D, presets
 
 jax.config.update("jax_enable_x64", True)
 
-N_CYCLES = 700  # docs size: cycles of the asynchronous Lorenz-96 run (the leaderboard: 5000)
+N_CYCLES = 600  # docs size: cycles of the asynchronous Lorenz-96 run (the leaderboard: 5000)
 LAG = 4  # observation times per 4D window (the leaderboard's K = 4)
 
 # %% [markdown]
