@@ -282,3 +282,43 @@ def test_bad_input():
         inf.predict(ff.GaussianState(jnp.zeros(2), jnp.eye(2)), jnp.eye(2))
     with pytest.raises(ValueError, match="non-finite"):
         inf.init_information(jnp.zeros(2), jnp.array([[1.0, jnp.nan], [0.0, 1.0]]))
+
+
+def test_run_accepts_an_information_state_as_the_initial_belief():
+    # Regression: run(InformationFilter(...), model, InformationState) used to be refused
+    # ("the initial condition of a Kalman filter is a Gaussian"), so a GMRF prior with a
+    # tridiagonal precision could not start a run without densifying it into (mean, cov).
+    n = 6
+    H, r, ys = _tridiagonal_problem(n)
+    model = fxp.Model(dynamics=lambda x, t0, t1: x, obs_op=jnp.asarray(H), obs_noise=jnp.asarray(r))
+    main = jnp.full(n, 2.5)
+    off = jnp.full(n - 1, -1.0)
+    precision0 = lx.TridiagonalLinearOperator(main, off, off)
+    eta0 = jnp.linspace(-1.0, 1.0, n)
+    tri = ff.InformationFilter(structure="tridiagonal")
+    out = ff.run(
+        tri,
+        model,
+        tri.init_information(eta0, precision0),
+        ys,
+        jnp.arange(1.0, ys.shape[0] + 1.0),
+        key=jax.random.key(0),
+        save="ensembles",
+    )
+    cov0 = jnp.linalg.inv(precision0.as_matrix())
+    kf = _run(ff.KalmanFilter(), model, ys, cov0 @ eta0, cov0)
+    assert int(out.status) == out.OK
+    assert isinstance(out.analyses.precision, lx.TridiagonalLinearOperator)
+    np.testing.assert_allclose(out.analysis_mean, kf.analysis_mean, rtol=0, atol=TOL)
+    np.testing.assert_allclose(out.log_likelihood, kf.log_likelihood, rtol=0, atol=TOL)
+    # the dense information filter takes it too (its own init_information checks it)
+    dense = ff.InformationFilter()
+    out_dense = ff.run(
+        dense,
+        model,
+        dense.init_information(eta0, precision0.as_matrix()),
+        ys,
+        jnp.arange(1.0, ys.shape[0] + 1.0),
+        key=jax.random.key(0),
+    )
+    np.testing.assert_allclose(out_dense.analysis_mean, kf.analysis_mean, rtol=0, atol=TOL)

@@ -902,11 +902,17 @@ def _initial_state(kernel: AbstractKalmanFilter, initial: Any) -> PyTree:
         return kernel.init(mean, initial.cov)
     if isinstance(initial, tuple | list) and len(initial) == 2:
         return kernel.init(*initial)
+    # A belief in natural parameters (InformationState: eta, precision) for a kernel that
+    # carries them (InformationFilter), e.g. a GMRF prior with a tridiagonal precision that
+    # has no (mean, cov) form without densifying; re-built so the kernel checks it.
+    init_information = getattr(kernel, "init_information", None)
+    if init_information is not None and hasattr(initial, "eta") and hasattr(initial, "precision"):
+        return init_information(initial.eta, initial.precision)
     raise TypeError(
         "the initial condition of a Kalman filter is a Gaussian: pass GaussianState(mean, cov), "
         "SqrtGaussianState(mean, chol) or a (mean, cov) pair (cov as a matrix, variances, a "
-        f"scalar or a lineax operator); got {type(initial).__name__}. An ensemble filter "
-        "takes an (N_e, N_x) ensemble instead."
+        "scalar or a lineax operator; InformationFilter also takes an InformationState); got "
+        f"{type(initial).__name__}. An ensemble filter takes an (N_e, N_x) ensemble instead."
     )
 
 
@@ -941,8 +947,10 @@ class GaussianFilter(fxp.AbstractCycledMethod):
       `ExtendedKF(infl=...)`).
 
     **Initial condition** (the ``initial`` of `run`): a `GaussianState`, a
-    `SqrtGaussianState` (converted to the kernel's form when it uses the other one) or a
-    ``(mean, cov)`` pair (``kernel.init(mean, cov)``).
+    `SqrtGaussianState` (converted to the kernel's form when it uses the other one), a
+    ``(mean, cov)`` pair (``kernel.init(mean, cov)``) or, for `InformationFilter`, an
+    `InformationState` (``kernel.init_information(eta, precision)``: a tridiagonal prior
+    precision stays tridiagonal).
 
     **Example:**
 
