@@ -390,6 +390,14 @@ def _builtin_methods() -> list[MethodConfig]:
             settings={LIN: {}, LIN_HALF: {}},
             description="square-root (QR array) Kalman filter",
         ),
+        MethodConfig(
+            name="InformationFilter",
+            family="InformationFilter",
+            filter=_constant("InformationFilter"),
+            kind="parametric",
+            settings={LIN: {}, LIN_HALF: {}},
+            description="Kalman filter in natural parameters (eta = P^-1 mean, Lambda = P^-1)",
+        ),
     ]
 
 
