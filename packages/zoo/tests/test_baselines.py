@@ -1,7 +1,5 @@
 """Climatology and OptInterp against numpy re-derivations of DAPPER's baselines (float64)."""
 
-import importlib.util
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -17,8 +15,6 @@ from filterax.zoo import BaselineDiagnostics, Climatology, OptInterp
 # the different order of operations (Cholesky solves here, numpy.linalg.solve there) while
 # any real error (a wrong transpose, a missed mask, the wrong linearisation point) is O(1).
 TOL = 1e-10
-
-HAS_FILTERS = importlib.util.find_spec("filterax.filters") is not None
 
 
 class _LinearMap(eqx.Module):
@@ -170,7 +166,6 @@ def test_jit_and_vmap_over_the_background_scale():
     assert np.isfinite(grad) and grad != 0.0
 
 
-@pytest.mark.skipif(not HAS_FILTERS, reason="filterax.filters (the driver) not installed")
 def test_run_by_the_driver_and_traced_indefinite_b_is_not_ok():
     import filterax.filters as ff
 
