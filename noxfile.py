@@ -9,6 +9,8 @@
   ``$$``, MathJax vendored, every formula typeset in headless Chromium).
 - ``build``: ``uv build --all-packages`` (sdists and wheels of every distribution), then
   ``filterax-bench`` installed from those wheels alone.
+- Each ``tests-<package>`` session runs its suite on two pytest-xdist workers
+  (``FILTERAX_TEST_WORKERS`` overrides the count) with ``JAX_DISABLE_MOST_OPTIMIZATIONS=1``.
 - Each ``tests-<package>`` session first runs the package README's examples with only its
   runtime dependencies (``tools/readme_examples.py``).
 
@@ -70,7 +72,24 @@ def tests(session: nox.Session, package: str) -> None:
     session.chdir(ROOT)
     _sync(session, "--package", f"filterax-{package}", "--group", "test")
     session.chdir(PACKAGES[package])
-    session.run("python", "-m", "pytest", "-q", *session.posargs, env=env)
+    # Unit tests are dominated by XLA compile time, not run time: two xdist workers (CI has
+    # two cores; one test module per worker at a time, so a module's programs are compiled
+    # once) and XLA's optimisation passes mostly off roughly halve the wall time. Numerics
+    # are unchanged up to rounding, which every tolerance already allows for.
+    workers = os.environ.get("FILTERAX_TEST_WORKERS", "2")
+    test_env = {**env, "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        "-q",
+        "-n",
+        workers,
+        "--dist",
+        "loadfile",
+        *session.posargs,
+        env=test_env,
+    )
 
 
 @nox.session(python=PYTHON)
