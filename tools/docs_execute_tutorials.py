@@ -1,0 +1,115 @@
+"""mkdocs hook: execute every tutorial, several at a time, before mkdocs-jupyter renders it.
+
+mkdocs-jupyter executes notebooks one after another inside the build. The tutorials are
+jupytext percent scripts whose run time is mostly XLA compilation, which is single-threaded, so
+on the 2-core CI machine a serial build leaves a core idle. This hook runs each
+``docs/tutorials/*.py`` in its own process (``python docs_execute_tutorials.py SRC OUT``: jupytext
+reads the script, nbclient executes it on the ``python3`` kernel with errors fatal), ``workers``
+at a time, writes the executed notebooks to a scratch directory, and points each tutorial file's
+``abs_src_path`` at its executed notebook. mkdocs-jupyter (``execute: false``) then renders the
+stored outputs and figures; ``include_source`` offers the executed notebook for download.
+
+A tutorial that raises fails the build (``PluginError`` with the traceback's tail), as
+``allow_errors: false`` did before. The build log lists each page's execution time.
+``FILTERAX_DOCS_WORKERS`` sets the number of concurrent kernels (default: the CPUs this process
+may use, at most 4).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+
+from mkdocs.plugins import event_priority
+
+TIMEOUT_S = 900  # one tutorial; the whole build is budgeted at 10 minutes on 2 cores
+
+log = logging.getLogger("mkdocs.hooks.execute_tutorials")
+
+
+def _workers() -> int:
+    env = os.environ.get("FILTERAX_DOCS_WORKERS")
+    if env:
+        return max(1, int(env))
+    return max(1, min(len(os.sched_getaffinity(0)), 4))
+
+
+def _execute(src: str, out: str) -> tuple[int, str, float]:
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, __file__, src, out],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        check=False,
+    )
+    return proc.returncode, proc.stdout + proc.stderr, time.perf_counter() - start
+
+
+@event_priority(100)
+def on_files(files, config):
+    """Execute the tutorials (before mkdocs-jupyter wraps them: hooks run after plugins, so
+    this event is given a higher priority)."""
+    from mkdocs.exceptions import PluginError
+
+    tutorials = [
+        f for f in files if f.src_uri.startswith("tutorials/") and f.src_uri.endswith(".py")
+    ]
+    if not tutorials:
+        return files
+    scratch = pathlib.Path(tempfile.mkdtemp(prefix="filterax-tutorials-")) / "tutorials"
+    scratch.mkdir(parents=True)
+    workers = _workers()
+    start = time.perf_counter()
+    executed = {f: str(scratch / (pathlib.PurePath(f.src_uri).stem + ".ipynb")) for f in tutorials}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        jobs = {pool.submit(_execute, f.abs_src_path, executed[f]): f for f in tutorials}
+        results = {jobs[job]: job.result() for job in concurrent.futures.as_completed(jobs)}
+    failed = [(f, text) for f, (rc, text, _) in results.items() if rc != 0]
+    for f, (_, _, seconds) in sorted(results.items(), key=lambda kv: -kv[1][2]):
+        log.info("executed %s in %.1f s", f.src_uri, seconds)
+    log.info(
+        "executed %d tutorials in %.1f s on %d workers",
+        len(tutorials),
+        time.perf_counter() - start,
+        workers,
+    )
+    if failed:
+        report = "\n\n".join(f"{f.src_uri}:\n{text[-3000:]}" for f, text in failed)
+        raise PluginError(f"{len(failed)} tutorial(s) raised while executing:\n{report}")
+    for f in tutorials:
+        f.abs_src_path = executed[f]
+    return files
+
+
+def _main(src: str, out: str) -> None:
+    """Execute one jupytext script on the ``python3`` kernel and write the executed notebook."""
+    import jupytext
+    import nbclient
+    import nbformat
+
+    notebook = jupytext.read(src)
+    notebook.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    client = nbclient.NotebookClient(
+        notebook,
+        kernel_name="python3",
+        timeout=TIMEOUT_S,
+        allow_errors=False,
+        resources={"metadata": {"path": os.path.dirname(os.path.abspath(src))}},
+    )
+    client.execute()
+    nbformat.write(notebook, out)
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1], sys.argv[2])
