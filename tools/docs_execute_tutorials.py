@@ -52,10 +52,12 @@ def _execute(src: str, out: str) -> tuple[int, str, float]:
     return proc.returncode, proc.stdout + proc.stderr, time.perf_counter() - start
 
 
-@event_priority(100)
+@event_priority(-100)
 def on_files(files, config):
-    """Execute the tutorials (before mkdocs-jupyter wraps them: hooks run after plugins, so
-    this event is given a higher priority)."""
+    """Execute the tutorials and point each page at its executed notebook.
+
+    Runs after mkdocs-jupyter has wrapped the tutorials in its ``NotebookFile`` (whose
+    ``abs_src_path`` is computed by the wrapper itself, so it is the wrapper's that is set)."""
     from mkdocs.exceptions import PluginError
 
     tutorials = [
