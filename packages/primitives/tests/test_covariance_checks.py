@@ -101,3 +101,39 @@ def test_check_prng_key(no_runtime_typecheck):
         fxp.check_prng_key(0, "init(key=...)")
     with pytest.raises(TypeError, match="float32"):
         fxp.check_prng_key(jnp.zeros((3, 2), jnp.float32))
+
+
+class _NoMatrix(lx.FunctionLinearOperator):
+    """A matrix-free SPD operator (2 I) that fails loudly if anything materialises it."""
+
+    def as_matrix(self):
+        raise AssertionError("a large matrix-free noise operator was materialised")
+
+
+@fxp.noise_whitening.register(_NoMatrix)
+def _whiten_no_matrix(op, dtype=None):
+    n = op.in_size()
+    return fxp.Whitening.build(fxp.DiagonalRoot(jnp.full(n, jnp.sqrt(2.0), dtype=dtype)))
+
+
+def _no_matrix(n):
+    spec = jax.ShapeDtypeStruct((n,), jnp.float64)
+    return _NoMatrix(lambda v: 2.0 * v, spec, tags=(lx.symmetric_tag,))
+
+
+def test_eager_checks_do_not_materialise_a_large_matrix_free_noise():
+    # Past MATRIX_FREE_CHECK_MAX rows the eager checks leave a matrix-free R alone (building
+    # its (n, n) matrix to check it would cost O(n^3)); a small one is still materialised and
+    # checked. The gain then runs on the operator's registered whitening alone.
+    n = 1100
+    op = fxp.positive_definite_noise(_no_matrix(n), n)
+    assert op.in_size() == n
+    X = jax.random.normal(jax.random.key(0), (5, n))
+    gain = fxp.kalman_gain(X, X, _no_matrix(n))
+    # Woodbury with R = 2 I: K = C^{XY} (C^{YY} + 2 I)^{-1}
+    Xn = np.asarray(X)
+    A = (Xn - Xn.mean(0)) / 2.0  # anomalies / sqrt(N_e - 1)
+    expected = A.T @ A @ np.linalg.inv(A.T @ A + 2.0 * np.eye(n))
+    np.testing.assert_allclose(np.asarray(gain), expected, atol=1e-10)
+    with pytest.raises(AssertionError, match="materialised"):
+        fxp.positive_definite_noise(_no_matrix(8), 8)

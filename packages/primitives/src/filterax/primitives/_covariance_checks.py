@@ -147,7 +147,7 @@ def positive_definite_noise(
     elif structure == "diagonal":
         _check_variances(concrete_value(lx.diagonal(op)), name, semidefinite, "it has the variance")
     else:
-        matrix = concrete_value(op.as_matrix())
+        matrix = concrete_noise_matrix(op)
         _check_finite(matrix, name)
         if matrix is not None and matrix.size:
             eigenvalues = np.linalg.eigvalsh(0.5 * (matrix + matrix.T))
@@ -226,6 +226,27 @@ def valid_noise(noise: NoiseLike, n: int, *, semidefinite: bool = False) -> Arra
         floor = -1e-10 * jnp.maximum(jnp.max(jnp.abs(eigenvalues)), 1.0)
         return finite & (jnp.min(eigenvalues) >= floor)
     return finite & jnp.all(jnp.isfinite(jnp.linalg.cholesky(sym)))
+
+
+MATRIX_FREE_CHECK_MAX = 1024
+"""Largest matrix-free noise operator the eager checks materialise (to find its eigenvalues)."""
+
+
+def concrete_noise_matrix(op: lx.AbstractLinearOperator) -> np.ndarray | None:
+    """The concrete matrix of a dense-structured noise operator, for an eager check, or None.
+
+    A stored matrix (`lineax.MatrixLinearOperator`) is read as it is. A matrix-free operator (a
+    function, a composition, a user-registered Toeplitz or Kronecker ``R``) is materialised
+    only up to `MATRIX_FREE_CHECK_MAX` rows: beyond that, building its ``(n, n)`` matrix and
+    eigenvalues would cost far more than the run it guards (``O(n^3)`` for an operator whose
+    point is ``O(n)`` products), so it is not checked eagerly; its failures surface as a
+    non-finite status, as under `jit`. ``None`` also for traced values.
+    """
+    if isinstance(op, lx.MatrixLinearOperator):
+        return concrete_value(op.matrix)
+    if op.in_size() > MATRIX_FREE_CHECK_MAX:
+        return None
+    return concrete_value(op.as_matrix())
 
 
 def _check_finite(values: np.ndarray | None, name: str) -> None:

@@ -8,6 +8,7 @@ import numpy as np
 from jax import lax
 from jaxtyping import Array, ArrayLike, Float
 
+from ._covariance_checks import concrete_noise_matrix
 from ._lowrank import LowRankUpdate, Woodbury
 from ._missing import mask_anomalies, mask_noise, observation_mask
 from ._noise import _DENSE_TAGS, NoiseLike, _noise_diagonal, as_noise_operator, noise_structure
@@ -39,7 +40,7 @@ def _require_positive_definite(noise: lx.AbstractLinearOperator) -> None:
         assert isinstance(noise, LowRankUpdate)
         values = concrete_value(_require_positive_diagonal(noise))
     else:
-        values = concrete_value(noise.as_matrix())
+        values = concrete_noise_matrix(noise)
         values = None if values is None else np.linalg.eigvalsh(values)
     if values is None:
         return
