@@ -180,7 +180,7 @@ for run, color in zip((3, 4, 5), ("C2", "C3", "C4"), strict=True):
         label=rf"$\alpha$ = {float(GAMMA[run])}",
     )
 ax.set_xlabel("iteration $i$ (ensemble evaluated before update $i$)")
-ax.set_ylabel(r"mean data misfit $\frac12\|\Gamma_y^{-1/2}(G(\theta_j) - y)\|^2$")
+ax.set_ylabel(r"mean data misfit $\frac{1}{2}\|\Gamma_y^{-1/2}(G(\theta_j) - y)\|^2$")
 ax.set_title("IES on the cubic forward model: step-length ablation")
 ax.legend()
 plt.show()

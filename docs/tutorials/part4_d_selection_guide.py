@@ -148,23 +148,24 @@ ax.set_ylim(-0.6, 10)
 question = {"boxstyle": "round,pad=0.4", "fc": "#eef3fb", "ec": "C0"}
 answer = {"boxstyle": "round,pad=0.4", "fc": "#fdf1e3", "ec": "C1"}
 nodes = {
-    "q1": (3.2, 9.3, "Estimating parameters of $G(\\theta)$\nrather than a trajectory?", question),
-    "ies": (8.3, 9.3, "IES (or ESMDA)\n4.5, 12.7", answer),
-    "q2": (3.2, 7.5, "Data arrive online, or memory\nmust not grow with $T$?", question),
-    "online": (8.3, 7.5, "FixedLagSmoother, online\n(rolling buffer, lag $L$)", answer),
-    "q3": (3.2, 5.7, "Localised filter (LETKF)?", question),
-    "local": (8.3, 5.7, "FixedLagSmoother(L).smooth or EnKS\n(local transforms)", answer),
-    "q4": (3.2, 3.9, "Can the run be replayed\n(filter, observations, key)?", question),
-    "q6": (7.2, 2.6, "Strongly nonlinear\nover the run?", question),
-    "q5": (3.2, 1.2, "Model noise, or the exact\nRTS covariance wanted?", question),
-    "sqrt": (8.3, 1.2, "EnsembleSqrtSmoother", answer),
-    "rts": (3.2, 0.0, "EnsembleRTS (uninflated runs, decorr < 1)", answer),
-    "lag": (9.2, 4.2, "FixedLagSmoother(L)\ntuned L", answer),
-    "enks": (9.2, 0.1, "EnKS (exact RTS\nwhen linear)", answer),
+    "q1": (2.6, 9.3, "Estimating parameters of $G(\\theta)$\nrather than a trajectory?", question),
+    "ies": (8.6, 9.3, "IES (or ESMDA)\n4.5, 12.7", answer),
+    "q2": (2.6, 7.5, "Data arrive online, or memory\nmust not grow with $T$?", question),
+    "online": (8.6, 7.5, "FixedLagSmoother, online\n(rolling buffer, lag $L$)", answer),
+    "q3": (2.6, 5.7, "Localised filter (LETKF)?", question),
+    "local": (8.6, 5.7, "FixedLagSmoother(L).smooth\nor EnKS (local transforms)", answer),
+    "q4": (2.6, 3.9, "Can the run be replayed\n(filter, observations, key)?", question),
+    "q6": (5.9, 3.9, "Strongly nonlinear\nover the run?", question),
+    "lag": (8.8, 4.5, "FixedLagSmoother(L),\ntuned L", answer),
+    "enks": (8.8, 3.1, "EnKS (exact RTS\nwhen linear)", answer),
+    "q5": (2.6, 1.7, "Model noise, or the exact\nRTS covariance wanted?", question),
+    "sqrt": (8.6, 1.7, "EnsembleSqrtSmoother", answer),
+    "rts": (2.6, 0.0, "EnsembleRTS (uninflated runs, decorr < 1)", answer),
 }
-for x, y_, text, style in nodes.values():
-    ax.text(x, y_, text, ha="center", va="center", fontsize=9, bbox=style)
-arrow = {"arrowstyle": "->", "color": "0.3"}
+boxes = {
+    name: ax.text(x, y_, text, ha="center", va="center", fontsize=9, bbox=style)
+    for name, (x, y_, text, style) in nodes.items()
+}
 edges = [
     ("q1", "ies", "yes"), ("q1", "q2", "no"), ("q2", "online", "yes"), ("q2", "q3", "no"),
     ("q3", "local", "yes"), ("q3", "q4", "no"), ("q4", "q6", "yes"), ("q4", "q5", "no"),
@@ -173,9 +174,12 @@ edges = [
 for a, b, label in edges:
     (xa, ya, *_), (xb, yb, *_) = nodes[a], nodes[b]
     ax.annotate(
-        "", xy=(xb, yb), xytext=(xa, ya), arrowprops={**arrow, "shrinkA": 22, "shrinkB": 22}
-    )
-    ax.text((xa + xb) / 2 + 0.1, (ya + yb) / 2 + 0.12, label, fontsize=8, color="0.3")
+        "", xy=(xb, yb), xytext=(xa, ya),
+        arrowprops={"arrowstyle": "->", "color": "0.3", "patchA": boxes[a].get_bbox_patch(),
+                    "patchB": boxes[b].get_bbox_patch(), "shrinkA": 4, "shrinkB": 4},
+    )  # fmt: skip
+    dx, dy = (0.15, 0.0) if xa == xb else (0.0, 0.12)
+    ax.text((xa + xb) / 2 + dx, (ya + yb) / 2 + dy, label, fontsize=8, color="0.3")
 ax.set_title("Which smoother? (Part 4)")
 plt.show()
 
