@@ -309,6 +309,10 @@ values = [float(np.mean(np.trace(kalman_rts(lag=lag)[1], axis1=1, axis2=2))) for
 print({lag: round(v, 4) for lag, v in zip(LAGS, values, strict=True)})
 assert all(b <= a + 1e-12 for a, b in zip(values, values[1:], strict=False))
 assert abs(values[-1] - float(np.mean(trace_s))) < 1e-9  # lag T - 1 is the EnKS
+# four observations of lookahead give most (> 80%) of the whole-interval variance reduction
+share = (values[0] - values[LAGS.index(4)]) / (values[0] - values[-1])
+print(f"lag 4 gets {100 * share:.0f}% of the EnKS's variance reduction")
+assert share > 0.8
 
 fig, ax = plt.subplots(figsize=(6.5, 3.6), constrained_layout=True)
 ax.plot(LAGS, values, "-", color="0.6", label="exact fixed-lag (Kalman)")
@@ -325,6 +329,6 @@ plt.show()
 
 # %% [markdown]
 # Most of the gain comes from the first few observations of lookahead: in this problem the
-# lag-4 smoother already has most of the variance reduction of the full EnKS. The
-# [selection guide](../part4_c_selection_guide/) measures the same trade-off on a chaotic
-# model, with the memory and time of each smoother.
+# lag-4 smoother already has more than 80% of the variance reduction of the full EnKS. The
+# [selection guide](../part4_d_selection_guide/) measures the same trade-off on a chaotic
+# model, with the memory each smoother holds.
