@@ -95,8 +95,8 @@ rows.append(
     f"| {rmse[f'FixedLagSmoother({LAG})']:.3f} | {memory[f'FixedLag({LAG}) online'] / 1024:.2f} |"
 )
 rows.append(
-    "| `IES` (4.5, 12.7) | a forward model $G(\\theta)$ and data $y$ | no "
-    "| (parameters, not a trajectory) | $O(N_e N_p)$ |"
+    "| `IES` (4.5, 12.7) | a forward model G(θ) and data y | no "
+    "| (parameters, not a trajectory) | O(N_e N_p) |"
 )
 from IPython.display import Markdown, display  # noqa: E402
 
