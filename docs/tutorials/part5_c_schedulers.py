@@ -79,11 +79,16 @@ for name, res in results.items():
 #
 #   small steps while the ensemble is far from the data, larger as it fits them, and the
 #   last step lands **exactly** on $T = 1$, where stochastic EKI approximates the posterior.
-# - **EKS-stable** (Garbuno-Iñigo et al. 2020): $\Delta t_n = h/(\lVert D_n\rVert_F + \delta)$,
-#   with $D_{kj} = \tfrac1J\langle G(\theta_k) - \bar G,\, \Gamma^{-1}(G(\theta_j) - y)\rangle$
-#   the matrix that multiplies the anomalies in the update: a step that can never be so
-#   large that the explicit update blows the ensemble up. It is proportional to
-#   $1/\mathrm{trace}(C^{GG})$-like quantities, so it grows as the ensemble collapses.
+# - **EKS-stable** (Garbuno-Iñigo et al. 2020): a step inversely proportional to the size of
+#   the ensemble's data coupling, written in the curriculum as
+#
+# $$\Delta t_n = \frac{h}{\mathrm{trace}(C^{GG}_n) + \delta},$$
+#
+#   so that the explicit update cannot blow the ensemble up; as the ensemble contracts the
+#   step grows. filterax (like EnsembleKalmanProcesses.jl) measures that size with the
+#   Frobenius norm of the matrix that multiplies the anomalies in the EKS/EKI update,
+#   $\Delta t_n = h/(\lVert D_n\rVert_F + \delta)$ with
+#   $D_{kj} = \tfrac1J\langle G(\theta_k) - \bar G,\, \Gamma^{-1}(G(\theta_j) - y)\rangle$.
 #
 # Each claim is checked on the recorded histories (`CalibrationHistory.dt`, `.time`,
 # `.outputs`):
