@@ -92,7 +92,9 @@ print("posterior mean", m_post.round(3), "| least squares", theta_ls.round(3))
 # So at $T = 1$ the ensemble is the posterior of $\mathcal N(\hat m, \hat C)$, and as
 # $T \to \infty$ the spread collapses like $T^{-1/2}$ and the mean converges to the
 # least-squares solution. The run below takes 80 fixed steps of $\Delta t = 0.25$
-# ($T = 1$ after 4 of them, $T = 20$ at the end).
+# ($T = 1$ after 4 of them, $T = 20$ at the end). The stochastic form follows the same
+# trend in expectation; its mean stalls at a sampling-noise floor set by the perturbations
+# (right panel), while its spread keeps collapsing.
 
 # %%
 DT, N_ITER = 0.25, 80
