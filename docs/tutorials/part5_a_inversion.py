@@ -1,5 +1,5 @@
 # %% [markdown]
-# # 5.A Ensemble Kalman inversion (1): EKI, TEKI, GNKI
+# # 5.A Ensemble Kalman inversion (1): EKI and TEKI
 #
 # An ensemble Kalman *process* solves a static inverse problem: find parameters $\theta$
 # with $y = G(\theta) + \eta$, $\eta \sim \mathcal N(0, \Gamma)$, using only evaluations of
@@ -16,8 +16,8 @@
 # large ensemble) the Bayesian posterior of the initial ensemble's Gaussian; iterated further,
 # the spread collapses to 0 and the mean goes to the data-misfit minimiser.
 #
-# The transform and sparse variants (5.4–5.5) are on the next page,
-# [5.A (2)](../part5_a_transform_sparse/). All sections use the same small linear problem,
+# The Gauss-Newton, transform and sparse variants (5.3–5.5) are on the next page,
+# [5.A (2)](../part5_a_gnki_etki_sparse/). All sections use the same small linear problem,
 # so every claim can be checked against the closed-form Kalman answer: $N_p = 4$
 # parameters, $N_y = 8$ data, $\Gamma = 0.5\,I$, prior $\mathcal N(0, I)$. A whole run
 # is one `lax.scan` of `update`, compiled once per process and reused (the forward matrix,
@@ -223,34 +223,3 @@ ax.set_ylabel("$\\theta_4$ (unidentifiable)")
 ax.set_title("TEKI shrinks an unidentifiable parameter to the prior; EKI does not")
 ax.legend()
 plt.show()
-
-# %% [markdown]
-# ## 5.3 GNKI: Gauss-Newton Kalman inversion (Chada, Chen & Sanz-Alonso 2021)
-#
-# GNKI takes a damped Gauss-Newton step per member with the Jacobian replaced by its
-# ensemble least-squares estimate $\hat G = C^{G\theta}(C^{\theta\theta})^{-1}$,
-#
-# $$\theta_j \leftarrow (1 - \Delta t)\,\theta_j + \Delta t\Big(m_0 + K\big(y - G(\theta_j)
-# - \hat G (m_0 - \theta_j)\big)\Big),\qquad
-# K = C_0 \hat G^\top (\hat G C_0 \hat G^\top + \Gamma)^{-1}$$
-#
-# (deterministic form; the stochastic one perturbs $m_0$ and $y$). Inverting
-# $C^{\theta\theta}$ needs more members than parameters, $N_e > N_p$. For a linear $G$,
-# $\hat G = G$ exactly, so one step with $\Delta t = 1$ sends **every member** to the
-# posterior mean of the prior $\mathcal N(m_0, C_0)$ — whatever the initial ensemble.
-
-# %%
-gnki = fxproc.GNKI(jnp.zeros(N_P), jnp.ones(N_P), stochastic=False, scheduler=fixed(1.0))
-X0_small = X0[:10]  # 10 members > 4 parameters
-ens_gn, _, st = run(gnki, X0_small, G, y, gamma_diag, key, 1)
-assert int(st) == fxproc.ProcessState.OK
-gap = np.abs(np.asarray(ens_gn[1]) - m_post[None, :]).max()
-print(f"one GNKI step: max over members |theta_j - posterior mean| = {gap:.1e}")
-assert gap < 1e-9  # the exact Gauss-Newton step of a quadratic: round-off only
-
-try:  # N_e <= N_p: refused at trace time with the fix in the message
-    gnki.init(X0[:4], y, GAMMA)
-    raise AssertionError("GNKI accepted N_e = N_p")
-except ValueError as err:
-    print("N_e = N_p:", str(err).split(";")[0])
-    assert "more ensemble members than parameters" in str(err)
