@@ -172,7 +172,9 @@ plt.show()
 # whose least-squares solution is the MAP estimate
 # $\arg\min_\theta \tfrac12\|y - G(\theta)\|^2_{\Gamma} + \tfrac12\|\theta - m_0\|^2_{C_0}$.
 # The demo makes $\theta_4$ unidentifiable (its column of $G$ is zero) and starts the
-# ensemble far from the prior in that direction ($\theta_4 \sim \mathcal N(3, 1)$).
+# ensemble far from the prior in that direction ($\theta_4 \sim \mathcal N(3, 1)$). EKI
+# leaves both the mean and the spread of $\theta_4$ where the initial ensemble put them;
+# TEKI pulls the mean to $m_0$ and contracts the spread.
 
 # %%
 G_u = G.copy()
@@ -218,6 +220,7 @@ for ens, label, colour in ((ens_eki_u, "EKI", "C1"), (ens_teki, "TEKI", "C2")):
     ax.fill_between(it, mean - 2 * std, mean + 2 * std, color=colour, alpha=0.2)
 ax.axhline(0.0, color="0.3", ls=":", label="prior mean $m_0$ = MAP")
 ax.set_xscale("symlog", linthresh=1)
+ax.set_xlim(0, N_ITER)
 ax.set_xlabel("iteration ($\\Delta t = 1$)")
 ax.set_ylabel("$\\theta_4$ (unidentifiable)")
 ax.set_title("TEKI shrinks an unidentifiable parameter to the prior; EKI does not")
