@@ -4,8 +4,8 @@ Runs DAPPER 1.8.1's own experiment -- ``dapper.mods.Lorenz63.sakov2012.HMM`` sim
 ``HMM.simulate()``, filtered by ``EnKF("Sqrt", N=10, infl=1.02, rot=True)`` (the row
 published as rmse.a 0.60) -- for three seeds (three truths and observation records), each
 filtered by eight runs with different random draws (initial ensemble, rotations), prints
-DAPPER's time-averaged rmse.a of every run, and saves what the tutorial needs to run filterax on the very same data: the truth at the
-observation times, the observations and DAPPER's per-cycle analysis RMSE.
+DAPPER's time-averaged rmse.a of every run, and saves what the tutorial needs to run filterax
+on the very same data: the truth at the observation times, the observations and DAPPER's per-cycle analysis RMSE.
 
 Run it in a throwaway venv OUTSIDE the repository (DAPPER is not a filterax dependency):
 
@@ -21,11 +21,10 @@ import time
 os.environ.setdefault("DAPPER_LIVEPLOTTING", "false")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-import numpy as np
-
 import dapper as dpr
 import dapper.da_methods as da
 import dapper.tools.progressbar as progressbar
+import numpy as np
 from dapper.mods.Lorenz63.sakov2012 import HMM
 
 progressbar.disable_progbar = True
