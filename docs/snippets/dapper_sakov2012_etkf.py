@@ -5,7 +5,8 @@ Runs DAPPER 1.8.1's own experiment -- ``dapper.mods.Lorenz63.sakov2012.HMM`` sim
 published as rmse.a 0.60) -- for three seeds (three truths and observation records), each
 filtered by eight runs with different random draws (initial ensemble, rotations), prints
 DAPPER's time-averaged rmse.a of every run, and saves what the tutorial needs to run filterax
-on the very same data: the truth at the observation times, the observations and DAPPER's per-cycle analysis RMSE.
+on the very same data: the truth at the observation times, the observations and DAPPER's
+per-cycle analysis RMSE.
 
 Run it in a throwaway venv OUTSIDE the repository (DAPPER is not a filterax dependency):
 
