@@ -11,18 +11,23 @@
 # `presets.lorenz96_sakov2008`), assimilated by the LETKF with $N_e = 10 < N_x$ members and
 # DAPPER's localisation `loc_rad = 6` (Gaspari–Cohn half-width $c = 6 \times 1.82$).
 #
-# **Adaptive inflation** (Anderson 2009; `AdaptiveInflator`). The covariance factor
-# $\lambda$ is a random variable with a Gaussian prior $\mathcal N(\lambda_b, v)$, updated
-# every cycle from the innovation $d = y - \overline{H(X^f)}$: its likelihood is
+# **Adaptive inflation** (`AdaptiveInflator`: Anderson 2009 in Miyoshi's 2011 Gaussian
+# form). The covariance factor $\lambda$ ($P^f \leftarrow \lambda P^f$, anomalies
+# $\times\sqrt\lambda$) is estimated every cycle from the innovation statistics
+# $\mathbb E[d d^\top] = \lambda H P^f H^\top + R$, $d = y - \overline{H(X^f)}$. With
+# $T = \operatorname{tr}(R^{-1} H P^f H^\top)$ over the $p$ observations, the cycle's
+# observation of $\lambda$ and its error variance are
 #
-# $$d \sim \mathcal N\big(0,\ \lambda\,\overline{\sigma^2_f} + \sigma^2_o\big)\ \text{per
-# observation},$$
+# $$\lambda^o = \frac{d^\top R^{-1} d - p}{T},\qquad
+# v^o = \frac{2}{p}\Big(\frac{\lambda^b T + p}{T}\Big)^2,$$
 #
-# and the posterior mode of $\lambda$ is the next estimate; the anomalies are multiplied by
-# $\sqrt\lambda$. With $v \to 0$ the prior dominates and $\lambda$ stays at $\lambda_b$: the
-# same module is then a fixed inflation, which lets the page run "no inflation", DAPPER's
-# tuned fixed inflation (anomalies $\times 1.04$, i.e. $\lambda = 1.04^2$) and the adaptive
-# estimate as ONE vmapped run.
+# and the Gaussian prior $\mathcal N(\lambda^b, v)$ (the last estimate, with a fixed
+# variance $v$) is updated to
+# $\lambda^a = (v^o\lambda^b + v\,\lambda^o)/(v^o + v)$, clamped at $\ge 1$.
+# With $v \to 0$ the prior dominates and $\lambda$ stays at $\lambda^b$: the same module is
+# then a fixed inflation, which lets the page run "no inflation", DAPPER's tuned fixed
+# inflation (anomalies $\times 1.04$, i.e. $\lambda = 1.04^2$) and the adaptive estimate
+# ($v = 0.1^2$) as ONE vmapped run.
 
 # %%
 import jax
