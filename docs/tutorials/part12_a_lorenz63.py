@@ -64,22 +64,16 @@ def experiment(key):
         return out.analysis_mean, out.analysis_spread
 
     letkf = jax.vmap(lambda c: cycled(ff.LETKF(radius=c), geometry))(RADII)
-    # one analysis of the same forecast: LETKF(c = inf) against ETKF
-    y0, op, noise = twin.observations[0], ssm.obs_op, ssm.obs_noise
-    one_step = (
-        ff.ETKF().analysis(None, ens0, y0, op, noise).particles,
-        ff.LETKF(radius=jnp.inf).analysis(None, ens0, y0, op, noise, **geometry).particles,
-    )
     runs = {
         "ETKF": cycled(ff.ETKF()),
         "EnSRF": cycled(ff.EnSRF()),
         "LETKF, c = inf": jax.tree.map(lambda a: a[0], letkf),
         "LETKF, c = 1": jax.tree.map(lambda a: a[1], letkf),
     }
-    return twin.truth, twin.times, runs, one_step
+    return twin.truth, twin.times, runs
 
 
-truth, times, runs, one_step = experiment(jax.random.key(0))
+truth, times, runs = experiment(jax.random.key(0))
 truth = np.asarray(truth)
 burn = ssm.burn_in_cycles
 NAMES = ("ETKF", "EnSRF", "LETKF, c = inf", "LETKF, c = 1")
@@ -96,10 +90,10 @@ for name in NAMES:
 # %% [markdown]
 # What the page asserts:
 #
-# - **LETKF with $c = \infty$ is the ETKF**, analysis by analysis: on the same forecast the
-#   members agree to round-off (tolerance 1e-10 for O(10) numbers in float64). Over the
-#   cycled run the two trajectories separate only through round-off amplified by the chaos,
-#   so their scores agree statistically, not to the digit.
+# - **LETKF with $c = \infty$ is the ETKF** analysis by analysis (asserted to round-off in
+#   [2.C](../part2_c_localised/)). Over the cycled run the two trajectories separate only
+#   through round-off amplified by the chaos, so their scores agree statistically, not to
+#   the digit: asserted within 10 % of each other.
 # - ETKF, EnSRF and LETKF($\infty$) score at DAPPER's published level for this setup (ETKF
 #   $N=10$, infl 1.02, rot: rmse.a = 0.60), far below the climatology (7.6) and 3D-Var
 #   (1.04): asserted in the band 0.45–0.75. One 1000-cycle run is a noisy estimate: with
@@ -113,9 +107,7 @@ for name in NAMES:
 #   can be the better one, being more damped).
 
 # %%
-gap = float(jnp.max(jnp.abs(one_step[0] - one_step[1])))
-print(f"one analysis, max |LETKF(c=inf) - ETKF| = {gap:.1e}")
-assert gap < 1e-10
+assert abs(rmse_a["LETKF, c = inf"] / rmse_a["ETKF"] - 1) < 0.1
 for name in ("ETKF", "EnSRF", "LETKF, c = inf"):
     assert 0.45 < rmse_a[name] < 0.75, (name, rmse_a[name])
 global_worst = max(rmse_a[n] for n in ("ETKF", "EnSRF", "LETKF, c = inf"))
@@ -136,5 +128,6 @@ ax.axvline(t[burn], color="0.6", lw=0.8)
 ax.set_xlabel("time")
 ax.set_ylabel(f"analysis RMSE ({window}-cycle running mean)")
 ax.set_title(f"Lorenz-63 (Sakov 2012 setup), $N_e$ = {N_E}, infl 1.02, rotation")
+ax.set_ylim(0.15, 4.0)  # room for the legend above the curves
 ax.legend(fontsize=8, ncols=2, loc="upper right")
 plt.show()
