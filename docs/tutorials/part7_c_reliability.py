@@ -98,12 +98,18 @@ assert bin_rmse[-1] > 2 * bin_rmse[0]
 # $\mathrm{CRPS}(\mathcal N(\mu, \sigma^2), y) = \sigma\big[z(2\Phi(z) - 1) + 2\varphi(z) -
 # 1/\sqrt\pi\big]$ with $z = (y - \mu)/\sigma$, and the filter's ensemble against its own mean.
 
+
 # %%
+@jax.jit
+def crps_by_quadrature(X, y):
+    z = jnp.linspace(-8, 8, 160_001)
+    F = jnp.mean(X[:, 0][None, :] <= z[:, None], axis=1)  # the ensemble's empirical CDF
+    return jnp.sum((F - (y[0] <= z)) ** 2) * (z[1] - z[0])
+
+
 X = jax.random.normal(jax.random.key(3), (N_E, 1))
 y = jnp.array([0.4])
-z = jnp.linspace(-8, 8, 160_001)
-F = jnp.mean(X[:, 0][None, :] <= z[:, None], axis=1)  # the ensemble's empirical CDF
-integral = jnp.sum((F - (y[0] <= z)) ** 2) * (z[1] - z[0])
+integral = crps_by_quadrature(X, y)
 crps_kernel = float(fxp.crps_ensemble(X, y)[0])
 print(f"integral form {float(integral):.5f}   kernel form {crps_kernel:.5f}")
 assert abs(float(integral) - crps_kernel) < 1e-3  # quadrature step 1e-4
@@ -187,24 +193,32 @@ plt.show()
 # %%
 rng = np.random.default_rng(0)
 N_X, N_E7 = 6, 20
-Hm = np.eye(N_X)[[0, 1, 2, 5]]
+Hm = jnp.eye(N_X)[jnp.array([0, 1, 2, 5])]
 r_var = np.array([0.1, 1.0, 10.0, 1.0])
 scales = np.array([1.0, 1.0, 1.0, 1.0, 1.0, 0.1])  # component 5 is already well known
 Xf = jnp.asarray(rng.normal(size=(N_E7, N_X)) * scales)
 y7 = jnp.asarray(rng.normal(size=4))
-Xa = (
-    ff.ETKF()
-    .analysis(None, Xf, y7, fxp.LinearObs(jnp.asarray(Hm)), fxp.diagonal_noise(jnp.asarray(r_var)))
-    .particles
-)
-Ya, Yf = Xa @ Hm.T, Xf @ Hm.T
-dfs_total = float(fxp.dfs(Ya, Yf, r_var))
-dfs_forecast = float(fxp.dfs(None, Yf, r_var, method="forecast"))
-dfs_ratio = float(fxp.dfs(Ya, Yf, r_var, method="ratio"))
-per_obs = np.array([float(fxp.dfs(Ya[:, [i]], None, r_var[i])) for i in range(4)])
-P = np.cov(np.asarray(Xf), rowvar=False)
-K = P @ Hm.T @ np.linalg.inv(Hm @ P @ Hm.T + np.diag(r_var))
-HK = Hm @ K
+
+
+@jax.jit
+def dfs_table(Xf, y, r):
+    Xa = ff.ETKF().analysis(None, Xf, y, fxp.LinearObs(Hm), fxp.diagonal_noise(r)).particles
+    Ya, Yf = Xa @ Hm.T, Xf @ Hm.T
+    # per observation: the "analysis" identity on one column of H(X^a) and its R_ii
+    per_obs = jax.vmap(lambda col, r_i: fxp.dfs(col[:, None], None, r_i))(Ya.T, r)
+    return (
+        fxp.dfs(Ya, Yf, r),
+        fxp.dfs(None, Yf, r, method="forecast"),
+        fxp.dfs(Ya, Yf, r, method="ratio"),
+        per_obs,
+    )
+
+
+dfs_total, dfs_forecast, dfs_ratio, per_obs = map(np.asarray, dfs_table(Xf, y7, jnp.asarray(r_var)))
+dfs_total, dfs_forecast, dfs_ratio = float(dfs_total), float(dfs_forecast), float(dfs_ratio)
+Hn, P = np.asarray(Hm), np.cov(np.asarray(Xf), rowvar=False)  # the numpy reference
+K = P @ Hn.T @ np.linalg.inv(Hn @ P @ Hn.T + np.diag(r_var))
+HK = Hn @ K
 print(
     f"DFS: analysis {dfs_total:.6f}, forecast {dfs_forecast:.6f}, "
     f"ratio {dfs_ratio:.6f}, tr(HK) {np.trace(HK):.6f}"
@@ -214,7 +228,7 @@ print(
 )
 for i in range(4):
     print(
-        f"{i:4d} {int(np.argmax(Hm[i])):8d} {r_var[i]:6.1f} {(Hm @ P @ Hm.T)[i, i]:13.3f} "
+        f"{i:4d} {int(np.argmax(Hn[i])):8d} {r_var[i]:6.1f} {(Hn @ P @ Hn.T)[i, i]:13.3f} "
         f"{per_obs[i]:7.3f} {HK[i, i]:8.3f}"
     )
 
