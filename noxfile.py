@@ -77,7 +77,13 @@ def tests(session: nox.Session, package: str) -> None:
     # once) and XLA's optimisation passes mostly off roughly halve the wall time. Numerics
     # are unchanged up to rounding, which every tolerance already allows for.
     workers = os.environ.get("FILTERAX_TEST_WORKERS", "2")
-    test_env = {**env, "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
+    # Single-threaded Eigen: the two workers already fill the two cores, and XLA's CPU runtime
+    # can wedge its multi-threaded Eigen pool on vmapped programs (a hang at low CPU load).
+    test_env = {
+        **env,
+        "JAX_DISABLE_MOST_OPTIMIZATIONS": "1",
+        "XLA_FLAGS": os.environ.get("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false"),
+    }
     session.run(
         "python",
         "-m",
