@@ -15,7 +15,7 @@ import ast
 import pathlib
 import re
 
-_DIRECTIVE = re.compile(r"^::: (filterax\.\w+)\.(\w+)\s*$")
+_DIRECTIVE = re.compile(r"^::: (filterax(?:\.\w+)+)\.(\w+)\s*$")
 _TITLE = re.compile(r"^# # (.+)$", re.MULTILINE)
 
 _index: dict[str, list[tuple[str, str]]] = {}
