@@ -163,7 +163,7 @@ ssm = presets.lorenz63_sakov2012()  # DAPPER's sakov2012 HMM, the same numbers
 burn = ssm.burn_in_cycles
 assert burn == int(np.argmax(data["burn_in_mask"]))  # both average cycles 64..1000
 method = ff.EnsembleFilter(ff.ETKF(), inflator=fxp.MultiplicativeInflator(1.02), rotate=True)
-N_KEYS = 16  # filterax runs per data set (about 0.03 s each once compiled)
+N_KEYS = 16  # docs size: filterax runs per data set (about 0.03 s each once compiled)
 
 
 @jax.jit

@@ -165,7 +165,7 @@ assert mu[1] == 0.0 and abs(var[1] - 25.0) < 1e-12  # unbounded: the Gaussian it
 # sizes, then 30 runs from different prior draws and keys through the same compiled program.
 
 # %%
-N_ENSEMBLE, N_ITERATIONS, N_RUNS = 5, 5, 30
+N_ENSEMBLE, N_ITERATIONS, N_RUNS = 5, 5, 30  # docs size
 eki = fxproc.EKI()
 
 

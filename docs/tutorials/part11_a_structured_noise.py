@@ -29,7 +29,7 @@ import filterax.primitives as fxp
 
 jax.config.update("jax_enable_x64", True)
 
-N_E = 20
+N_E = 20  # docs size: members of every example
 
 
 def dense_free(compiled, n):

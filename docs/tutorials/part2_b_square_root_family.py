@@ -23,7 +23,7 @@ import filterax.primitives as fxp
 
 jax.config.update("jax_enable_x64", True)
 
-N_X, N_Y, N_E = 6, 4, 20
+N_X, N_Y, N_E = 6, 4, 20  # docs size
 rng = np.random.default_rng(0)
 H = rng.normal(size=(N_Y, N_X))
 r_var = np.array([0.5, 1.0, 1.5, 2.0])

@@ -22,7 +22,7 @@ import filterax.primitives as fxp
 
 jax.config.update("jax_enable_x64", True)
 
-N_X, N_E = 40, 10
+N_X, N_E = 40, 10  # docs size
 grid = jnp.arange(float(N_X))
 ring = fxp.PeriodicDistance(float(N_X))
 geometry = {"state_coords": grid, "obs_coords": grid, "distance": ring}

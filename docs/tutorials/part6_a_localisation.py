@@ -22,7 +22,7 @@ import filterax.primitives as fxp
 
 jax.config.update("jax_enable_x64", True)
 
-N_X = 40
+N_X = 40  # docs size: points on the ring
 grid = jnp.arange(float(N_X))
 ring = fxp.PeriodicDistance(float(N_X))
 dist = np.asarray(jax.vmap(lambda a: jax.vmap(lambda b: ring(a, b))(grid))(grid))

@@ -26,7 +26,7 @@ from filterax.zoo import presets
 
 jax.config.update("jax_enable_x64", True)
 
-N_CYCLES = 20  # one training window: 5 time units of Lorenz-63 (see the note on length)
+N_CYCLES = 20  # docs size: one training window: 5 time units of Lorenz-63 (see the note on length)
 N_E = 10
 RHO_TRUE = 28.0
 RHO_GRID = jnp.linspace(24.0, 32.0, 9)

@@ -47,7 +47,7 @@ jax.config.update("jax_enable_x64", True)
 # $\Gamma = 0.1^2 I$) plus a known sensor offset.
 
 # %%
-N_Y, N_P, N_E = 8, 3, 30
+N_Y, N_P, N_E = 8, 3, 30  # docs size
 NOISE_STD, OFFSET = 0.1, 0.7
 rng = np.random.default_rng(0)
 G = rng.normal(size=(N_Y, N_P))
