@@ -28,13 +28,13 @@ import time
 
 from mkdocs.plugins import event_priority
 
-TIMEOUT_S = 300  # one tutorial (each takes well under a minute); a hung kernel is retried once
+TIMEOUT_S = 120  # one tutorial (each takes under 30 s); a hung kernel is retried once
 
-# XLA's CPU runtime can wedge its multi-threaded Eigen pool on vmapped programs: the kernel then
-# waits forever at a low CPU load (seen twice on "2.D", once in CI, where the build hit its time
-# limit; jax-ml/jax#25861 reports the same with asynchronous CPU dispatch). Single-threaded Eigen
-# and synchronous dispatch avoid both, and cost nothing here: the kernels already run one per
-# core. A variable the caller set wins.
+# XLA's CPU runtime can wedge on vmapped programs: the kernel then waits forever at a low CPU
+# load (seen on "2.D" in CI, where the build hit its time limit, and here). These are the
+# upstream workarounds (single-threaded Eigen; synchronous dispatch, jax-ml/jax#25861); they cost
+# nothing here (one kernel per core) but did not remove every hang, hence the retry below. A
+# variable the caller set wins.
 KERNEL_ENV = {
     "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false",
     "JAX_CPU_ENABLE_ASYNC_DISPATCH": "false",
@@ -64,7 +64,9 @@ def _execute(src: str, out: str) -> tuple[int, str, float]:
                 env=env,
             )
         except subprocess.TimeoutExpired:
-            log.warning("%s: no result after %d s (attempt %d of 2)", src, TIMEOUT_S, attempt)
+            # INFO, not WARNING: a retried hang is XLA's (docs/failure_modes.md), not the page's,
+            # and --strict fails on any warning. A second hang fails the build.
+            log.info("%s: no result after %d s (attempt %d of 2)", src, TIMEOUT_S, attempt)
             continue
         return proc.returncode, proc.stdout + proc.stderr, time.perf_counter() - start
     return 1, f"timed out twice after {TIMEOUT_S} s", time.perf_counter() - start

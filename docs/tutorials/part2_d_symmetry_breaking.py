@@ -100,8 +100,8 @@ plt.show()
 # found inside `jit` by a safeguarded Newton iteration. It needs no tuned inflation: on this
 # Lorenz-96 benchmark DAPPER publishes rmse.a 0.24 for `EnKF-N N=20` (0.19 with `xN=2`)
 # against 0.20 for the tuned `ETKF N=20 infl=1.04 rot`. The cycled runs below save the
-# forecasts, and the estimated $l_1$ of each cycle is recomputed from them with one
-# vmapped analysis (`EnKFNInfo.inflation`).
+# forecasts, and the estimated $l_1$ of each cycle is recomputed from them, one analysis per
+# cycle (`EnKFNInfo.inflation`).
 
 # %%
 ens0 = ssm.initial_ensemble(jax.random.key(1), N_E)
@@ -127,13 +127,16 @@ rmse = {name: float(out.scores(twin.truth, BURN_IN)["rmse_a"]) for name, out in 
 for name, value in rmse.items():
     print(f"{name:28s} rmse.a = {value:.3f}")
 
-inflation = eqx.filter_jit(
-    jax.vmap(
-        lambda Xf, y: (
-            ff.EnKF_N(xN=2.0).analysis(None, Xf, y, ssm.obs_op, ssm.obs_noise).info.inflation
-        )
-    )
-)(runs["EnKF-N xN=2 (no inflation)"].forecasts, twin.observations)
+
+def enkf_n_inflation(Xf, y):
+    return ff.EnKF_N(xN=2.0).analysis(None, Xf, y, ssm.obs_op, ssm.obs_noise).info.inflation
+
+
+# one analysis per saved forecast (`lax.map`, a loop over the cycles: a `vmap` of this program
+# has hung XLA's CPU runtime, see the Failure modes page)
+inflation = eqx.filter_jit(lambda F, Y: jax.lax.map(lambda a: enkf_n_inflation(*a), (F, Y)))(
+    runs["EnKF-N xN=2 (no inflation)"].forecasts, twin.observations
+)
 print(f"mean estimated inflation l1 after burn-in: {float(inflation[BURN_IN:].mean()):.3f}")
 
 # %% [markdown]
