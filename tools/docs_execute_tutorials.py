@@ -134,13 +134,15 @@ def _main(src: str, out: str) -> None:
     # backend renders a figure) does not fail the cell: it is only printed. Fail on it too.
     for index, cell in enumerate(notebook.cells):
         for output in cell.get("outputs", []):
-            text = output.get("text", "") if output.get("output_type") == "stream" else ""
             if output.get("output_type") == "error":
                 text = f"{output.get('ename')}: {output.get('evalue')}"
-            if output.get("output_type") == "error" or "Traceback" in text:
-                raise SystemExit(
-                    f"{src}: cell {index} printed an exception while executing:\n{text[-3000:]}"
-                )
+            elif output.get("output_type") == "stream" and "Traceback" in output.get("text", ""):
+                text = output["text"]
+            else:
+                continue
+            raise SystemExit(
+                f"{src}: cell {index} printed an exception while executing:\n{text[-3000:]}"
+            )
     nbformat.write(notebook, out)
 
 
