@@ -31,6 +31,13 @@ from ._enkf_n import EnKF_N as EnKF_N, EnKFNInfo as EnKFNInfo
 from ._letkf import LETKF as LETKF, LETKFInfo as LETKFInfo
 
 # --- the one driver of cycled methods, the ensemble-filter cycle, assimilate ---
+from ._adjoint import (
+    AbstractAdjoint as AbstractAdjoint,
+    CheckpointAdjoint as CheckpointAdjoint,
+    FullAdjoint as FullAdjoint,
+    TruncatedAdjoint as TruncatedAdjoint,
+    TwoLevelCheckpointAdjoint as TwoLevelCheckpointAdjoint,
+)
 from ._run import (
     RunResult as RunResult,
     as_cycled_method as as_cycled_method,

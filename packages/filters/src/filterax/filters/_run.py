@@ -32,6 +32,8 @@ from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, PyTree, Real
 import filterax.primitives as fxp
 from filterax.primitives import rmse
 
+from ._adjoint import AbstractAdjoint, check_adjoint
+
 __all__ = [
     "SAVE_OPTIONS",
     "STATUS_DIVERGED",
@@ -397,6 +399,7 @@ def run(
     save: str = "stats",
     throw: bool = True,
     divergence_threshold: Real[ArrayLike, ""] | None = None,
+    adjoint: Any = None,
 ) -> RunResult:
     r"""Run a cycled method over all observation times as ONE compiled `lax.scan`.
 
@@ -432,6 +435,11 @@ def run(
     - `throw`: raise on a non-finite (or, with a threshold, diverged) run.
     - `divergence_threshold`: RMS innovation (observation units) above which a cycle counts
       as diverged; ``None`` disables the check.
+    - `adjoint`: how a gradient of the run is computed (`FullAdjoint` by default: the whole
+      tape; `CheckpointAdjoint`, `TwoLevelCheckpointAdjoint` trade recomputation for
+      memory and give the same gradient; `TruncatedAdjoint` cuts the gradient through the
+      state every ``window`` cycles, for long chaotic runs). The forward results are the
+      same with every adjoint.
 
     **Returns:** a `RunResult`.
 
@@ -458,6 +466,7 @@ def run(
     observations, obs_times = check_run_arguments(
         model, observations, obs_times, key, save, divergence_threshold, t0, "run"
     )
+    adjoint = check_adjoint(adjoint, "run")
     return _run_jit(
         method,
         model,
@@ -470,6 +479,7 @@ def run(
         bool(throw),
         divergence_threshold,
         "run",
+        adjoint,
     )
 
 
@@ -506,9 +516,11 @@ def run_cycles(
     throw: bool,
     divergence_threshold: Any,
     owner: str,
+    adjoint: AbstractAdjoint | None = None,
 ) -> RunResult:
     """The traced body of `run` (call `run`; this is public for wrappers that post-process a
     `RunResult` inside their own `eqx.filter_jit`, such as `assimilate`)."""
+    adjoint = check_adjoint(adjoint, owner)
     state0 = method.init(jax.random.fold_in(key, _INIT_FOLD), initial, model)
     dtype = _float_dtype(state0)
     observations = observations.astype(dtype)
@@ -583,14 +595,22 @@ def run_cycles(
 
     carry0 = (state0, inputs_ok)
     xs = (steps, observations, t_prev, obs_times)
-    if not presampled:
-        (final, _), rows = jax.lax.scan(cycle, carry0, (*xs, steps))
+    scan_cycle = adjoint.wrap_cycle(cycle, lambda inputs: inputs[0])
+    segment = adjoint.segment_size(n_times)
+    if not presampled and segment is None:
+        # The non-presampled cycle ignores its fifth input (the draws): pass the steps.
+        (final, _), rows = jax.lax.scan(scan_cycle, carry0, (*xs, steps))
     else:
-        # Draw the cycles' random numbers a block at a time (one vmapped draw per block instead
-        # of one per cycle), then scan the block; the last block is padded with inactive
-        # cycles (no observation, a zero-length window) whose rows are dropped.
-        n_blocks = -(-n_times // _PRESAMPLE_BLOCK)
-        block = -(-n_times // n_blocks)
+        # Blocks of cycles: a presampled method draws a block's random numbers at once (one
+        # vmapped draw per block instead of one per cycle); a segmenting adjoint checkpoints
+        # each block as a whole. The last block is padded with inactive cycles (no
+        # observation, a zero-length window) whose rows are dropped.
+        if segment is not None:
+            block = segment
+            n_blocks = -(-n_times // block)
+        else:
+            n_blocks = -(-n_times // _PRESAMPLE_BLOCK)
+            block = -(-n_times // n_blocks)
         pad = n_blocks * block - n_times
 
         def padded(x, fill):
@@ -606,10 +626,15 @@ def run_cycles(
 
         def run_block(carry, block_xs):
             block_steps = block_xs[0]
-            cycle_keys_ = jax.vmap(lambda k: jax.random.fold_in(key, k))(block_steps)
-            draws = jax.vmap(method.presample, in_axes=(0, None))(cycle_keys_, carry[0])
-            return jax.lax.scan(cycle, carry, (*block_xs, draws))
+            if presampled:
+                cycle_keys_ = jax.vmap(lambda k: jax.random.fold_in(key, k))(block_steps)
+                draws = jax.vmap(method.presample, in_axes=(0, None))(cycle_keys_, carry[0])
+            else:
+                draws = block_steps
+            return jax.lax.scan(scan_cycle, carry, (*block_xs, draws))
 
+        if adjoint.checkpoint_segments:
+            run_block = jax.checkpoint(run_block, prevent_cse=False)
         (final, _), rows = jax.lax.scan(run_block, carry0, xs)
         rows = jax.tree_util.tree_map(lambda r: r.reshape(-1, *r.shape[2:])[:n_times], rows)
 
