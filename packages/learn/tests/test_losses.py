@@ -43,15 +43,18 @@ def replace(result, **kw):
     return eqx.tree_at(lambda r: [getattr(r, k) for k in kw], result, list(kw.values()))
 
 
-def central_fd(fun, x, eps=1e-6):
-    """Central finite differences of a scalar function of an array (float64: error ~eps^2
-    times the third derivative plus round-off ~1e-16/eps ~ 1e-10)."""
-    x = np.asarray(x, dtype=np.float64)
-    grad = np.zeros_like(x)
-    for idx in np.ndindex(x.shape):
-        e = np.zeros_like(x)
-        e[idx] = eps
-        grad[idx] = (float(fun(jnp.asarray(x + e))) - float(fun(jnp.asarray(x - e)))) / (2 * eps)
+def check_grad(fun, x, atol, n_dirs=4, eps=1e-6):
+    """Compare ``grad(fun)(x) . v`` with central finite differences along random directions
+    ``v`` (float64: truncation ~eps^2 times the third derivative, round-off ~1e-16/eps, so
+    ~1e-10 for eps = 1e-6), and check the gradient is finite."""
+    fun = jax.jit(fun)
+    grad = np.asarray(jax.jit(jax.grad(fun))(x))
+    assert np.all(np.isfinite(grad))
+    rng = np.random.default_rng(99)
+    for _ in range(n_dirs):
+        v = rng.normal(size=np.shape(x))
+        fd = (float(fun(x + eps * v)) - float(fun(x - eps * v))) / (2 * eps)
+        assert abs(float(np.sum(grad * v)) - fd) < atol, (np.sum(grad * v), fd)
     return grad
 
 
@@ -134,10 +137,9 @@ def test_observation_mse_gradient_matches_finite_differences():
     def loss(ens):
         return fl.observation_mse(replace(res, forecasts=ens), obs, h, of="members", burn_in=1)
 
-    g = jax.grad(loss)(res.forecasts)
-    assert np.all(np.isfinite(np.asarray(g)))  # the NaN observation leaks into no gradient
-    # Smooth loss: central FD error ~1e-10 (see central_fd); 1e-7 leaves a wide margin.
-    np.testing.assert_allclose(np.asarray(g), central_fd(loss, res.forecasts), atol=1e-7)
+    # Smooth loss: central FD error ~1e-10 (see check_grad); 1e-7 leaves a wide margin. The
+    # gradient is finite: the NaN observation leaks into no gradient.
+    check_grad(loss, res.forecasts, atol=1e-7)
 
 
 # ---- CRPS -------------------------------------------------------------------------------
@@ -172,10 +174,9 @@ def test_crps_loss_gradient_matches_finite_differences():
     def loss(ens):
         return fl.crps_loss(replace(res, forecasts=ens), truth, fair=True)
 
-    g = jax.grad(loss)(res.forecasts)
     # Piecewise linear in the members; with continuous random members no kink lies within
     # eps = 1e-6 of the point, so central FD is exact up to round-off (~1e-10).
-    np.testing.assert_allclose(np.asarray(g), central_fd(loss, res.forecasts), atol=1e-8)
+    check_grad(loss, res.forecasts, atol=1e-8)
 
 
 # ---- energy score -----------------------------------------------------------------------
@@ -208,9 +209,8 @@ def test_energy_score_gradient_finite_differences_and_coincident_members():
     rng = np.random.default_rng(7)
     ens = jnp.asarray(rng.normal(size=(6, 3)))
     y = jnp.asarray(rng.normal(size=3))
-    g = jax.grad(fl.energy_score)(ens, y)
     # Smooth away from coincident points: central FD error ~1e-10; 1e-7 margin.
-    np.testing.assert_allclose(np.asarray(g), central_fd(lambda e: fl.energy_score(e, y), ens), atol=1e-7)
+    check_grad(lambda e: fl.energy_score(e, y), ens, atol=1e-7)
     # A member equal to the target and a duplicated member: finite gradient (0/0 guarded).
     ens2 = ens.at[0].set(y).at[1].set(ens[2])
     assert np.all(np.isfinite(np.asarray(jax.grad(fl.energy_score)(ens2, y))))
@@ -230,8 +230,7 @@ def test_energy_score_loss_averages_scored_cycles():
     def loss(ens):
         return fl.energy_score_loss(replace(res, forecasts=ens), obs, obs_op=jnp.asarray(H))
 
-    g = jax.grad(loss)(res.forecasts)
-    np.testing.assert_allclose(np.asarray(g), central_fd(loss, res.forecasts), atol=1e-7)
+    check_grad(loss, res.forecasts, atol=1e-7)
 
 
 # ---- spread-skill -----------------------------------------------------------------------
@@ -251,8 +250,7 @@ def test_spread_skill_loss_matches_numpy_and_gradient():
     def loss(spread):
         return fl.spread_skill_loss(replace(res, analysis_spread=spread), truth)
 
-    g = jax.grad(loss)(res.analysis_spread)
-    np.testing.assert_allclose(np.asarray(g), central_fd(loss, res.analysis_spread), atol=1e-8)
+    check_grad(loss, res.analysis_spread, atol=1e-8)
     # Zero exactly when the time-mean spread equals the time-mean error (calibration).
     calibrated = replace(res, analysis_spread=jnp.asarray(np.sqrt(err2)))
     assert float(fl.spread_skill_loss(calibrated, truth)) < 1e-28
@@ -368,7 +366,8 @@ def test_losses_through_an_etkf_run_differentiate_in_the_inflation_factor():
         )
 
     infl = jnp.asarray(1.1)
-    jac = jax.jacrev(losses)(infl)
+    jac = jax.jit(jax.jacrev(losses))(infl)
+    losses = jax.jit(losses)
     eps = 1e-5
     fd = (np.asarray(losses(infl + eps)) - np.asarray(losses(infl - eps))) / (2 * eps)
     assert np.all(np.isfinite(np.asarray(jac)))

@@ -429,7 +429,9 @@ def spread_skill_loss(
     if ensemble_size is not None and (
         isinstance(ensemble_size, bool) or not isinstance(ensemble_size, int) or ensemble_size < 1
     ):
-        raise ValueError(f"{owner}: ensemble_size must be a positive int N_e; got {ensemble_size!r}.")
+        raise ValueError(
+            f"{owner}: ensemble_size must be a positive int N_e; got {ensemble_size!r}."
+        )
     means = result.analysis_mean if which == "analysis" else result.forecast_mean
     spread = result.analysis_spread if which == "analysis" else result.forecast_spread
     burn_in = _check_burn_in(burn_in, means.shape[0], owner)

@@ -410,7 +410,9 @@ def fit_gaussian_elbo(
     prior_cov = _check_square(prior_cov, "prior_cov", n)
     obs = _check_vector(obs, "obs")
     dtype = _float_dtype(prior_mean, prior_cov, obs)
-    prior_mean, prior_cov, obs = (jnp.asarray(x).astype(dtype) for x in (prior_mean, prior_cov, obs))
+    prior_mean, prior_cov, obs = (
+        jnp.asarray(x).astype(dtype) for x in (prior_mean, prior_cov, obs)
+    )
     matrix = _obs_matrix(obs_op, n, dtype)
     method = _resolve_method(method, matrix, key, owner)
     if solver is None:
