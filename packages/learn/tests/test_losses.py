@@ -375,3 +375,14 @@ def test_losses_through_an_etkf_run_differentiate_in_the_inflation_factor():
     # ~1e-11; CRPS / ES are piecewise smooth, no kink within eps for this draw. 1e-6 relative.
     np.testing.assert_allclose(np.asarray(jac), fd, rtol=1e-6, atol=1e-8)
     assert np.all(np.abs(fd) > 1e-4)  # the factor really changes every loss
+
+
+def test_losses_vmap_over_targets_like_a_loop():
+    rng = np.random.default_rng(14)
+    res = make_result(rng)
+    truths = jnp.asarray(rng.normal(size=(3, T, NX)))
+    for fn in (fl.crps_loss, fl.energy_score_loss, fl.spread_skill_loss):
+        batched = np.asarray(jax.vmap(lambda tr, fn=fn: fn(res, tr, burn_in=1))(truths))
+        looped = np.asarray([float(fn(res, tr, burn_in=1)) for tr in truths])
+        # Same arithmetic batched or not: round-off only.
+        np.testing.assert_allclose(batched, looped, rtol=1e-12)
