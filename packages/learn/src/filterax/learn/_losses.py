@@ -195,10 +195,11 @@ def innovation_nll(
 
     **Returns:** the scalar loss; NaN if a scored cycle failed (see the module docstring).
 
-    **Reference:** the maximum-likelihood "Pattern A" of differentiable DA (master list 8.C;
-    Chen, Sanz-Alonso & Willett 2023, ROAD-EnKF, eq. 3.2 uses the same predictive
-    likelihood). Bach, Baptista, Luk & Stuart (2025) use the *analysis* expected
-    log-likelihood instead (their eq. 2.5); this is the forecast-side evidence.
+    **Reference:** the maximum-likelihood "Pattern A" of differentiable DA (master list 8.C
+    and 8.E; Chen, Sanz-Alonso & Willett 2023, ROAD-EnKF, train on the same Gaussian
+    predictive likelihood). Bach, Baptista, Luk & Stuart (2025) use the *analysis*
+    expected log-likelihood plus a KL instead (their eq. 2.5); this is the forecast-side
+    evidence.
     """
     owner = "innovation_nll"
     result = _check_result(result, owner)

@@ -189,11 +189,13 @@ def gaussian_elbo(
     **Returns:** the scalar ELBO (a lower bound on ``log p(y | y_<k)``; equal to it at the
     exact posterior).
 
-    **Reference:** Bach, Baptista, Luk & Stuart (2025), eq. 2.6 (the online objective is
-    minus this ELBO) with the analytic expected log-likelihood of their §3 (the authors' code
-    uses the plug-in ``log N(y; Hm, R)`` without the trace term: VI_REPRODUCTION.md §1.4;
-    the exact term is used here); master list 10.A; Kingma & Welling (2014) for the
-    reparameterisation.
+    **Reference:** Bach, Baptista, Luk & Stuart (2025), eq. 2.6b (the online objective
+    ``J_{j+1}`` is minus this ELBO) and eq. 2.2. Departures: the paper evaluates the
+    expected log-likelihood by Monte Carlo even for linear ``h`` (§2, "we do the latter
+    here") and the authors' online code uses the plug-in ``log N(y; Hm, R)`` without the
+    trace term (VI_REPRODUCTION.md §1.4); here the exact analytic term is the default for
+    linear ``H``, Monte Carlo the option. Their KL uses ``inv`` + ``eigh``; this one
+    Cholesky factors. Master list 10.A; Kingma & Welling (2014) for the reparameterisation.
 
     **Example:**
 
@@ -402,7 +404,8 @@ def fit_gaussian_elbo(
     **Returns:** a `GaussianELBOFit`.
 
     **Reference:** master list 10.A ("Gaussian limit = Kalman"); Bach, Baptista, Luk &
-    Stuart (2025), eq. 2.6 and Remark 2.2 (the Kalman filter is the Gaussian minimiser).
+    Stuart (2025), eq. 2.2 (the analysis step as a KL minimisation, whose solution is the
+    posterior, here the Kalman update) and eq. 2.6b (minus this ELBO).
     """
     owner = "fit_gaussian_elbo"
     prior_mean = _check_vector(prior_mean, "prior_mean")
