@@ -1,3 +1,19 @@
 """filterax.learn — see the package README for what lands here."""
 
 from ._version import __version__ as __version__
+
+# --- loss zoo and sequential VI (issue 12: §1 loss zoo, §3 recursive ELBO) ---
+from ._energy_score import energy_score as energy_score
+from ._losses import (
+    crps_loss as crps_loss,
+    energy_score_loss as energy_score_loss,
+    innovation_nll as innovation_nll,
+    observation_mse as observation_mse,
+    spread_skill_loss as spread_skill_loss,
+)
+from ._sequential_vi import (
+    GaussianELBOFit as GaussianELBOFit,
+    fit_gaussian_elbo as fit_gaussian_elbo,
+    gaussian_elbo as gaussian_elbo,
+    recursive_elbo as recursive_elbo,
+)
