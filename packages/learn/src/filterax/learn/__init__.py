@@ -3,7 +3,11 @@
 from ._version import __version__ as __version__
 
 # --- training loops and positive reparameterisations (issue 12 §1, training patterns) ---
-from ._hybrid import ResidualDynamics as ResidualDynamics, StencilMLP as StencilMLP
+from ._hybrid import (
+    ResidualDynamics as ResidualDynamics,
+    ResidualObsOperator as ResidualObsOperator,
+    StencilMLP as StencilMLP,
+)
 from ._positive import (
     AbstractPositiveTransform as AbstractPositiveTransform,
     ExpPositive as ExpPositive,

@@ -13,9 +13,9 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, PRNGKeyArray, Real
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, Real
 
-__all__ = ["ResidualDynamics", "StencilMLP"]
+__all__ = ["ResidualDynamics", "ResidualObsOperator", "StencilMLP"]
 
 
 class StencilMLP(eqx.Module):
@@ -148,7 +148,7 @@ class ResidualDynamics(eqx.Module):
             )
 
     def __call__(
-        self, x: Float[Array, " N_x"], t0: Real[Array, ""], t1: Real[Array, ""]
+        self, x: Float[Array, " N_x"], t0: Real[ArrayLike, ""], t1: Real[ArrayLike, ""]
     ) -> Float[Array, " N_x"]:
         forecast = self.base(x, t0, t1)
         dx = jnp.asarray(self.correction(x))
@@ -158,3 +158,45 @@ class ResidualDynamics(eqx.Module):
                 f"got {dx.shape}."
             )
         return forecast + dx.astype(forecast.dtype)
+
+
+class ResidualObsOperator(eqx.Module):
+    r"""An observation operator with a learned additive correction.
+
+    $$H_\theta(x) = H_0(x) + f_\theta(x)$$
+
+    (``H_0`` the identity by default). With a zero-initialised ``f_\theta`` (`StencilMLP`
+    with ``zero_output=True``) training starts from the linear guess ``H_0`` and learns the
+    nonlinearity it misses. A randomly initialised network in place of ``H_\theta`` usually
+    makes the first filter runs diverge (it maps the state to nearly constant observations,
+    so the analysis increments blow up): start from a sensible ``H_0``.
+
+    **Arguments:**
+
+    - `correction`: ``correction(x) -> y`` on ONE state, with the observation's shape.
+    - `base`: ``base(x) -> y`` on ONE state, or ``None`` for the identity.
+
+    **Reference:** master list 8.6 (pattern B, a neural observation operator learned through
+    the filter). Not in Bach, Baptista, Luk & Stuart (2025).
+    """
+
+    correction: Callable[[Array], Array]
+    base: Callable[[Array], Array] | None = None
+
+    def __check_init__(self) -> None:
+        if not callable(self.correction) or not (self.base is None or callable(self.base)):
+            raise TypeError(
+                "ResidualObsOperator needs correction(x) -> y (and base(x) -> y or None), "
+                "callable on ONE state."
+            )
+
+    def __call__(self, x: Float[Array, " N_x"]) -> Float[Array, " N_y"]:
+        x = jnp.asarray(x)
+        y0 = x if self.base is None else jnp.asarray(self.base(x))
+        dy = jnp.asarray(self.correction(x))
+        if dy.shape != y0.shape:
+            raise ValueError(
+                f"ResidualObsOperator: correction(x) must have the observation's shape "
+                f"{y0.shape}; got {dy.shape}."
+            )
+        return y0 + dy.astype(y0.dtype)

@@ -17,7 +17,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, ArrayLike, Float
+from jaxtyping import Array, ArrayLike, Float, Real
 
 import filterax.primitives as fxp
 
@@ -58,7 +58,7 @@ class AbstractPositiveTransform(eqx.Module):
     lower: eqx.AbstractVar[float]
 
     @abc.abstractmethod
-    def __call__(self, raw: Float[ArrayLike, "*shape"]) -> Float[Array, "*shape"]:
+    def __call__(self, raw: Real[ArrayLike, "*shape"]) -> Float[Array, "*shape"]:
         """The constrained value ``g(raw)``."""
 
     @abc.abstractmethod
@@ -106,7 +106,7 @@ class SoftplusPositive(AbstractPositiveTransform):
     def __check_init__(self) -> None:
         _check_lower(self.lower, "SoftplusPositive")
 
-    def __call__(self, raw: Float[ArrayLike, "*shape"]) -> Float[Array, "*shape"]:
+    def __call__(self, raw: Real[ArrayLike, "*shape"]) -> Float[Array, "*shape"]:
         raw = _floating(raw, "SoftplusPositive(raw)")
         return self.lower + jax.nn.softplus(raw)
 
@@ -146,7 +146,7 @@ class ExpPositive(AbstractPositiveTransform):
     def __check_init__(self) -> None:
         _check_lower(self.lower, "ExpPositive")
 
-    def __call__(self, raw: Float[ArrayLike, "*shape"]) -> Float[Array, "*shape"]:
+    def __call__(self, raw: Real[ArrayLike, "*shape"]) -> Float[Array, "*shape"]:
         raw = _floating(raw, "ExpPositive(raw)")
         return self.lower + jnp.exp(raw)
 

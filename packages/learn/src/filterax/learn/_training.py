@@ -218,20 +218,20 @@ def _fit_step(loss_fn, optimizer, diff, static, opt_state, key):
         return _loss_value(loss_fn(eqx.combine(d, static), key), "fit")
 
     loss, grads = jax.value_and_grad(objective)(diff)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, new_opt_state = optimizer.update(grads, opt_state, diff)
     new_diff = eqx.apply_updates(diff, updates)
     # Never step on NaN: a failing step leaves parameters and optimiser state unchanged.
     new_diff = _tree_where(ok, new_diff, diff)
     new_opt_state = _tree_where(ok, new_opt_state, opt_state)
-    return new_diff, new_opt_state, loss, grad_norm, optax.global_norm(new_diff), ok
+    return new_diff, new_opt_state, loss, grad_norm, optax.tree.norm(new_diff), ok
 
 
 def fit(
     loss_fn: Callable[[PyTree, PRNGKeyArray], Real[ArrayLike, ""]],
     params: PyTree,
-    optimizer: optax.GradientTransformation,
+    optimizer: Any,
     n_steps: int,
     *,
     key: PRNGKeyArray,
@@ -385,7 +385,7 @@ def _fit_windows_impl(
         (value, new_state), grads = jax.value_and_grad(window_loss, has_aux=True)(
             d, jax.lax.stop_gradient(state), obs, times, t_start, k
         )
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         ok = alive & jnp.isfinite(value) & jnp.isfinite(grad_norm)
         updates, new_opt_state = optimizer.update(grads, opt_state, d)
         new_d = _tree_where(ok, eqx.apply_updates(d, updates), d)
@@ -401,7 +401,7 @@ def _fit_windows_impl(
                 n_windows,
                 value,
                 grad_norm,
-                optax.global_norm(new_d),
+                optax.tree.norm(new_d),
                 alive,
                 ordered=True,
             )
@@ -429,10 +429,10 @@ def fit_windows(
     build: Callable[[PyTree], tuple[Any, fxp.AbstractModel]],
     loss: Callable[[ff.RunResult, Float[Array, "k N_y"], PyTree], Real[ArrayLike, ""]],
     params: PyTree,
-    optimizer: optax.GradientTransformation,
+    optimizer: Any,
     initial: PyTree,
-    observations: Float[ArrayLike, "T N_y"],
-    obs_times: Real[ArrayLike, " T"],
+    observations: Float[ArrayLike, "..."],
+    obs_times: Real[ArrayLike, "..."],
     *,
     window: int,
     key: PRNGKeyArray,
