@@ -96,7 +96,8 @@ print(
 
 # %% [markdown]
 # All three move from the poor start toward well-tuned values: the inflation down toward
-# 1.03, the radius up (to about 12 sites here, 10.2 at full size), and the $R$ diagonal down
+# 1.03, the radius up (still growing at docs size: a second-half mean of about 12 sites;
+# the full-size run settles at 10.2), and the $R$ diagonal down
 # to the true 1. At docs size the inflation has not finished decreasing (about 1.06 here,
 # 1.031 at full size), which is most of the remaining gap to the hand tuning below.
 
