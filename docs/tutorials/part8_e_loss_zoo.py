@@ -172,11 +172,10 @@ for name in LOSSES:
 
 # %% [markdown]
 # **The gradients.** Each panel is one loss over $\lambda$ with the `jax.grad` tangents drawn
-# at every grid point. All five agree on the *sign* far from the optimum — too little
-# inflation is penalised by every loss — but their shapes differ: the NLL and the MSE are
-# shallow near their minimum (their gradients are small there and dominated by the
-# observation noise), the CRPS and the energy score are sharper, and the spread–skill loss
-# has a clean zero crossing at calibration but is blind to accuracy.
+# at every grid point (black). All five agree on the *sign* away from the optimum, and all
+# are asymmetric — too little inflation costs far more than the same excess — but not
+# equally: the asymmetry is printed below the figure (rise of the loss from its minimum to
+# $\lambda = 1$, divided by its rise to $\lambda = 1.4$).
 
 # %%
 colors = {name: f"C{i}" for i, name in enumerate(LOSSES)}
@@ -192,6 +191,12 @@ for ax, name in zip(axes, LOSSES, strict=True):
     ax.set_xlabel(r"inflation $\lambda$")
 axes[0].set_ylabel("loss (window mean); black: jax.grad tangents")
 plt.show()
+
+asymmetry = {}
+for name in LOSSES:
+    low = losses[name].min()
+    asymmetry[name] = (losses[name][0] - low) / (losses[name][-1] - low)
+    print(f"{name:13s} rise to lambda = 1 / rise to lambda = 1.4: {asymmetry[name]:.1f}")
 
 # %% [markdown]
 # The checks behind the figure: every loss and every gradient is finite; every loss has an
@@ -210,6 +215,11 @@ for name in LOSSES:
     far = np.abs(np.arange(len(grid)) - i) >= 3  # >= 0.075 from the minimum
     assert np.all(np.sign(grads[name][far]) == np.sign(fd[name][far])), name
 print("gradients: finite, downhill and consistent with finite differences")
+# under-inflation is the costly side for every loss; the NLL and the MSE (scored through
+# the observations) are flatter on the over-inflated side than the ensemble scores CRPS
+# and energy score (measured: ~5 and ~3.5 against ~2.4; the margin is wide)
+assert all(value > 1.5 for value in asymmetry.values()), asymmetry
+assert min(asymmetry["NLL"], asymmetry["MSE"]) > max(asymmetry["CRPS"], asymmetry["energy score"])
 
 # %% [markdown]
 # **Calibration vs accuracy.** The table reads each loss's optimal $\lambda$ off the sweep
@@ -232,25 +242,29 @@ i_ss = argmin["spread-skill"]
 # (the ratio moves by ~0.1 per grid step, so within 0.1 of 1).
 assert abs(ratio[i_ss] - 1) <= np.abs(ratio - 1).min() + 1e-12 and abs(ratio[i_ss] - 1) < 0.1
 # Every loss's optimum is a good filter: within 10 % of the best forecast RMSE on the grid
-# (the window-mean losses are estimates from 6 x 22 cycles, so their minima scatter by a
-# grid step or two around the RMSE optimum; 10 % is that scatter's measured effect, ~4 %,
-# with a margin).
+# (the window-mean losses are estimates from 6 x 22 scored cycles, so their minima could
+# scatter by a grid step or two around the RMSE optimum, a few per cent of RMSE).
 for name in LOSSES:
     assert rmse_f[argmin[name]] <= 1.10 * best, (name, rmse_f[argmin[name]], best)
 # No inflation is far worse than any loss's choice: the signal every loss carries.
 assert rmse_f[0] > 1.2 * best
 
 # %% [markdown]
-# **Reading the table.** On this problem all five losses put $\lambda$ within a few grid
-# steps of the RMSE-optimal one, and none gives up more than a few per cent of accuracy.
-# They differ in what they need and in how they behave:
+# **Reading the table.** On this problem (an ensemble whose only defect is unmodelled
+# process noise) the five losses agree: they put the minimum at the same grid point, which
+# is also the RMSE-optimal one and nearly calibrated. The choice between them is therefore
+# about what they need and how their gradients behave, not about where they lead:
 #
 # - the **NLL** and the **MSE** need only the observations, so they are the losses for
 #   training on real data; the NLL also sees the spread (through $C^{HH}$), the MSE only the
-#   mean, so on its own the MSE cannot tell an over-dispersed ensemble from a calibrated one
-#   except through the effect on the mean;
+#   mean. Both are flat on the over-inflated side: a gradient step from a too-large
+#   $\lambda$ is small;
 # - the **CRPS** and the **energy score** need a verifying truth (or score noisy
-#   observations against noise-free members, see `crps_loss`) and give the sharpest minimum:
-#   they reward accuracy and calibration together;
-# - the **spread–skill** loss is zero at calibration whatever the accuracy: a good
-#   *regulariser* next to an accuracy loss, never a training loss on its own.
+#   observations against noise-free members, see `crps_loss`) and give the most symmetric
+#   minimum: they reward accuracy and calibration together;
+# - the **spread–skill** loss is zero at calibration whatever the accuracy: a
+#   *regulariser* next to an accuracy loss, never a training loss on its own (a filter
+#   with a bad mean and a matching spread scores zero).
+#
+# Where the losses *do* disagree — a biased model, a rank-deficient ensemble — the same
+# sweep, with the same five lines, measures by how much.
