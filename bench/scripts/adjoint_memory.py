@@ -60,7 +60,11 @@ def twin(key, n_cycles):
     dynamics = Lorenz96(n=N_X, forcing=8.0, dt=DT)
     x_spun = dynamics(8.0 + jax.random.normal(k_spin, (N_X,)), 0.0, 50.0)
     truth = StateSpaceModel(
-        dynamics, obs_op=fxp.IdentityObs(), obs_noise=1.0, dt_obs=DT, x0_mean=x_spun,
+        dynamics,
+        obs_op=fxp.IdentityObs(),
+        obs_noise=1.0,
+        dt_obs=DT,
+        x0_mean=x_spun,
         x0_cov=1e-6,
     )
     xp = truth.simulate(k_sim, n_cycles)
@@ -71,8 +75,16 @@ def twin(key, n_cycles):
 def nll(forcing, observations, times, ensemble0, adjoint):
     model = fxp.Model(Lorenz96(n=N_X, forcing=forcing, dt=DT), fxp.IdentityObs(), 1.0)
     method = ff.EnsembleFilter(ff.ETKF(), inflator=fxp.MultiplicativeInflator(1.02))
-    out = ff.run(method, model, ensemble0, observations, times, key=jax.random.key(0),
-                 adjoint=adjoint, throw=False)
+    out = ff.run(
+        method,
+        model,
+        ensemble0,
+        observations,
+        times,
+        key=jax.random.key(0),
+        adjoint=adjoint,
+        throw=False,
+    )
     return -jnp.sum(out.log_likelihood)
 
 
@@ -95,14 +107,22 @@ def measure(n_cycles, repeats):
         if ref is None:
             ref = grad
         exact = not isinstance(adjoint, ff.TruncatedAdjoint)
-        rows.append({
-            "T": n_cycles, "strategy": name, "temp_MiB": temp, "seconds": float(np.median(times)),
-            "compile_s": compile_s, "grad": grad,
-            "rel_diff": abs(grad - ref) / abs(ref) if exact else None,
-        })
-        print(f"T={n_cycles:5d} {name:22s} temp {temp:9.3f} MiB  {np.median(times):7.3f} s  "
-              f"dNLL/dF {grad: .6e}" + (f"  rel.diff {rows[-1]['rel_diff']:.1e}" if exact else ""),
-              flush=True)
+        rows.append(
+            {
+                "T": n_cycles,
+                "strategy": name,
+                "temp_MiB": temp,
+                "seconds": float(np.median(times)),
+                "compile_s": compile_s,
+                "grad": grad,
+                "rel_diff": abs(grad - ref) / abs(ref) if exact else None,
+            }
+        )
+        print(
+            f"T={n_cycles:5d} {name:22s} temp {temp:9.3f} MiB  {np.median(times):7.3f} s  "
+            f"dNLL/dF {grad: .6e}" + (f"  rel.diff {rows[-1]['rel_diff']:.1e}" if exact else ""),
+            flush=True,
+        )
     full = rows[0]
     for row in rows:
         row["memory_ratio_vs_full"] = full["temp_MiB"] / row["temp_MiB"]
@@ -128,8 +148,10 @@ def chaos(n_cycles, n_keys, windows):
     for name in out[0]:
         values = np.array([out[k][name] for k in out])
         summary[name] = {
-            "mean": float(values.mean()), "sd": float(values.std(ddof=1)),
-            "all_negative": bool(np.all(values < 0)), "values": values.tolist(),
+            "mean": float(values.mean()),
+            "sd": float(values.std(ddof=1)),
+            "all_negative": bool(np.all(values < 0)),
+            "values": values.tolist(),
         }
     return summary
 
@@ -149,12 +171,16 @@ def main():
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         diff = "-" if r["rel_diff"] is None else f"{r['rel_diff']:.1e}"
-        print(f"| {r['T']} | {r['strategy']} | {r['temp_MiB']:.2f} | "
-              f"{r['memory_ratio_vs_full']:.0f}x | {r['seconds']:.3f} | "
-              f"{r['time_ratio_vs_full']:.2f} | {diff} |")
+        print(
+            f"| {r['T']} | {r['strategy']} | {r['temp_MiB']:.2f} | "
+            f"{r['memory_ratio_vs_full']:.0f}x | {r['seconds']:.3f} | "
+            f"{r['time_ratio_vs_full']:.2f} | {diff} |"
+        )
     summary = chaos(args.chaos_cycles, args.keys, args.windows) if args.keys else {}
     for name, s in summary.items():
-        print(f"{name:10s} mean {s['mean']: .3e} sd {s['sd']:.3e} all negative: {s['all_negative']}")
+        print(
+            f"{name:10s} mean {s['mean']: .3e} sd {s['sd']:.3e} all negative: {s['all_negative']}"
+        )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"adjoints": rows, "chaos": summary}, indent=2))

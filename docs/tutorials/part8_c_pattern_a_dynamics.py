@@ -14,9 +14,11 @@
 # hyper-parameters (**Pattern C**, [8.7](../part8_c_pattern_c_hyperparameters/)).
 #
 # **Why windows.** Back-propagating $\mathcal L$ through a long run of a chaotic model is
-# useless: the gradient's variance grows exponentially with the run length (8.A, §8.9: through
-# 1024 Lorenz-96 cycles $\partial \mathcal L / \partial F$ had mean $-2.6$ and standard
-# deviation 260 over 4 keys). `filterax.learn.fit_windows` is the online loop of ROAD-EnKF
+# useless: the gradient grows exponentially with the run length and its sign depends on the
+# realisation ([8.A, §8.9](../part8_a_gradients_adjoints/): through 256 Lorenz-96 cycles
+# $\partial \mathcal L / \partial F$ at $F = 7$ was $+2\times 10^5$ to $+8\times 10^7$ —
+# the wrong sign — for three twins whose 25-cycle windows all gave about $-10^3$ to
+# $-4\times 10^3$). `filterax.learn.fit_windows` is the online loop of ROAD-EnKF
 # (Chen, Sanz-Alonso & Willett 2023): it cuts the record into windows of $k$ cycles, runs
 # the filter over each window from the previous window's final analysis (a constant: the
 # gradient stops at the window start), and takes one optimiser step per window,

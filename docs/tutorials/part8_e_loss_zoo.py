@@ -108,8 +108,8 @@ print("windows:", obs.shape, "truth:", truth.shape, "initial ensembles:", ens0.s
 # them with the five losses (the window mean), and `jax.jacrev` differentiates all five
 # through `run` at once; a `vmap` over the grid of $\lambda$ makes the whole sweep one
 # compiled program. The windows are **short** on purpose: through long chaotic runs the
-# gradient of a loss explodes (Part 8.A); for longer records pass
-# `adjoint=ff.TruncatedAdjoint(window=k)` to `run`.
+# gradient of a loss explodes ([8.A, §8.9](../part8_a_gradients_adjoints/)); for longer
+# records pass `adjoint=ff.TruncatedAdjoint(window=k)` to `run`.
 
 # %%
 LOSSES = ("NLL", "MSE", "CRPS", "energy score", "spread-skill")

@@ -56,8 +56,9 @@ def kalman_loss(scale, adjoint):
     # while loop, which reverse mode cannot differentiate twice (linearise, then grad).
     model = fxp.Model(lambda x, t0, t1: A @ x, fxp.IdentityObs(), 1.0, process_noise=0.1)
     initial = ff.GaussianState(jnp.zeros(N_X), jnp.eye(N_X))
-    out = ff.run(ff.KalmanFilter(), model, initial, YS / 8.0, TIMES, key=jax.random.key(0),
-                 adjoint=adjoint)
+    out = ff.run(
+        ff.KalmanFilter(), model, initial, YS / 8.0, TIMES, key=jax.random.key(0), adjoint=adjoint
+    )
     return -jnp.sum(out.log_likelihood), out
 
 
@@ -90,8 +91,9 @@ def test_truncated_gradient_is_the_sum_of_window_gradients_from_frozen_states():
 
     def run(forcing, ensemble0, ys, times, t0, adjoint=None):
         model = fxp.Model(Lorenz96(n=N_X, forcing=forcing, dt=0.05), fxp.IdentityObs(), 1.0)
-        return ff.run(method, model, ensemble0, ys, times, key=jax.random.key(3), t0=t0,
-                      adjoint=adjoint)
+        return ff.run(
+            method, model, ensemble0, ys, times, key=jax.random.key(3), t0=t0, adjoint=adjoint
+        )
 
     def truncated_loss(forcing):
         out = run(forcing, E0, YS, TIMES, 0.0, ff.TruncatedAdjoint(window=k))

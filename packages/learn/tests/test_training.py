@@ -202,6 +202,21 @@ def test_fit_windows_with_one_window_is_one_full_run_gradient_step():
     assert float(out.losses[0]) == pytest.approx(float(value), rel=1e-10)
     assert float(out.params) == pytest.approx(7.0 - lr * float(grad), rel=1e-10, abs=1e-12)
     assert float(grad) != 0.0
+    # A two-level checkpointed window gives the same step (the driver's exact adjoints agree
+    # to round-off).
+    checkpointed = fl.fit_windows(
+        _build_forcing(model),
+        _nll,
+        jnp.asarray(7.0),
+        optax.sgd(lr),
+        X0,
+        obs,
+        times,
+        window=obs.shape[0],
+        key=key,
+        adjoint=ff.TwoLevelCheckpointAdjoint(),
+    )
+    assert float(checkpointed.params) == pytest.approx(float(out.params), rel=1e-12)
 
 
 def test_fit_windows_carries_the_state_and_truncates_the_gradient():

@@ -37,6 +37,7 @@ from ._adjoint import (
     FullAdjoint as FullAdjoint,
     TruncatedAdjoint as TruncatedAdjoint,
     TwoLevelCheckpointAdjoint as TwoLevelCheckpointAdjoint,
+    check_adjoint as check_adjoint,
 )
 from ._run import (
     RunResult as RunResult,

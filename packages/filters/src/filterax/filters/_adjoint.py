@@ -10,7 +10,7 @@ the integrator's stages, the analysis' factorisations) is large. The strategies,
 |---|---|---|---|
 | `FullAdjoint` | exact | ``T`` cycles' residuals | 1 forward + 1 backward |
 | `CheckpointAdjoint` | exact | ``T`` carries + 1 cycle's residuals | + 1 forward |
-| `TwoLevelCheckpointAdjoint` | exact | ``~2 sqrt(T)`` carries + 1 cycle's residuals | + 2 forwards |
+| `TwoLevelCheckpointAdjoint` | exact | ``~2 sqrt(T)`` carries + 1 cycle's | + 2 forwards |
 | `TruncatedAdjoint` | truncated every ``k`` cycles | as full (or per-cycle checkpoint) | as full |
 
 The three exact strategies give the same gradient up to round-off (they recompute the same
@@ -124,9 +124,7 @@ class TwoLevelCheckpointAdjoint(AbstractAdjoint):
 
     def __check_init__(self) -> None:
         if self.segment_length is not None:
-            _check_positive_int(
-                self.segment_length, "segment_length", "TwoLevelCheckpointAdjoint"
-            )
+            _check_positive_int(self.segment_length, "segment_length", "TwoLevelCheckpointAdjoint")
 
     def wrap_cycle(self, cycle: Callable, step_of: Callable[[Any], Any]) -> Callable:
         del step_of
@@ -171,7 +169,9 @@ class TruncatedAdjoint(AbstractAdjoint):
     def __check_init__(self) -> None:
         _check_positive_int(self.window, "window", "TruncatedAdjoint")
         if not isinstance(self.checkpoint, bool):
-            raise TypeError(f"TruncatedAdjoint: checkpoint must be a bool; got {self.checkpoint!r}.")
+            raise TypeError(
+                f"TruncatedAdjoint: checkpoint must be a bool; got {self.checkpoint!r}."
+            )
 
     def wrap_cycle(self, cycle: Callable, step_of: Callable[[Any], Any]) -> Callable:
         window = self.window

@@ -359,7 +359,19 @@ def _window_arrays(observations: Any, obs_times: Any, window: Any, owner: str):
 
 
 def _fit_windows_impl(
-    build, loss, optimizer, diff, static, initial, obs_w, times_w, t0, key, callback, save
+    build,
+    loss,
+    optimizer,
+    diff,
+    static,
+    initial,
+    obs_w,
+    times_w,
+    t0,
+    key,
+    callback,
+    save,
+    adjoint=None,
 ):
     n_windows = obs_w.shape[0]
     method0, model0 = build(eqx.combine(diff, static))
@@ -374,7 +386,17 @@ def _fit_windows_impl(
     def window_loss(d, state, obs, times, t_start, k):
         params = eqx.combine(d, static)
         method, model = build(params)
-        result = ff.run(Resumed(method), model, state, obs, times, key=k, t0=t_start, throw=False)
+        result = ff.run(
+            Resumed(method),
+            model,
+            state,
+            obs,
+            times,
+            key=k,
+            t0=t_start,
+            throw=False,
+            adjoint=adjoint,
+        )
         value = _loss_value(loss(result, obs, params), "fit_windows")
         return value, result.state
 
@@ -440,6 +462,7 @@ def fit_windows(
     callback: Callable[[TrainingProgress], Any] | None = None,
     throw: bool = True,
     save_trajectory: bool = True,
+    adjoint: Any = None,
 ) -> WindowFitResult:
     r"""Online training on truncated windows of ``k`` cycles (ROAD-EnKF's loop).
 
@@ -454,7 +477,8 @@ def fit_windows(
     state (``S_0 = method.init(initial)``), run with the parameters before the update, and
     the gradient does not reach back past the window start. ``k = 1`` is the local gradient
     of ROAD-EnKF; ``k = T`` is one gradient step on the whole run. The whole loop is ONE
-    compiled `lax.scan` over windows (`filterax.filters.run` inside it, full tape per window);
+    compiled `lax.scan` over windows (`filterax.filters.run` inside it, each window
+    differentiated as `adjoint` says);
     a window whose loss or gradient is not finite updates nothing and freezes training (the
     rest of the rows are NaN), reported by `status` or, with ``throw=True``, a
     `FloatingPointError` naming the window.
@@ -482,6 +506,9 @@ def fit_windows(
       leave it ``None`` to `jax.vmap` the loop).
     - `throw`: raise on a non-finite window loss or gradient (default).
     - `save_trajectory`: stack the parameters after every window (default ``True``).
+    - `adjoint`: how each window's run is differentiated (`filterax.filters.run`'s
+      ``adjoint=``): the full tape by default; `filterax.filters.CheckpointAdjoint()` or
+      `TwoLevelCheckpointAdjoint()` bound the memory of long windows (same gradient).
 
     **Returns:** a `WindowFitResult`.
 
@@ -528,6 +555,7 @@ def fit_windows(
         key,
         callback,
         bool(save_trajectory),
+        ff.check_adjoint(adjoint, owner),
     )
     if save_trajectory:
         trajectory = eqx.combine(trajectory, static)
