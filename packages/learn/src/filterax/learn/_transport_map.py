@@ -40,7 +40,9 @@ class AffineTransportMap(eqx.Module):
 
     Pushing ``N(m, C)`` forward gives ``N(m + K(y - Hm), B C B^T)``: with ``K`` the Kalman
     gain of ``C`` and ``B C B^T = (I - KH) C`` it is the Kalman posterior (the optimum of
-    `transport_map_loss` for a Gaussian forecast and linear-Gaussian likelihood). A
+    `transport_map_loss` for a Gaussian forecast and linear-Gaussian likelihood). ``K`` enters
+    only through ``K(y - Hm)``: one observation fixes that vector, not ``K``; the loss summed
+    over observations whose innovations span ``R^{N_y}`` identifies the Kalman gain. A
     deterministic ``v + K(y - Hv)`` cannot do this (its pushforward lacks ``K Gamma K^T``).
 
     **Fields:**
