@@ -51,3 +51,20 @@ from ._fit_gain import (
     online_vi_step as online_vi_step,
 )
 from ._vi_loss import gaussian_vi_terms as gaussian_vi_terms, offline_vi_loss as offline_vi_loss
+
+# --- EnKF and transport-map variational filters (issue 12 §2) ---
+from ._enkf_vi import (
+    VariationalEnKF as VariationalEnKF,
+    VariationalEnKFState as VariationalEnKFState,
+    VICycleTerms as VICycleTerms,
+    enkf_localization as enkf_localization,
+)
+from ._enkf_vi_cost import (
+    EnKFVICost as EnKFVICost,
+    enkf_vi_cost as enkf_vi_cost,
+    vi_cost_surface as vi_cost_surface,
+)
+from ._transport_map import (
+    AffineTransportMap as AffineTransportMap,
+    transport_map_loss as transport_map_loss,
+)
