@@ -38,3 +38,11 @@ from ._training import (
     fit_windows as fit_windows,
 )
 # --- end training ---
+
+# --- amortised analysis maps (issue 12 §2 neural analysis map, §3 amortised filter) ---
+from ._amortised import (
+    AmortisedAnalysis as AmortisedAnalysis,
+    EquivariantEnsembleNet as EquivariantEnsembleNet,
+)
+from ._amortised_training import fit_amortised as fit_amortised
+# --- end amortised ---
