@@ -183,7 +183,7 @@ class EquivariantEnsembleNet(eqx.Module):
         dtype = self.phi.layers[0].weight.dtype
         forecast = forecast.astype(dtype)
         base_analysis = base_analysis.astype(dtype)
-        mean = jnp.mean(forecast, axis=0)
+        mean = jnp.mean(forecast, axis=0, keepdims=True)
         feats = jnp.stack(
             [
                 forecast / self.state_scale,
@@ -257,7 +257,7 @@ class AmortisedAnalysis(fxp.AbstractSequentialFilter):
     base: fxp.AbstractSequentialFilter
     network: Any
 
-    def __init__(self, base: fxp.AbstractSequentialFilter, network: Any):
+    def __init__(self, base: Any, network: Any):
         if not callable(getattr(base, "analysis", None)):
             raise TypeError(
                 "AmortisedAnalysis(base=...) must be an analysis kernel with analysis(key, "

@@ -46,6 +46,7 @@ def fit_amortised(
     batch: int,
     key: PRNGKeyArray,
     trainable: Callable[[Any], PyTree] = _default_trainable,
+    starts: Any = None,
     callback: Callable[[TrainingProgress], Any] | None = None,
     throw: bool = True,
 ) -> FitResult:
@@ -77,11 +78,14 @@ def fit_amortised(
       base filter on the same trajectory).
     - `truth`, `observations`, `obs_times`: ``(T, N_x)``, ``(T, N_y)``, ``(T,)`` the twin.
     - `optimizer`: an ``optax.GradientTransformation``.
-    - `n_steps`: optimiser steps; `window`: ``k`` cycles per window; `batch`: ``B`` windows
-      per step (Python ints ``>= 1``; ``k < T``).
+    - `n_steps`: optimiser steps; `window`: ``k`` cycles per window; `batch`: ``B`` random
+      windows per step (Python ints ``>= 1``; ``k < T``; `batch` is ignored with `starts`).
     - `key`: step ``s`` uses ``fold_in(key, s)`` for its window starts and filter keys.
     - `trainable`: ``trainable(method) -> pytree`` selecting what is trained (default: the
       network of an `EnsembleFilter`'s `AmortisedAnalysis` kernel, ``method.kernel.network``).
+    - `starts`: ``None`` (default: ``B`` random starts per step) or a fixed 1-D array of
+      window starts in ``[1, T - k]`` used at every step (full-batch training on fixed
+      windows: a deterministic objective, e.g. to check that training lowers it).
     - `callback`, `throw`: as for `fit`.
 
     **Returns:** a `FitResult` whose `params` is the trained METHOD.
@@ -119,6 +123,19 @@ def fit_amortised(
             f"{owner}: window={window} leaves no window start in a run of T={n_times} cycles; "
             f"pass window < T (windows start at cycles 1..T-window)."
         )
+    if starts is not None:
+        starts = jnp.asarray(starts)
+        concrete = fxp.concrete_value(starts)
+        if starts.ndim != 1 or starts.shape[0] < 1 or not jnp.issubdtype(starts.dtype, jnp.integer):
+            raise ValueError(
+                f"{owner}: starts must be a non-empty 1-D integer array of window starts; got "
+                f"shape {starts.shape} and dtype {starts.dtype}."
+            )
+        if concrete is not None and (concrete.min() < 1 or concrete.max() > n_times - window):
+            raise ValueError(
+                f"{owner}: window starts must lie in [1, T - window] = [1, {n_times - window}]; "
+                f"got min {concrete.min()}, max {concrete.max()}."
+            )
     try:
         network = trainable(method)
     except AttributeError as err:
@@ -131,7 +148,10 @@ def fit_amortised(
     def loss_fn(net: PyTree, step_key: PRNGKeyArray) -> Array:
         trained = eqx.tree_at(trainable, method, net)
         k_start, k_run = jax.random.split(step_key)
-        starts = jax.random.randint(k_start, (batch,), 1, n_times - window + 1)
+        if starts is None:
+            step_starts = jax.random.randint(k_start, (batch,), 1, n_times - window + 1)
+        else:
+            step_starts = starts
 
         def one(s: Array, k: PRNGKeyArray) -> Array:
             def cut(x: Array) -> Array:
@@ -150,7 +170,8 @@ def fit_amortised(
             )
             return crps_loss(result, cut(truth), which="analysis")
 
-        return jnp.mean(jax.vmap(one)(starts, jax.random.split(k_run, batch)))
+        keys = jax.random.split(k_run, step_starts.shape[0])
+        return jnp.mean(jax.vmap(one)(step_starts, keys))
 
     out = fit(loss_fn, network, optimizer, n_steps, key=key, callback=callback, throw=throw)
     return FitResult(
