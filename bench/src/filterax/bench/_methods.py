@@ -16,6 +16,7 @@ import numpy as np
 import filterax.filters as fxf
 from filterax.primitives import DAPPER_GC_FACTOR, dapper_radius_to_gc_halfwidth
 
+from ._methods_amortised import amortised_methods
 from ._methods_baselines import baseline_methods
 from ._methods_enkf4d import enkf4d_methods
 from ._methods_envar import envar_methods
@@ -421,6 +422,7 @@ def _register_builtin() -> None:
         *envar_methods(),
         *variational_methods(),
         *baseline_methods(),
+        *amortised_methods(),
     ]:
         register_method(method)
     register_suite(

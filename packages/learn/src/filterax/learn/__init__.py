@@ -68,3 +68,11 @@ from ._transport_map import (
     AffineTransportMap as AffineTransportMap,
     transport_map_loss as transport_map_loss,
 )
+
+# --- amortised analysis maps (issue 12 §2 neural analysis map, §3 amortised filter) ---
+from ._amortised import (
+    AmortisedAnalysis as AmortisedAnalysis,
+    EquivariantEnsembleNet as EquivariantEnsembleNet,
+)
+from ._amortised_training import fit_amortised as fit_amortised
+# --- end amortised ---
