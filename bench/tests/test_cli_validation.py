@@ -490,3 +490,14 @@ def test_demo_refuses_bad_arguments_in_one_line(capsys, argv, says):
     assert main(["demo", *argv]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and says in err
+
+
+def test_learn_refuses_an_unknown_pattern_and_names_the_choices(capsys, tmp_path):
+    line = cli_error(capsys, ["learn", "--patterns", "Z_unknown", "--out", str(tmp_path)])
+    assert "Z_unknown" in line and "A_forcing" in line and "C_letkf" in line
+    assert not (tmp_path / "learn.json").exists()
+
+
+def test_learn_patterns_library_refuses_an_unknown_pattern():
+    with pytest.raises(KeyError, match="choose from"):
+        fb.run_learning_patterns(["nope"])

@@ -28,7 +28,7 @@
 # \ell(\mathcal R_w)\big).$$
 #
 # The whole loop is one compiled `lax.scan` over windows. Docs size here: 1000 training
-# cycles (100 windows of 10); the full-size runs are `bench/scripts/learn_patterns.py`.
+# cycles (100 windows of 10); the full-size runs are `filterax-bench learn`.
 
 # %%
 import equinox as eqx
@@ -149,7 +149,7 @@ assert last < 0.85 * first, (first, last)
 # input_scale=8.0, zero_output=True))`, a biased model ($F = 7$, truth 8) plus a local
 # network correction that starts at zero, and pass the network as `params`. That second
 # program is not compiled on this page (the docs build has a time budget per page); its
-# full-size numbers from `bench/scripts/learn_patterns.py` (2000 training cycles, held-out
+# full-size numbers from `filterax-bench learn` (2000 training cycles, held-out
 # twin of 1000 scored cycles, ETKF $N_e = 20$):
 #
 # | model | held-out rmse.f | held-out rmse.a |

@@ -7,7 +7,7 @@
 # covariance $S_t$. The training loop is the online truncated-window loop of
 # [8.5](../part8_c_pattern_a_dynamics/) (`filterax.learn.fit_windows`, one Adam step per
 # window of 10 cycles). Docs size: 1000 training cycles; the full-size run is
-# `bench/scripts/learn_patterns.py`.
+# `filterax-bench learn`.
 
 # %%
 import equinox as eqx
@@ -126,7 +126,7 @@ plt.show()
 # %% [markdown]
 # **Checks.** The operator's rms error on the visited states drops at least 2.5-fold. The
 # match is best where the states are dense and poorest in the tails, which the innovations
-# rarely probe. Full size (2000 training cycles, `bench/scripts/learn_patterns.py`):
+# rarely probe. Full size (2000 training cycles, `filterax-bench learn`):
 #
 # | observation operator in the filter | rms error of $H$ | held-out rmse.a |
 # |---|---|---|

@@ -167,7 +167,7 @@ for name, value in rmse.items():
 # | learned ($\lambda$, $r_\text{loc}$, $R$ diagonal) | see above | 0.187 |
 # | DAPPER hand-tuned: 1.04, `loc_rad` 6, $R = I$ | see above | 0.192 |
 #
-# The full-size run (`bench/scripts/learn_patterns.py`: 4000 training cycles, 1000 scored
+# The full-size run (`filterax-bench learn`: 4000 training cycles, 1000 scored
 # held-out cycles) learns $\lambda = 1.031$, a half-width of 10.2 and $R$ diagonal entries
 # in $[0.94, 1.12]$ (mean 1.02), and matches the hand tuning. **Checks** at docs size: each
 # parameter moves toward its tuned value, and the learned filter's held-out rmse.a is at

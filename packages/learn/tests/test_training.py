@@ -394,7 +394,7 @@ def test_stencil_mlp_matches_a_per_site_loop_and_residual_pieces_add():
 
 
 # ---------------------------------------------------------------------------------------------
-# the training patterns at tiny sizes (issue 12 §1; full sizes in bench/scripts/learn_patterns.py)
+# the training patterns at tiny sizes (issue 12 §1; full sizes in filterax-bench learn)
 
 
 @pytest.fixture(scope="module")

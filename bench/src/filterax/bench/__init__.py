@@ -49,6 +49,7 @@ __all__ = [
     "run_calibration",
     "DemoResult",
     "run_lorenz96_demo",
+    "run_learning_patterns",
 ]
 
 if TYPE_CHECKING:  # static analysis and the API docs see every name of `_api`

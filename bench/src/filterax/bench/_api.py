@@ -47,5 +47,8 @@ from ._calibration import (
     run_calibration as run_calibration,
 )
 
+# --- training patterns of differentiable DA (filterax.learn) ---
+from ._learn_patterns import run_learning_patterns as run_learning_patterns
+
 # --- the Lorenz-96 demo (the 0.1.0 main job) ---
 from ._demo import DemoResult as DemoResult, run_lorenz96_demo as run_lorenz96_demo

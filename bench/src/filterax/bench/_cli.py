@@ -491,6 +491,70 @@ def _calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _learn(args: argparse.Namespace) -> int:
+    import sys
+
+    from rich.console import Console
+
+    console = Console()
+    out = _checked_out(args)
+    from ._learn_patterns import PATTERNS, run_learning_patterns
+
+    names = _split(args.patterns) or list(PATTERNS)
+    unknown = [n for n in names if n not in PATTERNS]
+    if unknown:
+        raise _UsageError(f"unknown pattern(s) {unknown}; choose from {list(PATTERNS)}")
+    bars = None
+    if not args.no_progress and sys.stdout.isatty():
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        bars = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TimeElapsedColumn(),
+        )
+
+    def progress(name: str):
+        if args.no_progress:
+            return None
+        task = None
+
+        def callback(p) -> None:
+            # One call per training window (filterax.learn.TrainingProgress).
+            nonlocal task
+            if bars is not None:
+                if task is None:
+                    task = bars.add_task(name, total=p.n_steps, loss="-")
+                bars.update(task, completed=p.step + 1, loss=f"{p.loss:.4g}")
+            elif (p.step + 1) % max(1, p.n_steps // 10) == 0 or p.step + 1 == p.n_steps:
+                print(f"{name}: window {p.step + 1}/{p.n_steps}, loss {p.loss:.4g}", flush=True)
+
+        return callback
+
+    t0 = time.perf_counter()
+    if bars is not None:
+        bars.start()
+    try:
+        results = run_learning_patterns(names, quick=args.quick, out=out, progress=progress)
+    finally:
+        if bars is not None:
+            bars.stop()
+    for name in names:
+        console.print(f"[bold]{name}[/bold] ({results[name]['seconds']} s): ", highlight=False)
+        console.print_json(data={k: v for k, v in results[name].items() if k != "seconds"})
+    console.print(f"[dim]wrote {out / 'learn.json'}[/dim]")
+    print(f"wall time {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
 # --- parser ----------------------------------------------------------------------------------
 
 
@@ -612,6 +676,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cycles", type=int, default=1400, help="assimilation cycles (1400)")
     p.add_argument("--seeds", type=_seed, nargs="+", default=[0, 1, 2], help="seeds (0 1 2)")
     p.set_defaults(func=_demo)
+
+    p = sub.add_parser(
+        "learn",
+        help="training patterns of differentiable DA (learn F, a model correction, H, LETKF "
+        "inflation/localisation/R) with a progress bar",
+        description="Train each pattern online on Lorenz-96 windows through filterax.learn."
+        "fit_windows, score it on a held-out twin, print the results and write learn.json "
+        "into --out.",
+    )
+    p.add_argument("--quick", action="store_true", help="quarter-length training runs")
+    p.add_argument(
+        "--patterns", nargs="+", help="A_forcing A_mlp_correction B_obs_operator C_letkf (all)"
+    )
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
+    p.set_defaults(func=_learn)
 
     p = sub.add_parser(
         "calibrate",

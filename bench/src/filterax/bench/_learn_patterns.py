@@ -1,5 +1,6 @@
-"""The training patterns of issue 12 §1 (master list 8.5-8.7) on Lorenz-96 sakov2008 twins,
-trained online on windows of 10 cycles with `filterax.learn.fit_windows` (innovation NLL):
+"""`run_learning_patterns`: the training patterns of differentiable DA (master list 8.5-8.7) on
+Lorenz-96 sakov2008 twins, trained online on windows of 10 cycles with
+`filterax.learn.fit_windows` (innovation NLL):
 
 - A  learn the forcing F from 6 (truth 8): ETKF N=20, infl 1.1;
 - A' a StencilMLP correcting a biased model (F=7, truth 8): forecast RMSE on a held-out twin;
@@ -8,13 +9,18 @@ trained online on windows of 10 cycles with `filterax.learn.fit_windows` (innova
      rmse.a beside DAPPER's hand-tuned infl 1.04, loc_rad 6.
 
 Learned values are averaged over the second half of the windows (Bach et al. 2025, Remark 2.4).
+The command line runs them with a progress bar fed by the training loop's callback:
 
-    uv run python bench/scripts/learn_patterns.py [--quick] [--out results.json]
+    filterax-bench learn [--quick] [--patterns A_forcing C_letkf] [--out bench-results]
 """
 
-import argparse
+from __future__ import annotations
+
 import json
 import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -26,6 +32,8 @@ import filterax.filters as ff
 import filterax.learn as fl
 import filterax.primitives as fxp
 from filterax.zoo import Lorenz96, presets
+
+__all__ = ["PATTERNS", "run_learning_patterns"]
 
 WINDOW = 10
 
@@ -56,7 +64,7 @@ def tail_mean(tree):
     return jax.tree_util.tree_map(lambda a: jnp.mean(a[a.shape[0] // 2 :], axis=0), tree)
 
 
-def pattern_a_forcing(ssm, xp, test):
+def pattern_a_forcing(ssm, xp, test, callback=None):
     def build(F):
         return etkf(), eqx.tree_at(lambda m: m.dynamics.forcing, ssm, F)
 
@@ -71,6 +79,7 @@ def pattern_a_forcing(ssm, xp, test):
         xp.times,
         window=WINDOW,
         key=jax.random.key(3),
+        callback=callback,
     )
     tail = out.trajectory[out.trajectory.shape[0] // 2 :]
     return {
@@ -82,7 +91,7 @@ def pattern_a_forcing(ssm, xp, test):
     }
 
 
-def pattern_a_mlp(ssm, xp, test):
+def pattern_a_mlp(ssm, xp, test, callback=None):
     def build(net):
         dyn = fl.ResidualDynamics(Lorenz96(forcing=7.0), net)
         return etkf(), eqx.tree_at(lambda m: m.dynamics, ssm, dyn)
@@ -99,6 +108,7 @@ def pattern_a_mlp(ssm, xp, test):
         xp.times,
         window=WINDOW,
         key=jax.random.key(3),
+        callback=callback,
         save_trajectory=False,
     )
     return {
@@ -108,10 +118,10 @@ def pattern_a_mlp(ssm, xp, test):
     }
 
 
-def pattern_b_obs_operator(ssm, xp_unused, test_unused, n_cycles):
+def pattern_b_obs_operator(ssm, xp, test_unused, callback=None):
     h = lambda x: 3.0 * jnp.arcsinh(x / 3.0)  # noqa: E731
     ssm = eqx.tree_at(lambda m: m.obs_op, ssm, h)
-    xp = ssm.simulate(jax.random.key(0), n_cycles)
+    xp = ssm.simulate(jax.random.key(0), xp.observations.shape[0])  # observed through h
     test = ssm.simulate(jax.random.key(10), 1400)
 
     def build(H):
@@ -131,6 +141,7 @@ def pattern_b_obs_operator(ssm, xp_unused, test_unused, n_cycles):
         xp.times,
         window=WINDOW,
         key=jax.random.key(3),
+        callback=callback,
         save_trajectory=False,
     )
 
@@ -147,7 +158,7 @@ def pattern_b_obs_operator(ssm, xp_unused, test_unused, n_cycles):
     }
 
 
-def pattern_c_letkf(ssm, xp, test):
+def pattern_c_letkf(ssm, xp, test, callback=None):
     infl, pos = fl.SoftplusPositive(lower=1.0), fl.ExpPositive()
 
     def make(factor, radius, rdiag):
@@ -176,6 +187,7 @@ def pattern_c_letkf(ssm, xp, test):
         xp.times,
         window=WINDOW,
         key=jax.random.key(3),
+        callback=callback,
     )
     traj = {
         "infl": infl(out.trajectory["infl"]),
@@ -199,34 +211,56 @@ def pattern_c_letkf(ssm, xp, test):
     }
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="quarter-length training runs")
-    parser.add_argument("--out", default=None, help="write the results as JSON here")
-    args = parser.parse_args()
+# name -> (function, training cycles at full size)
+PATTERNS: dict[str, tuple[Callable[..., dict], int]] = {
+    "A_forcing": (pattern_a_forcing, 2000),
+    "A_mlp_correction": (pattern_a_mlp, 2000),
+    "B_obs_operator": (pattern_b_obs_operator, 2000),
+    "C_letkf": (pattern_c_letkf, 4000),
+}
+
+
+def run_learning_patterns(
+    patterns: Sequence[str] | None = None,
+    *,
+    quick: bool = False,
+    out: str | Path | None = None,
+    progress: Callable[[str], Callable[[fl.TrainingProgress], Any] | None] | None = None,
+) -> dict[str, Any]:
+    """Train the patterns and score them on a held-out twin (float64).
+
+    **Arguments:**
+
+    - `patterns`: names of `PATTERNS` (default: all four).
+    - `quick`: quarter-length training runs (about a minute each on a laptop CPU).
+    - `out`: a directory to write ``learn.json`` into (``None``: nothing written).
+    - `progress`: ``progress(name) -> callback`` giving each pattern's training callback
+      (`filterax.learn.TrainingProgress` after every window), e.g. a progress bar; ``None``
+      for none.
+
+    **Returns:** ``{pattern: results}`` (learned values, held-out rmse, training cycles and
+    seconds) plus the settings.
+    """
+    names = list(PATTERNS) if patterns is None else list(patterns)
+    unknown = [n for n in names if n not in PATTERNS]
+    if unknown:
+        raise KeyError(f"unknown pattern(s) {unknown}; choose from {list(PATTERNS)}")
     jax.config.update("jax_enable_x64", True)
-    scale = 4 if args.quick else 1
+    scale = 4 if quick else 1
     ssm = presets.lorenz96_sakov2008()
     test = ssm.simulate(jax.random.key(10), 1400)  # held-out twin: 400 burn-in + 1000 scored
-    results = {"window": WINDOW, "quick": args.quick}
-    for name, fn, n_cycles in (
-        ("A_forcing", pattern_a_forcing, 2000),
-        ("A_mlp_correction", pattern_a_mlp, 2000),
-        ("B_obs_operator", pattern_b_obs_operator, 2000),
-        ("C_letkf", pattern_c_letkf, 4000),
-    ):
+    results: dict[str, Any] = {"window": WINDOW, "quick": quick}
+    for name in names:
+        fn, n_cycles = PATTERNS[name]
         n = n_cycles // scale
         xp = ssm.simulate(jax.random.key(0), n)
         t = time.perf_counter()
-        extra = (n,) if fn is pattern_b_obs_operator else ()
-        results[name] = fn(ssm, xp, test, *extra)
+        callback = None if progress is None else progress(name)
+        results[name] = fn(ssm, xp, test, callback=callback)
         results[name]["train_cycles"] = n
         results[name]["seconds"] = round(time.perf_counter() - t, 1)
-        print(f"{name}: {json.dumps(results[name], indent=None)}", flush=True)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(results, f, indent=2)
-
-
-if __name__ == "__main__":
-    main()
+    if out is not None:
+        path = Path(out)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "learn.json").write_text(json.dumps(results, indent=2))
+    return results
