@@ -153,8 +153,9 @@ ax.legend()
 plt.show()
 # The same key draws the same windows, so this is a deterministic number: observed 0.306 ->
 # 0.288 (6 %). That is of the order of the step-to-step noise: at docs size training moves
-# the loss a little, not a lot (the bench script's 600 x 16 windows get further).
-assert late < early
+# the loss a little, not a lot (the bench script's 600 x 16 windows get further). Asserted:
+# every step's loss finite and the late mean not worse than the early one beyond that noise.
+assert np.all(np.isfinite(np.asarray(fit.losses))) and late < 1.05 * early
 
 # %% [markdown]
 # **Untrained = base, and equivariance, checked.** One compiled function forecasts a real
