@@ -96,6 +96,16 @@ def _cell(
 
     # un-round the designed means (x 1.0012345) so the 4-significant-digit rounding is exercised
     rmse_a = draw(rmse * 1.0012345, noise)
+    log_likelihood = draw(-1234.5678 - 900 * rmse, 12.0)
+    # the VI cost of filters (smoothers have none): derived from the log-likelihood draw, so
+    # the random stream (and every designed value after it) is unchanged; 4-digit values with
+    # "±" are the widest cell text of the table (the browser layout test)
+    vi = [None if v is None else 20.0 - v for v in log_likelihood["per_seed"]]
+    vi_cost = (
+        {"mean": None, "std": None, "per_seed": [None] * n}
+        if smoothed or any(v is None for v in vi)
+        else _stat(vi)
+    )
     cell = {
         "method": method,
         "benchmark": benchmark,
@@ -115,7 +125,8 @@ def _cell(
         "spread_a": draw(spread_factor * rmse, noise if spread_noise is None else spread_noise),
         "crps": draw(0.55 * rmse, 0.5 * noise),
         "rank_chi2": draw(30.0 + 500 * rmse, 5.0),
-        "log_likelihood": draw(-1234.5678 - 900 * rmse, 12.0),
+        "log_likelihood": log_likelihood,
+        "vi_cost": vi_cost,
         "diverged": bool(diverged_seeds),
         "diverged_seeds": list(diverged_seeds),
         "climatology": {"mean": None, "std": None, "per_seed": [None] * n},

@@ -32,6 +32,7 @@ from ._leaderboard import (
     DIVERGENCE_RULE,
     RANK_DELTA_RULE,
     RANKING_RULE,
+    VI_COST_RULE,
     LeaderboardRow,
     benchmark_caption,
     benchmark_slugs,
@@ -234,7 +235,8 @@ def render_html(results: Mapping[str, Any], *, plots: Sequence[Plot] | None = No
         '<div class="rules"><p>' + _e(RANKING_RULE) + "</p><ul>",
         f'<li id="rule-divergence">{_e(DIVERGENCE_RULE)}</li>',
         f'<li id="rule-reference">{_e(DEVIATION_RULE)}</li>',
-        f'<li id="rule-rank-delta">{_e(RANK_DELTA_RULE)}</li></ul></div>',
+        f'<li id="rule-rank-delta">{_e(RANK_DELTA_RULE)}</li>',
+        f'<li id="rule-vi-cost">{_e(VI_COST_RULE)}</li></ul></div>',
         "<nav>" + "".join(f'<a href="#section-{slugs[b]}">{_e(b)}</a>' for b in tables) + "</nav>",
         "</header><main>",
     ]

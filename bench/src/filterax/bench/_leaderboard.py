@@ -27,6 +27,8 @@ Conventions shared by every rendering:
   (:data:`DEVIATION_RULE`), else ``1 seed`` for a single-seed cell (no noise estimate, so no
   reference verdict), else ``—``.
 - **rank δ** = χ²/(B − 1) of the rank histogram (:data:`RANK_DELTA_RULE`).
+- **VI cost** = the per-cycle variational cost of Bach et al. (2025), eq. 2.5, time-averaged
+  (:data:`VI_COST_RULE`); ``—`` when the method has none or a seed failed (:func:`vi_cost_text`).
 - **Reference.** ``ref.`` is the published rmse.a of the method's setup with its source as a
   footnote ``[k]`` (the citations are listed under each table); ``Δ ref`` = ours − published.
 - **Columns** that no row of a benchmark fills (rmse.s without a smoother, no published values,
@@ -82,6 +84,7 @@ __all__ = [
     "render_markdown",
     "render_terminal",
     "score",
+    "vi_cost_text",
 ]
 
 SCHEMA_VERSION = 1
@@ -130,12 +133,22 @@ RANK_DELTA_RULE = (
     "the departure, comparable across benchmarks, is ρ = √(χ²/M), the RMS relative deviation "
     "of the bin frequencies from flat (details, rank-histogram plots)."
 )
+VI_COST_RULE = (
+    "VI cost (Bach et al. 2025, eq. 2.5 per cycle; lower is better): KL(analysis ‖ forecast) "
+    "− E_analysis log N(y; h(x), R) per cycle, time mean after the burn-in, mean ± s.e. over "
+    "seeds. Ensemble filters: Gaussian projections of the ensembles with Ledoit–Wolf shrinkage "
+    "(γ = 0.1, target (tr C/d)·I), the likelihood averaged over the analysis members; "
+    "Gaussian filters: their own means and covariances, exact. — when the method saves no "
+    "forecast/analysis pair (smoothers, baselines), a seed failed (non-finite) or the cost is "
+    "undefined (a singular Gaussian-filter covariance: a Kalman filter without model noise "
+    "on a chaotic model)."
+)
 TERMINAL_LEGEND = (
     "Ranked by mean rmse.a over seeds (diverged cells last); rmse.a: mean ± standard error "
     "over seeds, rounded to that noise. DIVERGED: a seed went non-finite or lost the truth "
     "(runner), or rmse.a > 2 × spread.a, or rmse.a > 2 × the published value. ≠ ref: beyond "
     "seed noise of the published value (≈ ref: within); 1 seed: no noise estimate, no verdict. "
-    "rmse.s: smoothed estimate. Configs, CRPS, rank δ, log-lik and per-seed values: "
+    "rmse.s: smoothed estimate. Configs, CRPS, rank δ, log-lik, VI cost and per-seed values: "
     "leaderboard.md / leaderboard.html."
 )
 
@@ -757,6 +770,15 @@ def seed_tooltip(row: LeaderboardRow, name: str = "rmse_a") -> str:
     return "; ".join(parts)
 
 
+def vi_cost_text(cell: Mapping[str, Any]) -> str:
+    """The VI cost as ``mean ± s.e.``; ``—`` when the method has none or ANY seed failed (a
+    failed run must not leave a plausible mean of the other seeds)."""
+    s = score(cell, "vi_cost")
+    if s.mean is None or not s.per_seed or any(not _finite(v) for v in s.per_seed):
+        return MISSING
+    return format_mean_se(s)
+
+
 @dataclass(frozen=True)
 class Column:
     """A table column: short key (HTML class / tests), header, the cell text of a row, whether
@@ -805,6 +827,13 @@ COLUMNS: tuple[Column, ...] = (
     _score_column("crps", "CRPS", "fair ensemble CRPS (closed form for Gaussian filters)"),
     _score_column("rank_delta", "rank δ", "χ²/(B−1) of the rank histogram: 1 = flat"),
     _score_column("log_likelihood", "log-lik", "mean log p(y_k | y_1:k-1) per cycle"),
+    Column(
+        "vi_cost",
+        "VI cost",
+        lambda r: vi_cost_text(r.cell),
+        optional=True,
+        doc="VI cost (Bach et al. 2025, eq. 2.5 per cycle; lower is better): mean ± s.e.",
+    ),
     Column(
         "ms_per_cycle",
         "ms/cycle",
@@ -888,6 +917,7 @@ DETAIL_SCORES: tuple[tuple[str, str], ...] = (
     ("rank χ²", "rank_chi2"),
     ("rank δ", "rank_delta"),
     ("log-lik", "log_likelihood"),
+    ("VI cost", "vi_cost"),
     ("climatology rmse", "climatology"),
 )
 
@@ -1018,7 +1048,7 @@ def render_markdown(
     tables = benchmark_tables(results)
     lines = ["# filterax leaderboard", "", _md_escape(RANKING_RULE), ""]
     lines += [f"- {_md_escape(rule)}" for rule in (DIVERGENCE_RULE, DEVIATION_RULE)]
-    lines += [f"- {_md_escape(RANK_DELTA_RULE)}", ""]
+    lines += [f"- {_md_escape(RANK_DELTA_RULE)}", f"- {_md_escape(VI_COST_RULE)}", ""]
     for bench, rows in tables.items():
         cols = table_columns(rows, MARKDOWN_COLUMNS)
         lines += [f"## {_md_escape(bench)}", "", _md_escape(benchmark_caption(rows)), ""]

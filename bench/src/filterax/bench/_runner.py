@@ -49,6 +49,7 @@ __all__ = [
     "run",
     "score_cell",
     "seed_keys",
+    "vi_cost_series",
 ]
 
 RESULTS_SCHEMA = 1
@@ -70,6 +71,9 @@ class Trajectory(eqx.Module):
     - `nonfinite`: scalar bool, the run produced NaN/inf.
     - `smoothed_mean`: ``(T, N_x)`` smoothed means of a smoother (DAPPER's ``.s`` estimate,
       scored as ``rmse.s``), or ``None`` for filters.
+    - `vi_cost`: ``(T,)`` per-cycle variational cost (`vi_cost_series`; Bach et al. 2025, eq.
+      2.5a), NaN on failed cycles, or ``None`` when the run saved no forecast/analysis pair
+      the cost can be computed from.
     """
 
     analysis_mean: Float[Array, "T N_x"]
@@ -80,6 +84,7 @@ class Trajectory(eqx.Module):
     log_likelihood: Float[Array, " T"] | None = None
     nonfinite: Any = None
     smoothed_mean: Float[Array, "T N_x"] | None = None
+    vi_cost: Float[Array, " T"] | None = None
 
 
 class CellOutput(eqx.Module):
@@ -94,6 +99,7 @@ class CellOutput(eqx.Module):
     climatology: Float[Array, ""]
     nonfinite: Any
     rmse_s: Float[Array, " T"] | None = None
+    vi_cost: Float[Array, " T"] | None = None
 
 
 def seed_keys(seed: int) -> tuple[Any, Any, Any]:
@@ -102,10 +108,71 @@ def seed_keys(seed: int) -> tuple[Any, Any, Any]:
     return jax.random.fold_in(key, 0), jax.random.fold_in(key, 1), jax.random.fold_in(key, 2)
 
 
-def _trajectory(result: Any, full: bool) -> Trajectory:
+def _is_ensemble_series(x: Any) -> bool:
+    return isinstance(x, jax.Array) and x.ndim == 3
+
+
+def _gaussian_series(belief: Any) -> tuple[Array, Array] | None:
+    """``(means (T, N_x), covariances (T, N_x, N_x))`` of stacked Gaussian beliefs (a
+    `GaussianState`'s ``mean``/``cov``, a `SqrtGaussianState`'s ``mean``/``chol``), else None."""
+    mean = getattr(belief, "mean", None)
+    if not (isinstance(mean, jax.Array) and mean.ndim == 2):
+        return None
+    cov = getattr(belief, "cov", None)
+    if isinstance(cov, jax.Array) and cov.ndim == 3:
+        return mean, cov
+    chol = getattr(belief, "chol", None)
+    if isinstance(chol, jax.Array) and chol.ndim == 3:
+        return mean, chol @ jnp.swapaxes(chol, -1, -2)
+    return None
+
+
+def vi_cost_series(result: Any, model: Any, observations: Array) -> Array | None:
+    """The per-cycle variational cost of a run saved with ``save="forecast_and_analysis"``.
+
+    Ensemble filters (``(T, N_e, N_x)`` forecasts and analyses):
+    `filterax.primitives.ensemble_vi_cost` (Gaussian projections with Ledoit-Wolf shrinkage
+    ``gamma = 0.1`` to ``(tr C/d) I``, the member form of the expected log-likelihood). The
+    forecast members drawn by `filterax.filters.run` already carry the model's process noise
+    ``Sigma``, so ``Sigma`` is not added to their covariance a second time (the authors' code
+    adds it because its forecast members are propagated without noise). Gaussian filters
+    (means and covariances): `filterax.primitives.gaussian_vi_cost` (exact, no shrinkage; their
+    forecast covariance holds ``Sigma``). Anything else (or a run without saved beliefs):
+    ``None``. Rows of failed cycles are NaN.
+    """
+    import filterax.primitives as fxp
+
+    forecasts, analyses = result.forecasts, result.analyses
+    obs = jnp.asarray(observations)
+    if _is_ensemble_series(forecasts) and _is_ensemble_series(analyses):
+        dtype = analyses.dtype
+
+        def one(xf, xa, y):
+            return fxp.ensemble_vi_cost(
+                xf, xa, y.astype(dtype), model.obs_op, model.obs_noise, shrinkage=0.1
+            )
+
+        cost = jax.vmap(one)(forecasts, analyses, obs)
+    else:
+        f, a = _gaussian_series(forecasts), _gaussian_series(analyses)
+        if f is None or a is None:
+            return None
+        dtype = a[0].dtype
+
+        def one_gaussian(mf, cf, ma, ca, y):
+            return fxp.gaussian_vi_cost(
+                mf, cf, ma, ca, y.astype(dtype), model.obs_op, model.obs_noise
+            )
+
+        cost = jax.vmap(one_gaussian)(*f, *a, obs)
+    failed = result.cycle_status == result.NONFINITE
+    return jnp.where(failed | ~jnp.isfinite(cost), jnp.nan, cost)
+
+
+def _trajectory(result: Any, full: bool, vi_cost: Array | None = None) -> Trajectory:
     """A `Trajectory` from a `filterax.filters.RunResult` (ensembles when they were saved)."""
     ensembles = result.analyses if full else None
-    if ensembles is not None and not (isinstance(ensembles, jax.Array) and ensembles.ndim == 3):
+    if ensembles is not None and not _is_ensemble_series(ensembles):
         ensembles = None  # a non-ensemble belief (a Gaussian state): no ensemble scores
     return Trajectory(
         analysis_mean=result.analysis_mean,
@@ -114,6 +181,7 @@ def _trajectory(result: Any, full: bool) -> Trajectory:
         analysis_spread=result.analysis_spread,
         log_likelihood=result.log_likelihood,
         nonfinite=result.status == result.NONFINITE,
+        vi_cost=vi_cost,
     )
 
 
@@ -153,32 +221,39 @@ def _run_method(cycled: Any, initial: Any, benchmark: Benchmark, keys, twin, ful
         twin.observations,
         twin.times,
         key=keys[2],
-        save="ensembles" if full else "stats",
+        # the forecasts too in full mode, for the VI cost (twice the ensemble memory:
+        # `_memory_per_seed`)
+        save="forecast_and_analysis" if full else "stats",
         throw=False,
     )
-    return _trajectory(result, full)
+    vi_cost = vi_cost_series(result, benchmark.ssm, twin.observations) if full else None
+    return _trajectory(result, full, vi_cost)
 
 
 def _run_parametric(
     method: MethodConfig, benchmark: Benchmark, params: Mapping[str, Any], keys, twin, full: bool
 ) -> Trajectory:
-    del full
     from filterax.filters import run
 
     model = benchmark.ssm
     _, _, k_da = keys
     # The Kalman filter is run by the one driver, as every cycled method is (the initial
-    # condition is the pair (mean, cov), i.e. filt.init(mean, cov)); with the default
-    # save="stats" the per-cycle variances (for the Gaussian CRPS) are its diagnostics.
+    # condition is the pair (mean, cov), i.e. filt.init(mean, cov)); the per-cycle variances
+    # (for the Gaussian CRPS) are its diagnostics; in full mode the forecast and analysis
+    # Gaussians are saved too, for the VI cost.
     filt = method.build_filter(params, benchmark)
     initial = (model.x0_mean, model.x0_cov)
-    result = run(filt, model, initial, twin.observations, twin.times, key=k_da, throw=False)
+    save = "forecast_and_analysis" if full else "stats"
+    result = run(
+        filt, model, initial, twin.observations, twin.times, key=k_da, save=save, throw=False
+    )
     return Trajectory(
         analysis_mean=result.analysis_mean,
         forecast_mean=result.forecast_mean,
         variances=result.diagnostics.analysis_variance,
         log_likelihood=result.log_likelihood,
         nonfinite=result.status == result.NONFINITE,
+        vi_cost=vi_cost_series(result, model, twin.observations) if full else None,
     )
 
 
@@ -232,10 +307,15 @@ def _score(traj: Trajectory, truth: Array, burn: int, full: bool, climatology: A
         bins = jnp.clip(jnp.floor(pit * PIT_BINS).astype(jnp.int32), 0, PIT_BINS - 1)
         hist = jnp.sum(bins.reshape(-1)[:, None] == jnp.arange(PIT_BINS)[None, :], axis=0)
     rmse_s = None if traj.smoothed_mean is None else error(traj.smoothed_mean)
+    vi_cost = None
+    if full and traj.vi_cost is not None:
+        # a failed run scores NaN on every cycle (never a plausible partial mean)
+        vi_cost = jnp.where(nonfinite, jnp.nan, traj.vi_cost)
     return CellOutput(
         rmse_a=rmse_a,
         rmse_f=rmse_f,
         rmse_s=rmse_s,
+        vi_cost=vi_cost,
         spread_a=spread,
         log_likelihood=loglik,
         crps=crps,
@@ -290,6 +370,14 @@ def _stats(per_seed: Sequence[float | None]) -> dict[str, Any]:
     mean = float(np.mean(vals)) if vals else None
     std = float(np.std(vals, ddof=1)) if len(vals) > 1 else (0.0 if vals else None)
     return {"mean": mean, "std": std, "per_seed": list(per_seed)}
+
+
+def _strict_stats(per_seed: Sequence[float | None]) -> dict[str, Any]:
+    """`_stats` whose mean and std are None unless EVERY seed has a value: a seed that failed
+    (NaN) must not be dropped silently, leaving a plausible mean of the others."""
+    if any(v is None for v in per_seed):
+        return {"mean": None, "std": None, "per_seed": list(per_seed)}
+    return _stats(per_seed)
 
 
 FINAL_FRACTION = 0.1  # the closing window checked for a filter that lost track for good
@@ -378,6 +466,9 @@ def summarise(
             else [None] * len(seeds)
         ),
         "log_likelihood": _stats(_time_means(out.log_likelihood, burn)),
+        "vi_cost": _strict_stats(
+            _time_means(out.vi_cost, burn) if out.vi_cost is not None else [None] * len(seeds)
+        ),
         "diverged": bool(diverged_seeds),
         "diverged_seeds": diverged_seeds,
         "climatology": _stats([finite_or_none(c) for c in clim]),
@@ -495,9 +586,18 @@ def _jsonable(obj: Any) -> Any:
 
 
 def _memory_per_seed(plan: CellPlan) -> int:
+    """Bytes per seed of the stacked beliefs of a full-mode cell: the saved analysis AND
+    forecast ensembles (the VI cost needs both) and the cost's per-cycle temporaries (6
+    ensemble-sized arrays; 3 before the forecasts were saved); a Gaussian filter's saved
+    forecast and analysis covariances with their temporaries (8 ``(T, N_x, N_x)`` arrays)."""
     model = plan.benchmark.ssm
     n_e = plan.method.n_ensemble or 1
-    return plan.n_cycles * n_e * model.n_state * jnp.dtype(jnp.result_type(float)).itemsize * 3
+    itemsize = jnp.dtype(jnp.result_type(float)).itemsize
+    n = model.n_state
+    per_seed = plan.n_cycles * n_e * n * itemsize * 6
+    if plan.method.kind == "parametric":
+        per_seed += plan.n_cycles * n * n * itemsize * 8
+    return per_seed
 
 
 def score_cell(plan: CellPlan, *, memory_budget: int = 2 * 2**30) -> dict[str, Any]:
