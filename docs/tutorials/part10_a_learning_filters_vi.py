@@ -325,8 +325,9 @@ assert rmse[vi_opt] > 1.1 * rmse[rmse_opt], (rmse[vi_opt], rmse[rmse_opt])
 # A transport map $T_\theta(\cdot\,; y)$ pushes forecast samples $v_n\sim\mathsf Pq_j$ to
 # analysis samples. Its online objective needs the density of the pushforward, hence the
 # log-determinant of the map's Jacobian. From
-# $\mathrm{KL}(p\,\|\,T^\sharp\mathcal D) = \mathbb E_p[\log p(v) - \log\mathcal D(T(v))
-# - \log|\det\nabla_vT(v)|]$ the objective is, up to the forecast's ($\theta$-free) entropy,
+# $\mathrm{KL}(p\,\|\,T^\sharp\mathcal D) = \mathbb E_p[\log p(v) -
+# \log\mathcal D(T(v)) - \log|\det\nabla_vT(v)|]$ the objective is, up to the forecast's
+# ($\theta$-free) entropy,
 #
 # $$\mathcal J(\theta) = -\frac1N\sum_{n=1}^N\Big[\log\mathcal N\big(T_\theta(v_n; y);
 # \hat\mu, \hat C\big) + \log\big|\det\nabla_vT_\theta(v_n; y)\big|
