@@ -33,6 +33,7 @@ from ._letkf import LETKF as LETKF, LETKFInfo as LETKFInfo
 # --- the one driver of cycled methods, the ensemble-filter cycle, assimilate ---
 from ._adjoint import (
     AbstractAdjoint as AbstractAdjoint,
+    AbstractFlatAdjoint as AbstractFlatAdjoint,
     CheckpointAdjoint as CheckpointAdjoint,
     FullAdjoint as FullAdjoint,
     TruncatedAdjoint as TruncatedAdjoint,

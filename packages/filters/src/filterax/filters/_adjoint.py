@@ -41,6 +41,7 @@ from jaxtyping import PyTree
 
 __all__ = [
     "AbstractAdjoint",
+    "AbstractFlatAdjoint",
     "CheckpointAdjoint",
     "FullAdjoint",
     "TruncatedAdjoint",
@@ -69,18 +70,30 @@ class AbstractAdjoint(eqx.Module):
         """The cycle function ``(carry, inputs) -> (carry, rows)`` the driver scans;
         ``step_of(inputs)`` is the cycle's index ``k``."""
 
+    @abc.abstractmethod
     def segment_size(self, n_cycles: int) -> int | None:
         """Cycles per checkpointed segment, or ``None`` for one flat scan."""
+
+    @property
+    @abc.abstractmethod
+    def checkpoint_segments(self) -> bool:
+        """Whether each segment's scan is rematerialised on the backward pass."""
+
+
+class AbstractFlatAdjoint(AbstractAdjoint):
+    """An adjoint over one flat scan of the cycles (no segments): only `wrap_cycle` to
+    write."""
+
+    def segment_size(self, n_cycles: int) -> None:
         del n_cycles
         return None
 
     @property
     def checkpoint_segments(self) -> bool:
-        """Whether each segment's scan is rematerialised on the backward pass."""
         return False
 
 
-class FullAdjoint(AbstractAdjoint):
+class FullAdjoint(AbstractFlatAdjoint):
     """Store the whole tape: the fastest backward pass, memory ``O(T)`` cycles' residuals.
 
     The default; right for short runs and for forward-only use (no gradient, no cost).
@@ -91,7 +104,7 @@ class FullAdjoint(AbstractAdjoint):
         return cycle
 
 
-class CheckpointAdjoint(AbstractAdjoint):
+class CheckpointAdjoint(AbstractFlatAdjoint):
     """`jax.checkpoint` on every cycle: store only the carried state of each cycle and
     recompute one cycle's intermediates during the backward pass.
 
@@ -140,7 +153,7 @@ class TwoLevelCheckpointAdjoint(AbstractAdjoint):
         return True
 
 
-class TruncatedAdjoint(AbstractAdjoint):
+class TruncatedAdjoint(AbstractFlatAdjoint):
     r"""Truncated back-propagation through time: the gradient through the carried state
     is cut every `window` cycles.
 
