@@ -229,8 +229,10 @@ for label, values in table.items():
     print(f"{label:17s}", "  ".join(f"{v: .3e}" for v in values))
 # Truncated windows: every twin points the right way (dL/dF < 0: increase F) ...
 assert np.all(table["k = 1"] < 0) and np.all(table["k = 25"] < 0)
-# ... while each twin's exact gradient is tens to tens of thousands of times larger.
-assert np.all(np.abs(ref) > 20 * np.abs(table["k = 25"]))
+# ... while the exact gradients are orders of magnitude larger and scattered over orders of
+# magnitude (their values even change with XLA's optimisation level: round-off, amplified).
+assert np.max(np.abs(ref)) > 100 * np.max(np.abs(table["k = 25"]))
+assert np.max(np.abs(ref)) > 10 * np.min(np.abs(ref))
 
 fig, ax = plt.subplots(figsize=(6, 3))
 for i in range(N_TWINS):

@@ -49,11 +49,15 @@ def test_exact_gradients_of_long_chaotic_runs_explode_while_windows_descend():
     # The model's forcing (7) is below the truth's (8): descent means dL/dF < 0. Every
     # windowed gradient says so ...
     assert np.all(windowed < 0), windowed
-    # ... while no exact gradient is a usable descent direction: over 12 time units the
-    # leading Lyapunov exponent (~1.7 per unit for F = 8) amplifies the sensitivity so much
-    # that each exact derivative either points the wrong way (dL/dF > 0) or is more than 30x
-    # the windowed one (measured here: +1.4e5, +3.1e3, +6.8e4 against about -600: all three
-    # point the wrong way).
+    # ... and agree with each other (within 2x), while the exact gradients are finite but
+    # useless: over 12 time units the leading Lyapunov exponent (~1.7 per unit for F = 8)
+    # amplifies the sensitivity so much that they are orders of magnitude larger and vary
+    # wildly from one realisation to the next, in size and sign. They even change with XLA's
+    # optimisation level (round-off, amplified): measured +1.4e5, +3.1e3, +6.8e4 with the
+    # optimisations on, -3.2e3, -3.5e5, +8.3e5 with JAX_DISABLE_MOST_OPTIMIZATIONS=1, against
+    # windowed values of -400 to -700 both times. The thresholds below hold for both.
     assert np.all(np.isfinite(exact))
-    useless = (exact > 0) | (np.abs(exact) > 30 * np.abs(windowed))
-    assert np.all(useless), (exact, windowed)
+    mag_w, mag_e = np.abs(windowed), np.abs(exact)
+    assert mag_w.max() < 2 * mag_w.min(), windowed
+    assert mag_e.max() > 10 * mag_e.min(), exact
+    assert mag_e.max() > 50 * mag_w.max(), (exact, windowed)
