@@ -21,6 +21,7 @@ import concurrent.futures
 import logging
 import os
 import pathlib
+import queue
 import subprocess
 import sys
 import tempfile
@@ -39,6 +40,12 @@ KERNEL_ENV = {
     "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false",
     "JAX_CPU_ENABLE_ASYNC_DISPATCH": "false",
 }
+# Each kernel is also pinned to one CPU of its own (the kernel and everything it starts
+# inherit the affinity, and XLA sizes its thread pools from it): the gradient of the learned
+# Gaussian filter (10.A, "Learning filters by VI") hung twice in a row in CI with both flags
+# set, and pinning to one core is the workaround that held (../shared/VI_REPRODUCTION.md,
+# pitfall 8; docs/failure_modes.md).
+_CPUS: queue.Queue[int] = queue.Queue()
 
 log = logging.getLogger("mkdocs.hooks.execute_tutorials")
 
@@ -53,6 +60,14 @@ def _workers() -> int:
 def _execute(src: str, out: str) -> tuple[int, str, float]:
     env = {**KERNEL_ENV, **os.environ}
     start = time.perf_counter()
+    cpu = _CPUS.get()
+    try:
+        return _execute_on(src, out, env, cpu, start)
+    finally:
+        _CPUS.put(cpu)
+
+
+def _execute_on(src: str, out: str, env: dict, cpu: int, start: float) -> tuple[int, str, float]:
     for attempt in (1, 2):
         try:
             proc = subprocess.run(
@@ -62,6 +77,7 @@ def _execute(src: str, out: str) -> tuple[int, str, float]:
                 timeout=TIMEOUT_S,
                 check=False,
                 env=env,
+                preexec_fn=lambda: os.sched_setaffinity(0, {cpu}),
             )
         except subprocess.TimeoutExpired:
             # INFO, not WARNING: a retried hang is XLA's (docs/failure_modes.md), not the page's,
@@ -88,6 +104,11 @@ def on_files(files, config):
     scratch = pathlib.Path(tempfile.mkdtemp(prefix="filterax-tutorials-")) / "tutorials"
     scratch.mkdir(parents=True)
     workers = _workers()
+    cpus = sorted(os.sched_getaffinity(0))
+    while not _CPUS.empty():  # a rebuild (mkdocs serve) starts with fresh slots
+        _CPUS.get_nowait()
+    for slot in range(workers):
+        _CPUS.put(cpus[slot % len(cpus)])
     start = time.perf_counter()
     executed = {f: str(scratch / (pathlib.PurePath(f.src_uri).stem + ".ipynb")) for f in tutorials}
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
