@@ -43,14 +43,15 @@ def check_likelihood_method(method: Any, owner: str) -> None:
         )
 
 
-def observation_matrix(obs_op: Any, mean: Array) -> Array | None:
-    """The ``(N_y, N_x)`` matrix of a linear observation operator given as a matrix, a lineax
-    operator or a filterax operator with a ``matrix(n, dtype)`` method; ``None`` for a plain
-    callable."""
-    n, dtype = mean.shape[0], mean.dtype
+def observation_matrix(obs_op: Any, n: int, dtype: Any) -> Array | None:
+    """The ``(N_y, N_x)`` matrix of a linear observation operator given as a matrix (any
+    array), a lineax operator or a filterax operator with a ``matrix(n, dtype)`` method;
+    ``None`` for a plain callable."""
     if isinstance(obs_op, lx.AbstractLinearOperator):
         matrix = obs_op.as_matrix()
-    elif isinstance(obs_op, jax.Array | np.ndarray):
+    elif isinstance(obs_op, jax.Array | np.ndarray) or (
+        hasattr(obs_op, "__array__") and not callable(obs_op)
+    ):
         matrix = obs_op
     elif callable(getattr(obs_op, "matrix", None)):
         matrix = obs_op.matrix(n, dtype)
@@ -69,7 +70,7 @@ def linearize_obs(obs_op: Any, mean: Array) -> tuple[Array, Array]:
     """``(h(mean), H)``: the predicted observation and the observation matrix (the exact
     matrix of a linear operator; ``jax.jacfwd`` of a callable at `mean`, exact if it is
     linear)."""
-    matrix = observation_matrix(obs_op, mean)
+    matrix = observation_matrix(obs_op, mean.shape[0], mean.dtype)
     if matrix is not None:
         return _mm(matrix, mean), matrix
     if not callable(obs_op):
@@ -210,7 +211,9 @@ def expected_log_likelihood(
             raise ValueError(f"{owner}: n_samples must be a Python int >= 1; got {n_samples!r}.")
     mask = fxp.observation_mask(y)
     y0 = jnp.where(mask, y, 0.0)
-    predicted, H = linearize_obs(obs_op, mean)
+    matrix = observation_matrix(obs_op, mean.shape[0], dtype)
+    linear = matrix is not None
+    predicted, H = (_mm(matrix, mean), matrix) if linear else linearize_obs(obs_op, mean)
     if predicted.shape != y.shape:
         raise ValueError(
             f"{owner}: y has shape {y.shape} but the observation operator returns "
@@ -228,8 +231,6 @@ def expected_log_likelihood(
         chol_c = jnp.linalg.cholesky(cov)
         eps = jax.random.normal(key, (n_samples, mean.shape[0]), dtype)
         samples = mean[None, :] + _mm(eps, chol_c.T)
-
-        linear = observation_matrix(obs_op, mean) is not None
 
         def observe(v):
             return _mm(H, v) if linear else jnp.asarray(obs_op(v)).astype(dtype)

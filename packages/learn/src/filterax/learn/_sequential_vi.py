@@ -22,11 +22,12 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
-import lineax as lx
 import optax
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 import filterax.primitives as fxp
+
+from ._expected_loglik import observation_matrix
 
 __all__ = ["GaussianELBOFit", "fit_gaussian_elbo", "gaussian_elbo", "recursive_elbo"]
 
@@ -42,24 +43,6 @@ def _mm(a: Array, b: Array) -> Array:
 def _float_dtype(*xs: Any) -> Any:
     dtype = jnp.result_type(*xs)
     return dtype if jnp.issubdtype(dtype, jnp.floating) else jnp.result_type(float)
-
-
-def _obs_matrix(obs_op: Any, n: int, dtype: Any) -> Array | None:
-    """The ``(N_y, N_x)`` matrix of a linear observation operator, ``None`` for a callable."""
-    if isinstance(obs_op, lx.AbstractLinearOperator):
-        matrix = obs_op.as_matrix()
-    elif isinstance(obs_op, jax.Array) or hasattr(obs_op, "__array__") and not callable(obs_op):
-        matrix = jnp.asarray(obs_op)
-    elif callable(getattr(obs_op, "matrix", None)):
-        matrix = obs_op.matrix(n, dtype)
-    else:
-        return None
-    matrix = jnp.asarray(matrix).astype(dtype)
-    if matrix.ndim != 2 or matrix.shape[1] != n:
-        raise ValueError(
-            f"an observation matrix must have shape (N_y, N_x) with N_x = {n}; got {matrix.shape}."
-        )
-    return matrix
 
 
 def _check_vector(x: Any, name: str, n: int | None = None) -> Array:
@@ -218,7 +201,7 @@ def gaussian_elbo(
     mean, chol, prior_mean, prior_cov, obs = (
         jnp.asarray(x).astype(dtype) for x in (mean, chol, prior_mean, prior_cov, obs)
     )
-    matrix = _obs_matrix(obs_op, n, dtype)
+    matrix = observation_matrix(obs_op, n, dtype)
     method = _resolve_method(method, matrix, key, owner)
     if matrix is not None and matrix.shape[0] != obs.shape[0]:
         raise ValueError(
@@ -416,7 +399,7 @@ def fit_gaussian_elbo(
     prior_mean, prior_cov, obs = (
         jnp.asarray(x).astype(dtype) for x in (prior_mean, prior_cov, obs)
     )
-    matrix = _obs_matrix(obs_op, n, dtype)
+    matrix = observation_matrix(obs_op, n, dtype)
     method = _resolve_method(method, matrix, key, owner)
     if solver is None:
         solver = "closed_form" if method == "analytic" else "gradient"
