@@ -21,7 +21,7 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, Real
 import filterax.primitives as fxp
 from filterax.filters import GaussianDiagnostics, GaussianState
 
-from ._expected_loglik import linearize_obs, masked_noise_cholesky
+from ._expected_loglik import linearize_obs
 
 __all__ = ["LINEARIZATIONS", "ConstantGainFilter"]
 
@@ -232,8 +232,12 @@ class ConstantGainFilter(fxp.AbstractCycledMethod):
         innovation = jnp.where(mask, jnp.where(mask, obs, 0.0) - predicted, 0.0)
         H = jnp.where(mask[:, None], H, 0.0)
         K = jnp.where(mask[None, :], self.gain.astype(dtype), 0.0)
-        chol_r, _ = masked_noise_cholesky(model.obs_noise, mask, dtype, "ConstantGainFilter")
-        R = _mm(chol_r, chol_r.T)
+        try:
+            noise = fxp.as_noise_operator(model.obs_noise, n_y, dtype=dtype)
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"ConstantGainFilter: obs_noise: {err}") from None
+        # Missing rows and columns are the identity's (they drop out of the update).
+        R = fxp.mask_noise(noise, mask).as_matrix().astype(dtype)
         mean_a = mean_f + _mm(K, innovation)
         IKH = jnp.eye(n_x, dtype=dtype) - _mm(K, H)
         cov_a = _sym(_mm(_mm(IKH, cov_f), IKH.T) + _mm(_mm(K, R), K.T))

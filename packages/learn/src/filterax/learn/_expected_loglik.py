@@ -13,7 +13,6 @@ from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
-import jax.scipy.linalg as jsl
 import lineax as lx
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
@@ -88,25 +87,6 @@ def linearize_obs(obs_op: Any, mean: Array) -> tuple[Array, Array]:
             f"obs_op(x) must return a 1-D observation vector (N_y,); got shape {predicted.shape}."
         )
     return predicted, jax.jacfwd(observe)(mean)
-
-
-def masked_noise_cholesky(
-    obs_noise: Any, mask: Array, dtype: Any, owner: str
-) -> tuple[Array, Array]:
-    """``(L, half_logdet)``: the lower Cholesky factor of ``Gamma`` with the rows and columns of
-    missing observations replaced by the identity's (`filterax.primitives.mask_noise`), and
-    ``sum log diag L`` (``0`` contribution from missing entries)."""
-    n_y = mask.shape[0]
-    try:
-        op = fxp.as_noise_operator(obs_noise, n_y, dtype=dtype)
-    except (TypeError, ValueError) as err:
-        raise type(err)(f"{owner}: obs_noise: {err}") from None
-    op = fxp.mask_noise(op, mask)
-    if lx.is_diagonal(op):
-        root = jnp.sqrt(lx.diagonal(op).astype(dtype))
-        return jnp.diag(root), jnp.sum(jnp.log(root))
-    chol = jnp.linalg.cholesky(op.as_matrix().astype(dtype))
-    return chol, jnp.sum(jnp.log(jnp.diagonal(chol)))
 
 
 def check_belief(mean: Any, cov: Any, owner: str) -> tuple[Array, Array]:
@@ -209,8 +189,6 @@ def expected_log_likelihood(
             )
         if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
             raise ValueError(f"{owner}: n_samples must be a Python int >= 1; got {n_samples!r}.")
-    mask = fxp.observation_mask(y)
-    y0 = jnp.where(mask, y, 0.0)
     matrix = observation_matrix(obs_op, mean.shape[0], dtype)
     linear = matrix is not None
     predicted, H = (_mm(matrix, mean), matrix) if linear else linearize_obs(obs_op, mean)
@@ -219,14 +197,10 @@ def expected_log_likelihood(
             f"{owner}: y has shape {y.shape} but the observation operator returns "
             f"{predicted.shape}; pass one entry per observed component (NaN where missing)."
         )
-    chol_r, half_logdet = masked_noise_cholesky(obs_noise, mask, dtype, owner)
-    n_obs = jnp.sum(mask).astype(dtype)
-    constant = -0.5 * n_obs * _LOG_2PI - half_logdet
-
-    def quad(residual):
-        white = jsl.solve_triangular(chol_r, jnp.where(mask, residual, 0.0), lower=True)
-        return jnp.sum(white * white)
-
+    try:
+        lik = fxp.GaussianObsLikelihood.build(y, obs_noise, dtype)
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"{owner}: obs_noise: {err}") from None
     if method == "monte_carlo":
         chol_c = jnp.linalg.cholesky(cov)
         eps = jax.random.normal(key, (n_samples, mean.shape[0]), dtype)
@@ -235,11 +209,10 @@ def expected_log_likelihood(
         def observe(v):
             return _mm(H, v) if linear else jnp.asarray(obs_op(v)).astype(dtype)
 
-        quads = jax.vmap(lambda v: quad(y0 - observe(v)))(samples)
-        return constant - 0.5 * jnp.mean(quads)
-    value = constant - 0.5 * quad(y0 - predicted)
+        return jnp.mean(lik.log_density_rows(jax.vmap(observe)(samples)))
     if method == "plugin":
-        return value
-    # tr(Gamma^{-1} H C H^T) = tr(W C W^T) with W = L_Gamma^{-1} H (missing rows of H zeroed).
-    W = jsl.solve_triangular(chol_r, jnp.where(mask[:, None], H, 0.0), lower=True)
-    return value - 0.5 * jnp.sum(_mm(W, cov) * W)
+        return lik.log_density(predicted)
+    # tr(Gamma^{-1} H C H^T) = tr(W C W^T), W = G H with the missing rows of H zeroed (no
+    # Cholesky of C: a positive semi-definite C, e.g. a collapsed belief, is fine here).
+    W = lik.whitened_rows(H)
+    return lik.log_density(predicted) - 0.5 * jnp.sum(_mm(W, cov) * W)

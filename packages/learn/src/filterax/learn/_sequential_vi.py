@@ -15,7 +15,6 @@ VI with Gaussians *is* the Kalman filter.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import equinox as eqx
@@ -31,7 +30,6 @@ from ._expected_loglik import observation_matrix
 
 __all__ = ["GaussianELBOFit", "fit_gaussian_elbo", "gaussian_elbo", "recursive_elbo"]
 
-_LOG_2PI = math.log(2.0 * math.pi)
 _METHODS = ("analytic", "monte_carlo")
 _SOLVERS = ("closed_form", "gradient")
 
@@ -77,38 +75,6 @@ def _resolve_method(method: Any, matrix: Array | None, key: Any, owner: str) -> 
             "needs key=... (a JAX PRNG key)."
         )
     return method
-
-
-class _Observation(eqx.Module):
-    """The observation with missing entries neutralised, and the whitening of masked R."""
-
-    obs: Array
-    mask: Array
-    whitening: fxp.Whitening
-    n_obs: Array
-
-    @classmethod
-    def build(cls, obs: Array, obs_noise: Any, dtype: Any) -> _Observation:
-        n_y = obs.shape[0]
-        mask = jnp.isfinite(obs)
-        noise = fxp.mask_noise(fxp.as_noise_operator(obs_noise, n_y, dtype=dtype), mask)
-        return cls(
-            jnp.where(mask, obs, jnp.zeros((), dtype)),
-            mask,
-            fxp.noise_whitening(noise),
-            jnp.sum(mask).astype(dtype),
-        )
-
-    def log_density(self, predicted: Array) -> Array:
-        """``log N(y; predicted, R)`` over the observed entries."""
-        residual = jnp.where(self.mask, self.obs - predicted, jnp.zeros((), predicted.dtype))
-        white = self.whitening.whiten(residual)
-        return -0.5 * (self.n_obs * _LOG_2PI + self.whitening.logdet() + jnp.sum(white**2))
-
-    def whitened_rows(self, matrix: Array) -> Array:
-        """``G M`` (``G^T G = R^{-1}``) with the missing rows of ``M`` zeroed."""
-        masked = jnp.where(self.mask[:, None], matrix, jnp.zeros((), matrix.dtype))
-        return self.whitening.whiten(masked.T).T
 
 
 def _gaussian_kl_chol(mean: Array, chol: Array, prior_mean: Array, prior_chol: Array) -> Array:
@@ -210,12 +176,11 @@ def gaussian_elbo(
         )
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
         raise ValueError(f"{owner}: n_samples must be a positive int; got {n_samples!r}.")
-    observation = _Observation.build(obs, obs_noise, dtype)
+    observation = fxp.GaussianObsLikelihood.build(obs, obs_noise, dtype)
     prior_chol = jnp.linalg.cholesky(0.5 * (prior_cov + prior_cov.T))
     kl = _gaussian_kl_chol(mean, chol, prior_mean, prior_chol)
     if method == "analytic":
-        gh_l = observation.whitened_rows(_mm(matrix, chol))
-        expected = observation.log_density(_mm(matrix, mean)) - 0.5 * jnp.sum(gh_l**2)
+        expected = observation.expected_log_density(_mm(matrix, mean), matrix, chol)
     else:
         eps = jax.random.normal(key, (n_samples, n), dtype)
         samples = mean[None, :] + _mm(eps, chol.T)
@@ -317,7 +282,7 @@ def _raw_from_chol(chol: Array) -> Array:
 
 
 def _closed_form(
-    prior_mean: Array, prior_cov: Array, observation: _Observation, matrix: Array
+    prior_mean: Array, prior_cov: Array, observation: fxp.GaussianObsLikelihood, matrix: Array
 ) -> tuple[Array, Array]:
     # Stationarity of the ELBO: d/dm = 0 and d/dC = 0 give the information form
     # C^{-1} = C^^{-1} + H^T R^{-1} H,  m = m^ + C H^T R^{-1} (y - H m^).
@@ -437,7 +402,7 @@ def fit_gaussian_elbo(
                 f"{owner}: obs has {obs.shape[0]} entries but the observation matrix has "
                 f"{matrix.shape[0]} rows."
             )
-        observation = _Observation.build(obs, obs_noise, dtype)
+        observation = fxp.GaussianObsLikelihood.build(obs, obs_noise, dtype)
         mean, chol = _closed_form(prior_mean, prior_cov, observation, matrix)
         elbo = elbo_fn(mean, chol, None)
     else:

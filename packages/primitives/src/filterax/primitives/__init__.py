@@ -76,6 +76,7 @@ from ._likelihood import (
     log_likelihood as log_likelihood,
 )
 from ._kl import ensemble_gaussian_kl as ensemble_gaussian_kl, gaussian_kl as gaussian_kl
+from ._obs_likelihood import GaussianObsLikelihood as GaussianObsLikelihood
 from ._vi_cost import ensemble_vi_cost as ensemble_vi_cost, gaussian_vi_cost as gaussian_vi_cost
 from ._perturbations import perturbed_observations as perturbed_observations
 

@@ -13,7 +13,6 @@ and covariances), so that a leaderboard can score every filter with it.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import jax
@@ -23,38 +22,13 @@ from jaxtyping import Array, ArrayLike, Float, ScalarLike
 
 from ._kl import _check_shrinkage, gaussian_kl
 from ._lowrank import LowRankUpdate
-from ._missing import fill_missing, mask_noise, observation_mask
 from ._noise import NoiseLike, as_noise_operator
+from ._obs_likelihood import GaussianObsLikelihood
 from ._obs_operators import apply_obs
 from ._statistics import ensemble_mean
 from ._validation import check_ensemble, check_vector
-from ._whitening import noise_whitening
 
 __all__ = ["ensemble_vi_cost", "gaussian_vi_cost"]
-
-_LOG_2PI = math.log(2.0 * math.pi)
-
-
-def _obs_setup(obs: ArrayLike, obs_noise: NoiseLike, dtype: Any):
-    """Mask, zero-filled observation, the masked noise's whitening and the NLL constant."""
-    check_vector(obs, "obs (the observation vector of the cycle; NaN where missing)")
-    obs = jnp.asarray(obs).astype(dtype)
-    n_y = obs.shape[0]
-    mask = observation_mask(obs)
-    filled = fill_missing(obs, mask)
-    # Missing entries: identity rows/columns, so they add 0 to the quadratic form and log|R|.
-    noise = mask_noise(as_noise_operator(obs_noise, n_y), mask)
-    whitening = noise_whitening(noise, dtype)
-    n_obs = jnp.sum(mask).astype(dtype)
-    const = 0.5 * (n_obs * _LOG_2PI + whitening.logdet())
-    return mask, filled, whitening, const
-
-
-def _nll_rows(hx: Array, filled: Array, mask: Array, whitening: Any, const: Array) -> Array:
-    """``-log N(y; h(x_n), R)`` over the observed entries, one value per row of ``hx``."""
-    residual = jnp.where(mask[None, :], filled[None, :] - hx, jnp.zeros((), hx.dtype))
-    white = whitening.rows(residual)
-    return 0.5 * jnp.sum(white * white, axis=-1) + const
 
 
 def _process_noise_part(
@@ -165,14 +139,14 @@ def ensemble_vi_cost(
         shrinkage=shrinkage,
         shrinkage_target="scaled_identity",
     )
-    mask, filled, whitening, const = _obs_setup(obs, obs_noise, dtype)
+    lik = GaussianObsLikelihood.build(obs, obs_noise, dtype)
     hx = jax.vmap(lambda x: apply_obs(obs_op, x))(analysis).astype(dtype)
-    if hx.shape[1:] != filled.shape:
+    if hx.shape[1:] != lik.obs.shape:
         raise ValueError(
-            f"obs_op maps a state to shape {hx.shape[1:]}, but obs has shape {filled.shape}. "
+            f"obs_op maps a state to shape {hx.shape[1:]}, but obs has shape {lik.obs.shape}. "
             "Pass the observation operator of this observation vector."
         )
-    expected_nll = jnp.mean(_nll_rows(hx, filled, mask, whitening, const))
+    expected_nll = -jnp.mean(lik.log_density_rows(hx))
     return kl + expected_nll
 
 
@@ -244,21 +218,17 @@ def gaussian_vi_cost(
     c_f = 0.5 * (c_f + c_f.T)
     c_a = 0.5 * (c_a + c_a.T)
     kl = gaussian_kl(m_a, c_a, m_f, c_f)
-    mask, filled, whitening, const = _obs_setup(obs, obs_noise, dtype)
+    lik = GaussianObsLikelihood.build(obs, obs_noise, dtype)
 
     def observe(x: Array) -> Array:
         return apply_obs(obs_op, x).astype(dtype)
 
     hm = observe(m_a)
-    if hm.shape != filled.shape:
+    if hm.shape != lik.obs.shape:
         raise ValueError(
-            f"obs_op maps a state to shape {hm.shape}, but obs has shape {filled.shape}. Pass "
+            f"obs_op maps a state to shape {hm.shape}, but obs has shape {lik.obs.shape}. Pass "
             "the observation operator of this observation vector."
         )
-    plug_in = _nll_rows(hm[None, :], filled, mask, whitening, const)[0]
-    jac = jnp.where(mask[:, None], jax.jacfwd(observe)(m_a), jnp.zeros((), dtype))
-    # tr(R^{-1} H C H^T) = ||G H L||_F^2 with G^T G = R^{-1}, C = L L^T.
+    # -log N(y; h(m^a), R) + ½ tr(R^{-1} H C^a H^T), H = Dh(m^a), C^a = L L^T.
     chol_a = jnp.linalg.cholesky(c_a)
-    white = whitening.rows((jac @ chol_a).T)
-    trace = jnp.sum(white * white)
-    return kl + plug_in + 0.5 * trace
+    return kl - lik.expected_log_density(hm, jax.jacfwd(observe)(m_a), chol_a)
