@@ -80,7 +80,14 @@ assert abs(g - fd) <= 1e-6 * abs(fd) and g < 0
 # A perturbed-observation EnKF draws $\epsilon^{(j)} \sim \mathcal N(0, R)$ every cycle.
 # With the key fixed the draws are fixed, the run is a smooth function of $\theta$ and
 # `jax.grad` is the *reparameterised* gradient of that one realisation — unbiased for the
-# expected loss over keys, with a variance you pay for. The deterministic square-root filters
+# expected loss over keys, with a variance you pay for. `packages/learn/tests/
+# test_stochastic_gradient.py` checks both on a small linear twin (6 cycles, 6 members,
+# inflation 1.5): over 4000 keys the pathwise gradient is $1.444 \pm 0.015$ and a central
+# difference of the key-averaged loss with *independent* keys at each end $1.449 \pm 0.036$
+# (agreement, so no bias), and at equal cost the pathwise standard error is 2.4× smaller (14×
+# at $h = 0.05$). Unbiasedness needs a run that is smooth in $\theta$ for each key: a
+# particle filter's discrete resampling is not, and its pathwise gradient drops the
+# resampling term (biased; Part 10). The deterministic square-root filters
 # have no such noise, but the ETKF's ensemble-space transform
 # $T = (I + \tilde Y^\top \tilde Y)^{-1/2}$ has $N_e - N_y$ repeated eigenvalues $1$ when
 # $N_y < N_e$: a naive `eigh` derivative divides by zero there. filterax's ETKF uses the
