@@ -245,6 +245,7 @@ def test_presets_simulate_short_runs_under_jit_and_vmap(name, n_cycles, getkey):
     [
         ("lorenz63_sakov2012", 1000, None, 7.6),
         ("lorenz96_sakov2008", 1000, None, 3.6),
+        ("lorenz96_spantini2019", 500, None, 3.6),
         # DAPPER's KS x0 is already on the attractor, so a short spin-up suffices here.
         ("ks_bocquet2019", 500, 100, 1.3),
     ],
@@ -263,6 +264,28 @@ def test_truth_reproduces_published_climatology_rmse(name, n_cycles, skip, publi
     assert clim == pytest.approx(published, rel=0.05)
 
 
+@pytest.mark.parametrize("observe", ["all", "x1", "x1_squared"])
+def test_lorenz63_sparse_observes_what_it_says(observe, getkey):
+    ssm = presets.lorenz63_sparse(observe)
+    xp = ssm.simulate(getkey(), 400)
+    truth, ys = np.asarray(xp.truth), np.asarray(xp.observations)
+    expected = {"all": truth, "x1": truth[:, :1], "x1_squared": truth[:, :1] ** 2}[observe]
+    assert ys.shape == expected.shape and ssm.dt_obs == 0.5
+    # Observation errors N(0, 2): their sample variance over 400 (x n_y) draws within 25 %.
+    assert np.var(ys - expected) == pytest.approx(2.0, rel=0.25)
+    with pytest.raises(ValueError, match="x1_squared"):
+        presets.lorenz63_sparse("x2")
+
+
+def test_bocquet2010_observes_every_other_site_with_variance_1_5(getkey):
+    ssm = presets.lorenz96_bocquet2010()
+    assert ssm.n_state == 10 and ssm.n_obs == 5
+    xp = ssm.simulate(getkey(), 600)
+    err = np.asarray(xp.observations) - np.asarray(xp.truth)[:, ::2]
+    # DAPPER's Obs['noise'] = 1.5 is a variance: 3000 draws, 10 % tolerance (> 5 sd).
+    assert np.var(err) == pytest.approx(1.5, rel=0.1)
+
+
 def test_vi_process_noise_enters_the_truth(getkey):
     # With Sigma = 0.1 I per window, truth increments differ from the noise-free flow by
     # draws of variance 0.1 (5 sd tolerance on 40 * 50 = 2000 draws).
@@ -279,6 +302,8 @@ def test_vi_process_noise_enters_the_truth(getkey):
 # N_x of the presets on a periodic grid; the others have no spatial structure.
 RING_PRESETS = {
     "lorenz96_sakov2008": 40,
+    "lorenz96_bocquet2010": 10,
+    "lorenz96_spantini2019": 40,
     "ks_bocquet2019": 128,
     "lorenz96_bach2025": 40,
     "ks_bach2025": 256,
@@ -300,14 +325,15 @@ def test_presets_carry_their_geometry(name):
         return
     n = RING_PRESETS[name]
     grid = np.arange(n, dtype=float)
-    # Grid-index coordinates, every point observed (IdentityObs), DAPPER's periodic
+    observed = grid[::2] if "bocquet2010" in name or "spantini2019" in name else grid
+    # Grid-index coordinates, the observed points' as obs_coords, DAPPER's periodic
     # nd_Id_localization distance in grid points (exact small integers: compared exactly).
     np.testing.assert_array_equal(ssm.state_coords, grid[:, None])
-    np.testing.assert_array_equal(ssm.obs_coords, grid[:, None])
+    np.testing.assert_array_equal(ssm.obs_coords, observed[:, None])
     assert ssm.state_coords.dtype == ssm.x0_mean.dtype
     assert ssm.distance == PeriodicDistance(float(n))
     dist = pairwise_distances(ssm.state_coords, ssm.obs_coords, ssm.distance)
-    np.testing.assert_array_equal(dist, _np_ring_distances(grid, grid, n))
+    np.testing.assert_array_equal(dist, _np_ring_distances(grid, observed, n))
 
 
 def test_grid_geometry_follows_the_observation_operator():
