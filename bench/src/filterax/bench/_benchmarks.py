@@ -30,6 +30,7 @@ from filterax.primitives import IdentityObs, IndexObs, PeriodicDistance, every_n
 from filterax.zoo import StateSpaceModel, presets
 
 from ._benchmarks_async import register_async_benchmarks
+from ._benchmarks_nongaussian import register_nongaussian_benchmarks
 from ._registry import Benchmark, register_benchmark
 
 __all__ = ["grid_coordinates", "periodic_distance"]
@@ -206,6 +207,7 @@ def _register_builtin() -> None:
         )
     )
     register_async_benchmarks()
+    register_nongaussian_benchmarks()
 
 
 _register_builtin()

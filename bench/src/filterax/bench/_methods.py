@@ -20,6 +20,7 @@ from ._methods_amortised import amortised_methods
 from ._methods_baselines import baseline_methods
 from ._methods_enkf4d import enkf4d_methods
 from ._methods_envar import envar_methods
+from ._methods_nongaussian import nongaussian_enkf_methods
 from ._methods_variational import variational_methods
 from ._registry import (
     MethodConfig,
@@ -41,6 +42,7 @@ LIN = "linear_bach2025"
 LIN_HALF = "linear_bach2025_every_other"
 L96_VI = "lorenz96_bach2025"
 KS_VI = "ks_bach2025"
+L63_SPARSE = ("lorenz63_sparse", "lorenz63_sparse_x1", "lorenz63_sparse_x1sq")
 
 
 def _grid(lo: float, hi: float, step: float) -> tuple[float, ...]:
@@ -258,7 +260,7 @@ def _builtin_methods() -> list[MethodConfig]:
             filter=_enkf_n,
             n_ensemble=10,
             rotate=True,
-            settings={L63: {}, L96_SMALL: {}},
+            settings={L63: {}, L96_SMALL: {}, **{b: {} for b in L63_SPARSE}},
             reference_labels={L63: "EnKF-N N=10 rot"},
             safety=("xN", -1),
             optional_params=("xN",),
@@ -423,6 +425,7 @@ def _register_builtin() -> None:
         *variational_methods(),
         *baseline_methods(),
         *amortised_methods(),
+        *nongaussian_enkf_methods(),
     ]:
         register_method(method)
     register_suite(
