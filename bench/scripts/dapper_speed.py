@@ -13,6 +13,14 @@ the same initial ensemble:
   distance=partial(periodic, period=40.0), cutoff=1e-3)``, every observation a candidate:
   39 of the 40 have ``rho > 1e-3`` on both sides, the 40th gets weight 0 in filterax).
 
+Particle filters (``--filters PartFilt-L63-100 PartFilt-L63-800 PartFilt-L96b-100 ...``,
+`PF_CASES`): DAPPER's ``PartFilt`` / ``OptPF`` on its own presets (``Lorenz63.sakov2012``,
+``Lorenz96.bocquet2010``) with the tuned settings of their "Suggested tuning" tables, against
+`filterax.learn.BootstrapPF` / `OptimalProposalPF` with the same ``NER`` (ESS threshold),
+``reg`` (jitter) and ``Qs``, run by `filterax.filters.run` on the same twin and initial
+particles. DAPPER's truth ``xx`` at the model steps between observations repeats the next
+observed truth (only the analysis-time errors are read).
+
 DAPPER runs in a subprocess of ``--dapper-python`` (a venv with ``dapper==1.8.1``) with
 ``OMP_NUM_THREADS=MKL_NUM_THREADS=OPENBLAS_NUM_THREADS=1``, no live plotting, no progress bar,
 ``store_i=False`` (no per-step statistics between observations) and
@@ -122,11 +130,40 @@ def make_hmm(n_cycles, nx, batch):
 
 out.write(json.dumps({"ready": True, "dapper": dpr.__version__, "numpy": np.__version__}) + "\n")
 out.flush()
+def dapper_hmm(module, n_cycles):
+    # A DAPPER preset's HMM (dapper.mods.<module>) with Ko set to the run length, no burn-in.
+    import importlib
+
+    hmm = importlib.import_module("dapper.mods." + module).HMM.copy()
+    tseq = hmm.tseq
+    hmm.tseq = modelling.Chronology(tseq.dt, dko=tseq.dko, Ko=n_cycles - 1, BurnIn=0.0)
+    return hmm
+
+
 for line in sys.stdin:
     req = json.loads(line)
     data = np.load(req["data"])
     truth, obs, ens0 = data["xx"], data["observations"], data["ensemble0"]
-    n_cycles, nx = obs.shape
+    n_cycles, ny = obs.shape
+    if "hmm" in req:
+        # Any DAPPER preset and method: xx holds the truth at every model step (DAPPER's
+        # convention), the method is da.<method>(**kwargs) with N = the ensemble size.
+        hmm = dapper_hmm(req["hmm"], n_cycles)
+        hmm.X0 = FixedEnsemble(ens0)
+        yy = np.empty(n_cycles, dtype=object)
+        for k in range(n_cycles):
+            yy[k] = obs[k]
+        xp = getattr(da, req["method"])(N=len(ens0), **req["kwargs"])
+        dpr.set_seed(req["seed"])
+        t, c = time.perf_counter(), time.process_time()
+        xp.assimilate(hmm, truth, yy, liveplots=False, store_i=False)
+        seconds, cpu = time.perf_counter() - t, time.process_time() - c
+        err = np.asarray(xp.stats.err.rms.a, dtype=float)
+        reply = {"seconds": seconds, "cpu_seconds": cpu, "rmse_a_series": err.tolist()}
+        out.write(json.dumps(reply) + "\n")
+        out.flush()
+        continue
+    nx = ny
     hmm = make_hmm(n_cycles, nx, req.get("batch", 1))
     hmm.X0 = FixedEnsemble(ens0)
     yy = np.empty(n_cycles, dtype=object)
@@ -316,6 +353,137 @@ def measure(name: str, n_cycles: int, repeats: int, seed: int, worker: DapperWor
     }
 
 
+# Particle filters side by side (issue 13 §3), DAPPER's tuned settings from its presets'
+# "Suggested tuning" tables. name: (filterax preset, DAPPER module, DAPPER method, DAPPER
+# kwargs, filterax method factory, N, published rmse.a).
+def _pf(cls: str, **kwargs):
+    def make():
+        import filterax.learn as fl
+
+        return getattr(fl, cls)(**kwargs)
+
+    return make
+
+
+PF_CASES = {
+    "PartFilt-L63-100": (
+        "lorenz63_sakov2012", "Lorenz63.sakov2012", "PartFilt", {"reg": 2.4, "NER": 0.3},
+        _pf("BootstrapPF", ess_threshold=0.3, reg=2.4), 100, 0.38,
+    ),
+    "PartFilt-L63-800": (
+        "lorenz63_sakov2012", "Lorenz63.sakov2012", "PartFilt", {"reg": 0.9, "NER": 0.2},
+        _pf("BootstrapPF", ess_threshold=0.2, reg=0.9), 800, 0.28,
+    ),
+    "PartFilt-L96b-100": (
+        "lorenz96_bocquet2010", "Lorenz96.bocquet2010", "PartFilt", {"reg": 1.3, "NER": 0.2},
+        _pf("BootstrapPF", ess_threshold=0.2, reg=1.3), 100, 0.36,
+    ),
+    "PartFilt-L96b-800": (
+        "lorenz96_bocquet2010", "Lorenz96.bocquet2010", "PartFilt", {"reg": 0.8, "NER": 0.2},
+        _pf("BootstrapPF", ess_threshold=0.2, reg=0.8), 800, 0.25,
+    ),
+    "OptPF-L96b-100": (
+        "lorenz96_bocquet2010", "Lorenz96.bocquet2010", "OptPF",
+        {"reg": 1.0, "NER": 0.2, "Qs": 0.3},
+        _pf("OptimalProposalPF", ess_threshold=0.2, reg=1.0, qs=0.3), 100, 0.37,
+    ),
+    "OptPF-L96b-800": (
+        "lorenz96_bocquet2010", "Lorenz96.bocquet2010", "OptPF",
+        {"reg": 0.6, "NER": 0.2, "Qs": 0.1},
+        _pf("OptimalProposalPF", ess_threshold=0.2, reg=0.6, qs=0.1), 800, 0.25,
+    ),
+}  # fmt: skip
+
+
+def _every_step_truth(twin, steps_per_cycle: int) -> np.ndarray:
+    """DAPPER's ``xx`` (the truth at every model step) from a filterax twin (the truth at the
+    observation times): steps between two observations repeat the next observed truth. Only
+    the analysis-time errors are read back, which use the exact truth."""
+    at_obs = np.asarray(twin.truth)
+    between = np.repeat(at_obs, steps_per_cycle, axis=0)
+    return np.concatenate([np.asarray(twin.initial_truth)[None], between])
+
+
+def measure_cycled(
+    name: str, n_cycles: int, repeats: int, seed: int, worker: DapperWorker, tmp: Path
+):
+    """One `PF_CASES` row: DAPPER's method vs the filterax cycled method through `run`."""
+    import filterax.filters as ff
+
+    preset, module, method, kwargs, factory, n_particles, published = PF_CASES[name]
+    model = presets.PRESETS[preset]()
+    steps = int(round(float(model.dt_obs) / float(model.dynamics.dt)))
+    twin = model.simulate(jax.random.key(seed), n_cycles)
+    ens0 = model.initial_ensemble(jax.random.key(seed + 1000), n_particles)
+    data = tmp / f"twin_{name}_{n_cycles}.npz"
+    np.savez(
+        data,
+        xx=_every_step_truth(twin, steps),
+        observations=np.asarray(twin.observations),
+        ensemble0=np.asarray(ens0),
+    )
+    burn = min(model.burn_in_cycles, n_cycles // 2)
+    filt = factory()
+
+    def call(key, ens0, obs, times):
+        return ff.run(filt, model, ens0, obs, times, key=key)
+
+    jitted = jax.jit(call)
+    args = (jax.random.key(seed + 2000), ens0, twin.observations, twin.times)
+    compile_call, _, _ = _time(lambda: call(*args))
+    compile_jit, _, _ = _time(lambda: jitted(*args))
+    request = {"hmm": module, "method": method, "kwargs": kwargs, "data": str(data)}
+    request["seed"] = seed
+    load_before = os.getloadavg()
+    t = {"d": [], "c": [], "j": [], "dc": [], "cc": [], "jc": []}
+    rmse = {}
+    for _ in range(repeats):
+        reply = worker.run(request)
+        t["d"].append(reply["seconds"])
+        t["dc"].append(reply["cpu_seconds"])
+        seconds, cpu, res = _time(lambda: call(*args))
+        t["c"].append(seconds)
+        t["cc"].append(cpu)
+        seconds, cpu, _ = _time(lambda: jitted(*args))
+        t["j"].append(seconds)
+        t["jc"].append(cpu)
+        if not rmse:
+            rmse = {
+                "dapper": float(np.mean(np.asarray(reply["rmse_a_series"])[burn:])),
+                "filterax": _rmse_a(res.analysis_mean, twin.truth, burn),
+                "filterax_status": int(res.status),
+            }
+    ms = {k: 1e3 * min(v) / n_cycles for k, v in t.items()}
+    return {
+        "filter": name,
+        "n_cycles": n_cycles,
+        "n_ensemble": n_particles,
+        "dapper_method": f"{method}({kwargs})",
+        "filterax_method": repr(filt),
+        "dapper_ms_per_cycle": ms["d"],
+        "filterax_ms_per_cycle": ms["c"],
+        "filterax_jit_ms_per_cycle": ms["j"],
+        "ratio": ms["d"] / ms["c"],
+        "ratio_jit": ms["d"] / ms["j"],
+        "dapper_cpu_ms_per_cycle": ms["dc"],
+        "filterax_cpu_ms_per_cycle": ms["cc"],
+        "filterax_jit_cpu_ms_per_cycle": ms["jc"],
+        "ratio_cpu": ms["dc"] / ms["cc"],
+        "ratio_jit_cpu": ms["dc"] / ms["jc"],
+        "dapper_seconds": t["d"],
+        "filterax_seconds": t["c"],
+        "filterax_first_call_s": compile_call,
+        "filterax_first_jit_call_s": compile_jit,
+        "rmse_a_dapper": rmse["dapper"],
+        "rmse_a_filterax": rmse["filterax"],
+        "rmse_burn_in_cycles": burn,
+        "published_rmse_a": published,
+        "filterax_status": rmse["filterax_status"],
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+    }
+
+
 def _cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -331,7 +499,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dapper-python", required=True, help="python of a dapper==1.8.1 venv")
     parser.add_argument("--cycles", type=int, nargs="+", default=[300, 3000])
-    parser.add_argument("--filters", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument(
+        "--filters", nargs="+", default=list(SETTINGS), choices=[*SETTINGS, *PF_CASES]
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument("--out", default="bench-results/dapper_speed.json")
@@ -343,7 +513,8 @@ def main(argv=None):
         with tempfile.TemporaryDirectory() as tmp:
             for name in args.filters:
                 for n_cycles in args.cycles:
-                    row = measure(name, n_cycles, args.repeats, args.seed, worker, Path(tmp))
+                    fn = measure_cycled if name in PF_CASES else measure
+                    row = fn(name, n_cycles, args.repeats, args.seed, worker, Path(tmp))
                     rows.append(row)
                     print(
                         f"{name} {n_cycles}: DAPPER {row['dapper_ms_per_cycle']:.3f} ms, "
@@ -375,7 +546,7 @@ def main(argv=None):
     )
     for clock, suffix in (("wall", ""), ("CPU", "_cpu")):
         header = (
-            f"{clock:4s} {'filter':6s} {'cycles':>6s} {'filterax':>9s} {'(jit)':>8s} "
+            f"{clock:4s} {'filter':17s} {'cycles':>6s} {'filterax':>9s} {'(jit)':>8s} "
             f"{'DAPPER':>8s} {'ratio':>6s} {'(jit)':>6s} {'rmse.a fx':>9s} {'DAPPER':>7s}  "
             "load 1/5/15 min"
         )
@@ -384,7 +555,7 @@ def main(argv=None):
         for r in rows:
             load = "/".join(f"{x:.2f}" for x in r["load_average_after"])
             print(
-                f"{clock:4s} {r['filter']:6s} {r['n_cycles']:6d} "
+                f"{clock:4s} {r['filter']:17s} {r['n_cycles']:6d} "
                 f"{r[f'filterax{suffix}_ms_per_cycle']:9.4f} "
                 f"{r[f'filterax_jit{suffix}_ms_per_cycle']:8.4f} "
                 f"{r[f'dapper{suffix}_ms_per_cycle']:8.3f} {r[f'ratio{suffix}']:5.1f}x "
