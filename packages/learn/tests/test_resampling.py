@@ -1,5 +1,7 @@
 """Resamplers against the multinomial count law, numpy re-derivations and the score identity."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,16 +32,26 @@ N_DRAW, N_KEYS = 7, 4000
 K_SE = 5.0  # |mean - expectation| <= 5 standard errors: a false failure has odds ~ 1e-6 per entry
 
 
-def _counts(resampler, lw, n, n_keys, seed=0):
+@functools.cache
+def _all_counts(seed, n=N_DRAW, n_keys=N_KEYS):
+    """Counts ``(n_keys, N)`` of every resampler from one compiled program (CI budget)."""
+
+    def counts(key):
+        out = {}
+        for name, f in RESAMPLERS.items():
+            a = f(key, jnp.asarray(LW), n)
+            out[name] = jax.nn.one_hot(a, LW.size, dtype=jnp.int32).sum(axis=0)
+            out[name + "/ancestors"] = a
+        return out
+
     keys = jax.random.split(jax.random.key(seed), n_keys)
-    ancestors = jax.jit(jax.vmap(lambda k: resampler(k, jnp.asarray(lw), n)))(keys)
-    assert ancestors.dtype == jnp.int32 and ancestors.shape == (n_keys, n)
-    return np.asarray(jax.nn.one_hot(ancestors, lw.shape[0], dtype=jnp.int32).sum(axis=1))
+    return {k: np.asarray(v) for k, v in jax.jit(jax.vmap(counts))(keys).items()}
 
 
 @pytest.mark.parametrize("name", list(RESAMPLERS))
 def test_resampler_counts_unbiased(name):
-    counts = _counts(RESAMPLERS[name], LW, N_DRAW, N_KEYS)
+    counts = _all_counts(0)[name]
+    assert _all_counts(0)[name + "/ancestors"].dtype == np.int32
     assert np.all(counts.sum(axis=1) == N_DRAW)
     assert np.all(counts[:, 2] == 0)  # a -inf log-weight is never selected
     expected = N_DRAW * W
@@ -51,50 +63,51 @@ def test_low_variance_schemes_beat_multinomial():
     # Multinomial count variance is n W (1 - W); first check the empirical one matches it
     # (sum over particles; relative SE of a variance estimate from 4000 draws is ~ 2-3 %).
     theory = N_DRAW * W * (1 - W)
-    multi = _counts(multinomial_resample, LW, N_DRAW, N_KEYS).var(axis=0, ddof=1).sum()
-    assert abs(multi - theory.sum()) < 0.1 * theory.sum()
+    var = {k: v.var(axis=0, ddof=1) for k, v in _all_counts(1).items() if "/" not in k}
+    assert abs(var["multinomial"].sum() - theory.sum()) < 0.1 * theory.sum()
     for name in ("stratified", "systematic", "residual"):
-        var = _counts(RESAMPLERS[name], LW, N_DRAW, N_KEYS, seed=1).var(axis=0, ddof=1).sum()
-        assert var < multi, name
+        assert var[name].sum() < var["multinomial"].sum(), name
     # Systematic counts are floor(nW) or floor(nW) + 1: variance frac (1 - frac) exactly.
     frac = N_DRAW * W - np.floor(N_DRAW * W)
-    sys_var = _counts(systematic_resample, LW, N_DRAW, N_KEYS, seed=2).var(axis=0, ddof=1)
-    np.testing.assert_allclose(sys_var, frac * (1 - frac), atol=0.05)
+    np.testing.assert_allclose(var["systematic"], frac * (1 - frac), atol=0.05)
 
 
 def test_residual_deterministic_part_exact():
-    n = 9
-    copies = np.floor(n * W).astype(int)  # [0, 2, 0, 1, 4]
+    copies = np.floor(N_DRAW * W).astype(int)  # [0, 2, 0, 1, 3]
     deterministic = np.repeat(np.arange(W.size), copies)
-    keys = jax.random.split(jax.random.key(3), 200)
-    ancestors = np.asarray(jax.vmap(lambda k: residual_resample(k, jnp.asarray(LW), n))(keys))
+    ancestors = _all_counts(0)["residual/ancestors"]
     det = ancestors[:, : deterministic.size]
     np.testing.assert_array_equal(det, np.broadcast_to(deterministic, det.shape))
-    # The random remainder follows the residual weights only: particle 2 never, others may.
-    rest = ancestors[:, deterministic.size :]
-    assert not np.any(rest == 2)
-    # All-integer n W: fully deterministic, same for every key.
+    # The random remainder follows the residual weights only: particle 2 never.
+    assert not np.any(ancestors[:, deterministic.size :] == 2)
+    # All-integer n W: fully deterministic.
     exact = residual_resample(jax.random.key(0), jnp.log(jnp.array([0.25, 0.5, 0.25])), 4)
     np.testing.assert_array_equal(np.asarray(exact), [0, 1, 1, 2])
 
 
-@pytest.mark.parametrize("name", list(RESAMPLERS))
-def test_resampler_key_deterministic(name):
-    f = RESAMPLERS[name]
+def test_resampler_key_deterministic():
     lw = jnp.asarray(np.log(np.linspace(0.1, 1.0, 50)))
-    a1 = f(jax.random.key(11), lw, 50)
-    a2 = jax.jit(f, static_argnums=2)(jax.random.key(11), lw, 50)
-    a3 = f(jax.random.key(12), lw, 50)
-    np.testing.assert_array_equal(np.asarray(a1), np.asarray(a2))
-    assert not np.array_equal(np.asarray(a1), np.asarray(a3))
+    draw = jax.jit(lambda k: {name: f(k, lw, 50) for name, f in RESAMPLERS.items()})
+    a1, a2, a3 = draw(jax.random.key(11)), draw(jax.random.key(11)), draw(jax.random.key(12))
+    for name in RESAMPLERS:
+        np.testing.assert_array_equal(np.asarray(a1[name]), np.asarray(a2[name]))
+        assert not np.array_equal(np.asarray(a1[name]), np.asarray(a3[name])), name
+    # The same numbers outside jit.
+    np.testing.assert_array_equal(
+        np.asarray(systematic_resample(jax.random.key(11), lw, 50)), np.asarray(a1["systematic"])
+    )
 
 
-@pytest.mark.parametrize("name", list(RESAMPLERS))
-def test_degenerate_weights_give_valid_indices(name):
+def test_degenerate_weights_give_valid_indices():
     # Documented recovery: undefined weights resample as if uniform (indices stay in range).
+    @jax.jit
+    def draw(lw):
+        return {name: f(jax.random.key(0), lw, 6) for name, f in RESAMPLERS.items()}
+
     for bad in (jnp.full(4, -jnp.inf), jnp.array([0.0, jnp.nan, 0.0, 0.0])):
-        a = np.asarray(RESAMPLERS[name](jax.random.key(0), bad, 6))
-        assert a.shape == (6,) and a.min() >= 0 and a.max() <= 3
+        for name, a in draw(bad).items():
+            a = np.asarray(a)
+            assert a.shape == (6,) and a.min() >= 0 and a.max() <= 3, name
     assert float(effective_sample_size(jnp.full(4, -jnp.inf))) == 0.0
     assert np.all(np.isnan(np.asarray(normalise_log_weights(jnp.full(3, -jnp.inf)))))
 

@@ -77,7 +77,7 @@ from ._amortised import (
 from ._amortised_training import fit_amortised as fit_amortised
 # --- end amortised ---
 
-# --- resamplers (issue 13 §1: particle filters) ---
+# --- resamplers and particle filters (issue 13 §1: bootstrap family) ---
 from ._resampling import (
     effective_sample_size as effective_sample_size,
     multinomial_resample as multinomial_resample,
@@ -88,4 +88,12 @@ from ._resampling import (
     stratified_resample as stratified_resample,
     systematic_resample as systematic_resample,
 )
-# --- end resamplers ---
+from ._particle_filters import (
+    AuxiliaryPF as AuxiliaryPF,
+    BootstrapPF as BootstrapPF,
+    EnKFProposalPF as EnKFProposalPF,
+    OptimalProposalPF as OptimalProposalPF,
+    ParticleDiagnostics as ParticleDiagnostics,
+    ParticleState as ParticleState,
+)
+# --- end resamplers and particle filters ---
