@@ -7,6 +7,7 @@ are cached so that each filter compiles once for the whole module (CI budget).
 
 import functools
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -215,3 +216,32 @@ def test_bad_configuration_raises():
     noiseless = fxp.Model(lambda x, t0, t1: x, jnp.eye(2), R)
     with pytest.raises(ValueError, match="qs > 0"):
         ff.run(EnKFProposalPF(), noiseless, x0, Y, TIMES, key=jax.random.key(0))
+
+
+def test_regularisation_jitters_duplicates_only():
+    # A deterministic model, so the forecast particles are known exactly (A x_i).
+    model = fxp.Model(lambda x, t0, t1: jnp.asarray(A) @ x, jnp.eye(2), R)
+    x0 = jax.random.normal(jax.random.key(0), (50, 2))
+    state0 = BootstrapPF().init(jax.random.key(0), x0, model)
+    obs = jnp.array([1.5, -0.5])
+
+    @eqx.filter_jit
+    def step(method):
+        t0, t1 = jnp.asarray(0.0), jnp.asarray(1.0)
+        return method.step(jax.random.key(1), state0, model, t0, t1, obs)[0].particles
+
+    forecast = np.asarray(x0) @ A.T
+
+    def matches(particles):
+        # Which new particles equal some forecast particle (unjittered copies; 1e-12 allows
+        # the matmul's round-off, the jitter is ~ 0.1).
+        d = np.abs(np.asarray(particles)[:, None, :] - forecast[None]).max(-1)
+        return (d < 1e-12).any(axis=1), np.unique(np.asarray(particles), axis=0).shape[0]
+
+    plain, _ = matches(step(BootstrapPF(ess_threshold=1.0)))
+    assert plain.all()  # reg = 0: pure resampling, duplicates included
+    kept, n_unique = matches(step(BootstrapPF(ess_threshold=1.0, reg=1.0)))
+    # nuj: the single copies stay, every duplicated ancestor's copies move (all distinct).
+    assert 0 < kept.sum() < kept.size and n_unique == kept.size
+    moved, _ = matches(step(BootstrapPF(ess_threshold=1.0, reg=1.0, nuj=False)))
+    assert not moved.any()  # nuj=False: every particle jittered
