@@ -36,9 +36,16 @@ FILTERS = {
 }
 
 
+class _Linear(eqx.Module):
+    # A module, not a closure: models with different matrices share one compiled program.
+    a: jax.Array
+
+    def __call__(self, x, t0, t1):
+        return self.a @ x
+
+
 def _model(scale=1.0):
-    a = jnp.asarray(A) * scale
-    return fxp.Model(lambda x, t0, t1: a @ x, jnp.eye(2), R, process_noise=Q)
+    return fxp.Model(_Linear(jnp.asarray(A) * scale), jnp.eye(2), R, process_noise=Q)
 
 
 def _data():
@@ -149,17 +156,12 @@ def test_single_run_outputs():
         BootstrapPF(ess_threshold=1.0), _model(), x0, Y, TIMES, key=jax.random.key(4),
         save="forecast_and_analysis",
     )  # fmt: skip
-    # Same key, same result (filter_jit re-uses the program); another key, another result.
+    # Same key, same result (other keys give other results: the evidence test).
     again = ff.run(
         BootstrapPF(ess_threshold=1.0), _model(), x0, Y, TIMES, key=jax.random.key(4),
         save="forecast_and_analysis",
     )  # fmt: skip
     np.testing.assert_array_equal(np.asarray(again.log_likelihood), np.asarray(out.log_likelihood))
-    other = ff.run(
-        BootstrapPF(ess_threshold=1.0), _model(), x0, Y, TIMES, key=jax.random.key(5),
-        save="forecast_and_analysis",
-    )  # fmt: skip
-    assert float(other.log_likelihood.sum()) != float(out.log_likelihood.sum())
     assert isinstance(out.analyses, ParticleState) and out.analyses.particles.shape == (T, N, 2)
     assert isinstance(out.diagnostics, ParticleDiagnostics)
     assert bool(jnp.all(out.diagnostics.resampled))  # ess_threshold = 1: every cycle
@@ -187,11 +189,13 @@ def test_gradient_through_stop_gradient_resampling():
 
     def kf_evidence(scale):
         prior = ff.GaussianState(jnp.zeros(2), jnp.eye(2))
-        return ff.run(
-            ff.KalmanFilter(), _model(scale), prior, Y, TIMES, key=jax.random.key(0)
-        ).log_likelihood.sum()
+        out = ff.run(ff.KalmanFilter(), _model(scale), prior, Y, TIMES, key=jax.random.key(0))
+        return float(out.log_likelihood.sum())
 
-    exact = float(jax.grad(kf_evidence)(1.0))
+    # The exact gradient by central differences of the Kalman evidence (same compiled program
+    # for every scale; O(h^2) = 1e-10 error, far below the Monte Carlo tolerance).
+    h = 1e-5
+    exact = (kf_evidence(1.0 + h) - kf_evidence(1.0 - h)) / (2 * h)
     # The score-function estimator is consistent (biased at finite N through the log): its
     # mean over keys must have the Kalman gradient's sign and size within 5 SE + 25 %.
     se = grads.std(ddof=1) / np.sqrt(grads.size)
@@ -220,7 +224,7 @@ def test_bad_configuration_raises():
 
 def test_regularisation_jitters_duplicates_only():
     # A deterministic model, so the forecast particles are known exactly (A x_i).
-    model = fxp.Model(lambda x, t0, t1: jnp.asarray(A) @ x, jnp.eye(2), R)
+    model = fxp.Model(_Linear(jnp.asarray(A)), jnp.eye(2), R)
     x0 = jax.random.normal(jax.random.key(0), (50, 2))
     state0 = BootstrapPF().init(jax.random.key(0), x0, model)
     obs = jnp.array([1.5, -0.5])
@@ -238,9 +242,10 @@ def test_regularisation_jitters_duplicates_only():
         d = np.abs(np.asarray(particles)[:, None, :] - forecast[None]).max(-1)
         return (d < 1e-12).any(axis=1), np.unique(np.asarray(particles), axis=0).shape[0]
 
-    plain, _ = matches(step(BootstrapPF(ess_threshold=1.0)))
+    # reg as an array: one compiled program for both values.
+    plain, _ = matches(step(BootstrapPF(ess_threshold=1.0, reg=jnp.asarray(0.0))))
     assert plain.all()  # reg = 0: pure resampling, duplicates included
-    kept, n_unique = matches(step(BootstrapPF(ess_threshold=1.0, reg=1.0)))
+    kept, n_unique = matches(step(BootstrapPF(ess_threshold=1.0, reg=jnp.asarray(1.0))))
     # nuj: the single copies stay, every duplicated ancestor's copies move (all distinct).
     assert 0 < kept.sum() < kept.size and n_unique == kept.size
     moved, _ = matches(step(BootstrapPF(ess_threshold=1.0, reg=1.0, nuj=False)))
