@@ -272,8 +272,9 @@ def stop_gradient_resample(
     ordinary resampling — while their *gradient* is the score ``∇ log W_{a_i}``, so for any
     ``h``, ``(1/n) sum_i exp(\tilde{lw}_i - ⊥\tilde{lw}_i) h(a_i)`` has expectation
     ``sum_j W_j h_j`` and gradient expectation ``∇ sum_j W_j h_j`` (unbiased for every
-    unbiased resampler). Particle filters that resample this way give unbiased gradient
-    estimates of the log-evidence's expectation up to the usual SMC bias.
+    unbiased resampler). In a particle filter the forward pass is unchanged and the
+    resampling step contributes its score-function term to the gradient of the log-evidence
+    estimate, instead of the zero that plain resampling gives (which biases it).
 
     **Arguments:** `key`; `log_weights` ``(N,)``; `n`; `resampler` one of this module's
     resamplers (default systematic).
