@@ -76,3 +76,24 @@ from ._amortised import (
 )
 from ._amortised_training import fit_amortised as fit_amortised
 # --- end amortised ---
+
+# --- resamplers and particle filters (issue 13 §1: bootstrap family) ---
+from ._resampling import (
+    effective_sample_size as effective_sample_size,
+    multinomial_resample as multinomial_resample,
+    normalise_log_weights as normalise_log_weights,
+    residual_resample as residual_resample,
+    soft_resample as soft_resample,
+    stop_gradient_resample as stop_gradient_resample,
+    stratified_resample as stratified_resample,
+    systematic_resample as systematic_resample,
+)
+from ._particle_filters import (
+    AuxiliaryPF as AuxiliaryPF,
+    BootstrapPF as BootstrapPF,
+    EnKFProposalPF as EnKFProposalPF,
+    OptimalProposalPF as OptimalProposalPF,
+    ParticleDiagnostics as ParticleDiagnostics,
+    ParticleState as ParticleState,
+)
+# --- end resamplers and particle filters ---
