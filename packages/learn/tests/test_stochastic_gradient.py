@@ -26,9 +26,7 @@ E0 = jax.random.normal(jax.random.key(0), (N_E, N_X))
 
 def loss(inflation, key):
     """Negative log-likelihood of a stochastic EnKF run, inflation the parameter."""
-    method = ff.EnsembleFilter(
-        ff.StochasticEnKF(), inflator=fxp.MultiplicativeInflator(inflation)
-    )
+    method = ff.EnsembleFilter(ff.StochasticEnKF(), inflator=fxp.MultiplicativeInflator(inflation))
     out = ff.run(method, MODEL, E0, YS, TIMES, key=key)
     return -jnp.sum(out.log_likelihood)
 

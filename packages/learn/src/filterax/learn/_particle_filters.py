@@ -47,7 +47,7 @@ from jaxtyping import Array, Bool, Float, PRNGKeyArray, Real
 
 import filterax.primitives as fxp
 
-from ._expected_loglik import linearize_obs, masked_noise_cholesky, observation_matrix
+from ._expected_loglik import linearize_obs, observation_matrix
 from ._resampling import (
     effective_sample_size,
     multinomial_resample,
@@ -293,10 +293,11 @@ def _gaussian_loglik(residual: Array, chol: Array, half_logdet: Array, n_obs: Ar
 
 def _obs_loglik(owner: str, model: fxp.AbstractModel, observed: Array, obs: Array) -> Array:
     """``log g(y | x_i)`` over the observed entries of ``y`` (missing ones carry no weight)."""
-    mask = jnp.isfinite(obs)
-    chol, half_logdet = masked_noise_cholesky(model.obs_noise, mask, observed.dtype, owner)
-    residual = jnp.where(mask[None, :], obs[None, :] - observed, 0.0)
-    return _gaussian_loglik(residual, chol, half_logdet, jnp.sum(mask))
+    try:
+        lik = fxp.GaussianObsLikelihood.build(obs, model.obs_noise, observed.dtype)
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"{owner}: obs_noise: {err}") from None
+    return lik.log_density_rows(observed)
 
 
 def _masked_obs_noise(owner: str, model: fxp.AbstractModel, mask: Array, dtype: Any) -> Array:
@@ -737,8 +738,8 @@ class OptimalProposalPF(fxp.AbstractCycledMethod):
         q_root = _process_root(owner, model, n_x, dtype)
         if q_root is not None:
             xi = xi + _mm(jax.random.normal(k_xi, (n, n_x), dtype), q_root.T)
-        chol_r, _ = masked_noise_cholesky(model.obs_noise, mask, dtype, owner)
-        eta = _mm(jax.random.normal(k_eta, (n, obs.shape[0]), dtype), chol_r.T)
+        # r: R with the missing rows/columns the identity's (their K columns are zero).
+        eta = _mm(jax.random.normal(k_eta, (n, obs.shape[0]), dtype), jnp.linalg.cholesky(r).T)
         new = mu + xi + _mm(residual - _mm(xi, hm.T) - eta, gain.T)
         lw = state.log_weights + log_pred
         increment = _increment(lw, state.log_weights)
