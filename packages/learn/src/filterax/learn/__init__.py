@@ -76,3 +76,11 @@ from ._amortised import (
 )
 from ._amortised_training import fit_amortised as fit_amortised
 # --- end amortised ---
+
+# --- SMC samplers and variational SMC (issue 13 §1) ---
+from ._smc import (
+    SMCResult as SMCResult,
+    adaptive_tempered_smc as adaptive_tempered_smc,
+    tempered_smc as tempered_smc,
+)
+# --- end SMC ---
