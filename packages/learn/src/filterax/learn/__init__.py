@@ -77,6 +77,19 @@ from ._amortised import (
 from ._amortised_training import fit_amortised as fit_amortised
 # --- end amortised ---
 
+# --- resamplers (issue 13 §1: particle filters) ---
+from ._resampling import (
+    effective_sample_size as effective_sample_size,
+    multinomial_resample as multinomial_resample,
+    normalise_log_weights as normalise_log_weights,
+    residual_resample as residual_resample,
+    soft_resample as soft_resample,
+    stop_gradient_resample as stop_gradient_resample,
+    stratified_resample as stratified_resample,
+    systematic_resample as systematic_resample,
+)
+# --- end resamplers ---
+
 # --- SMC samplers and variational SMC (issue 13 §1) ---
 from ._smc import (
     SMCResult as SMCResult,
