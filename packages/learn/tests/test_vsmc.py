@@ -114,13 +114,22 @@ def test_fivo_resampling_on_ess_is_a_valid_tighter_bound():
 
 
 def test_gradient_through_mlp_proposal_is_finite():
-    # FIVO path (ESS-triggered resampling); the fit test differentiates the VSMC path
+    # FIVO path (ESS-triggered resampling) with the truncated gradient; the fit test
+    # differentiates the VSMC path with the full one
     resample = "ess"
     proposal = bootstrap_proposal(jax.random.key(2), MODEL, 2, 2, width=8, depth=1)
     grad = eqx.filter_jit(
         eqx.filter_grad(
             lambda q: vsmc_bound(
-                q, jax.random.key(3), MODEL, (M0, P0), YS, TS, n_particles=8, resample=resample
+                q,
+                jax.random.key(3),
+                MODEL,
+                (M0, P0),
+                YS,
+                TS,
+                n_particles=8,
+                resample=resample,
+                truncate_gradient=True,
             )
         )
     )
