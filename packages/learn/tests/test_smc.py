@@ -224,6 +224,23 @@ def test_max_steps_exhausted_is_reported():
     assert bool(out.finite) and float(out.temperatures[1]) < 1.0
 
 
+def test_nan_log_likelihood_in_a_step_is_reported_not_dropped():
+    # regression: the adaptive buffers are NaN-padded; a NaN increment of a step that ran must
+    # make the result non-finite, not vanish from the sum
+    x0 = jax.random.normal(jax.random.key(0), (64, 1))
+    out = adaptive_tempered_smc(
+        jax.random.key(1),
+        _std_normal_logprior,
+        lambda x: jnp.where(x[0] > 0.0, jnp.nan, -0.5 * x[0] ** 2),
+        x0,
+        max_steps=3,
+        n_mcmc_steps=1,
+        throw=False,
+    )
+    assert not bool(out.finite)
+    assert not np.isfinite(float(out.log_evidence))
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

@@ -248,7 +248,10 @@ def _finish(
     throw: bool,
     owner: str,
 ) -> SMCResult:
-    log_evidence = jnp.nansum(increments)
+    # Sum the steps that ran only (the adaptive buffers are NaN-padded), so a NaN increment
+    # of a real step propagates instead of being dropped.
+    ran = jnp.arange(increments.shape[0]) < n_steps
+    log_evidence = jnp.sum(jnp.where(ran, increments, jnp.zeros_like(increments)))
     finite = jnp.isfinite(log_evidence) & jnp.all(jnp.isfinite(state.particles))
     if throw:
         log_evidence = eqx.error_if(

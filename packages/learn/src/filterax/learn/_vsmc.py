@@ -428,7 +428,7 @@ def vsmc_bound(
     $$\log \hat Z = \sum_{k=1}^{T} \log \sum_{i=1}^{N} W_{k-1}^i\, \alpha_k^i ,$$
 
     ``W_{k-1}`` the normalised weights after the (possible) resampling at step ``k``.
-    Differentiate it with `jax.grad` w.r.t. `proposal` (first argument) for the biased,
+    Differentiate it with `eqx.filter_grad` w.r.t. `proposal` (first argument) for the biased,
     low-variance VSMC/FIVO gradient (resampling score term dropped; module docstring). One
     ``lax.scan`` over time; jit- and vmap-safe. NaN observation entries are missing (no
     likelihood term, zero innovation).
@@ -461,7 +461,7 @@ def vsmc_bound(
 
     ```python
     q = bootstrap_proposal(jax.random.key(0), model, 3, 3)
-    jax.grad(vsmc_bound)(q, jax.random.key(1), model, (m0, P0), ys, ts, n_particles=64)
+    eqx.filter_grad(vsmc_bound)(q, jax.random.key(1), model, (m0, P0), ys, ts, n_particles=64)
     ```
     """
     owner = "vsmc_bound"
