@@ -97,3 +97,20 @@ from ._particle_filters import (
     ParticleState as ParticleState,
 )
 # --- end resamplers and particle filters ---
+
+# --- SMC samplers and variational SMC (issue 13 §1) ---
+from ._smc import (
+    SMCResult as SMCResult,
+    adaptive_tempered_smc as adaptive_tempered_smc,
+    tempered_smc as tempered_smc,
+)
+from ._vsmc import (
+    GainCorrection as GainCorrection,
+    GaussianProposal as GaussianProposal,
+    InnovationMLP as InnovationMLP,
+    VSMCFit as VSMCFit,
+    bootstrap_proposal as bootstrap_proposal,
+    fit_vsmc as fit_vsmc,
+    vsmc_bound as vsmc_bound,
+)
+# --- end SMC ---
