@@ -54,7 +54,6 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
-import lineax as lx
 import numpy as np
 import optax
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, Real
@@ -251,18 +250,12 @@ def _initial_gaussian(initial: Any, owner: str) -> tuple[Array, Array]:
     return mean.astype(dtype), cov.astype(dtype)
 
 
-def _gaussian_logpdf(residual: Array, chol: Array, mask: Array | None = None) -> Array:
-    """``log N(r; 0, L Lᵀ)`` over the entries with ``mask`` (``L`` already masked)."""
+def _gaussian_logpdf(residual: Array, chol: Array) -> Array:
+    """``log N(r; 0, L Lᵀ)`` (the transition density)."""
     white = jsl.solve_triangular(chol, residual, lower=True)
     logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol)))
-    n = residual.shape[0] if mask is None else jnp.sum(mask)
+    n = residual.shape[0]
     return -0.5 * (jnp.sum(white**2) + logdet + n * _LOG_2PI)
-
-
-def _masked_obs_cholesky(obs_noise: lx.AbstractLinearOperator, mask: Array) -> Array:
-    # Missing rows/columns become the identity's (mask_noise): with a zero residual there they
-    # add nothing to the quadratic form or the log-determinant.
-    return jnp.linalg.cholesky(fxp.mask_noise(obs_noise, mask).as_matrix())
 
 
 def _check_common(
@@ -360,7 +353,7 @@ def _filter(
     lw = jnp.full((n_particles,), -math.log(n_particles), dtype)
     log_n = math.log(n_particles)
 
-    def one_particle(xp, y, mask, chol_r, t_prev, t, eps):
+    def one_particle(xp, y, mask, lik, t_prev, t, eps):
         xp = jax.lax.stop_gradient(xp) if truncate else xp
         forecast = jnp.asarray(model.dynamics(xp, t_prev, t), dtype)
         pred = fxp.apply_obs(model.obs_op, forecast)
@@ -369,8 +362,7 @@ def _filter(
         x_new = mean + scale * eps
         log_q = -0.5 * jnp.sum(eps**2) - jnp.sum(jnp.log(scale)) - 0.5 * n_x * _LOG_2PI
         log_trans = _gaussian_logpdf(x_new - forecast, chol_q)
-        resid = jnp.where(mask, y - fxp.apply_obs(model.obs_op, x_new), 0.0)
-        log_lik = _gaussian_logpdf(resid, chol_r, mask)
+        log_lik = lik.log_density(fxp.apply_obs(model.obs_op, x_new))
         return x_new, log_lik + log_trans - log_q
 
     def step(carry, inputs):
@@ -388,10 +380,10 @@ def _filter(
         x = x[ancestors]
         lw = jnp.where(do_resample, jnp.full_like(lw, -log_n), lw)
         mask = fxp.observation_mask(y)
-        chol_r = _masked_obs_cholesky(obs_noise, mask)
+        lik = fxp.GaussianObsLikelihood.build(y, obs_noise, dtype)
         eps = jax.random.normal(k_prop, x.shape, dtype)
         x, log_alpha = jax.vmap(one_particle, in_axes=(0, None, None, None, None, None, 0))(
-            x, y, mask, chol_r, t_prev, t, eps
+            x, y, mask, lik, t_prev, t, eps
         )
         total = lw + log_alpha
         increment = jax.nn.logsumexp(total)
