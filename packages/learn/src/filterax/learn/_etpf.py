@@ -12,7 +12,7 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray
 
 import filterax.primitives as fxp
 from filterax.filters import AnalysisInputs, prepare_analysis
@@ -59,7 +59,7 @@ def log_evidence(log_lik: Float[Array, " N_e"]) -> Float[Array, ""]:
 
 def _check_jitter_key(jitter: Any, key: PRNGKeyArray | None, name: str) -> None:
     concrete = fxp.concrete_value(jitter)
-    if key is None and (concrete is None or float(concrete) != 0.0):
+    if key is None and concrete is not None and float(concrete) != 0.0:
         raise ValueError(
             f"{name}: rejuvenation (jitter > 0) is random and needs a PRNG key: pass "
             "key=jax.random.key(seed), or jitter=0.0 for the deterministic transform."
@@ -75,7 +75,12 @@ def rejuvenate(
     r"""Add ``jitter * X'^T xi / sqrt(N_e - 1)``, ``xi ~ N(0, I_{N_e})`` per member: draws of
     ``N(0, jitter^2 P^f)`` with ``P^f`` the forecast sample covariance (never formed)."""
     if key is None:
-        return analysis
+        # a traced jitter without a key (a concrete one was refused at trace time)
+        return eqx.error_if(
+            analysis,
+            jitter != 0.0,
+            "rejuvenation (jitter > 0) needs a PRNG key: pass key=jax.random.key(seed).",
+        )
     n_e = analysis.shape[0]
     xi = jax.random.normal(key, (n_e, n_e), analysis.dtype)
     return analysis + jitter * fxp.matmul(xi, anomalies) / math.sqrt(n_e - 1)
@@ -83,7 +88,7 @@ def rejuvenate(
 
 def fail_if_no_weight(
     log_lik: Float[Array, " N_e"],
-) -> tuple[Float[Array, " N_e"], Float[Array, ""]]:
+) -> tuple[Float[Array, " N_e"], Bool[Array, ""]]:
     """Normalised log-weights with a safe fallback, and the flag ``some member has weight``.
 
     When every log-likelihood is ``-inf`` (or one is NaN/+inf) there are no importance weights;
@@ -152,10 +157,11 @@ class ETPF(fxp.AbstractSequentialFilter):
     **Arguments:**
 
     - `epsilon`: the entropic regularisation relative to the mean pairwise squared distance
-      of the forecast members (dynamic; default ``0.01``; smaller is closer to Reich's LP).
-    - `n_iter`: Sinkhorn sweeps (static, default 300); with `epsilon_scaling` (static,
+      of the forecast members (dynamic; default ``0.02``; smaller is closer to Reich's LP and
+      needs more sweeps; `ETPFInfo.marginal_error` reports the residual).
+    - `n_iter`: Sinkhorn sweeps (static, default 500); with `epsilon_scaling` (static,
       default ``0.9``) the schedule reaches `epsilon` after ``log(epsilon / max C)/log 0.9``
-      sweeps.
+      (~60) sweeps.
     - `tol`: optional early-freeze tolerance of the Sinkhorn iteration (static).
     - `jitter`: rejuvenation scale (dynamic, default 0).
 
@@ -186,7 +192,7 @@ class ETPF(fxp.AbstractSequentialFilter):
     """
 
     epsilon: Float[ArrayLike, ""] = eqx.field(
-        default=0.01,
+        default=0.02,
         converter=fxp.parameter_converter(
             "ETPF(epsilon=...)",
             low=0.0,
@@ -194,7 +200,7 @@ class ETPF(fxp.AbstractSequentialFilter):
             hint="It is relative to the mean squared distance between members (e.g. 0.01).",
         ),
     )
-    n_iter: int = eqx.field(static=True, default=300)
+    n_iter: int = eqx.field(static=True, default=500)
     epsilon_scaling: float | None = eqx.field(static=True, default=0.9)
     tol: float | None = eqx.field(static=True, default=None)
     jitter: Float[ArrayLike, ""] = eqx.field(

@@ -117,10 +117,8 @@ def _finish(
     jitter: Any,
 ) -> fxp.Analysis:
     dtype = inputs.dtype
-    if key is not None:
-        analysis = rejuvenate(
-            jax.random.fold_in(key, 1), analysis, inputs.anomalies, jnp.asarray(jitter, dtype)
-        )
+    k_jitter = None if key is None else jax.random.fold_in(key, 1)
+    analysis = rejuvenate(k_jitter, analysis, inputs.anomalies, jnp.asarray(jitter, dtype))
     analysis = jnp.where(ok, analysis, jnp.nan)
     evidence = jnp.where(ok, log_evidence(log_lik), -jnp.inf)
     info = NETFInfo(
