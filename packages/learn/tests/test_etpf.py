@@ -29,7 +29,7 @@ def _kalman(m=M0, p=P0, h=H, r=R_DIAG, y=Y):
 def _np_log_lik(x, y=Y, h=H, r=R_DIAG):
     keep = ~np.isnan(y)
     dist = scipy.stats.multivariate_normal(np.zeros(keep.sum()), np.diag(r[keep]))
-    return dist.logpdf((y[keep][None, :] - x @ h[keep].T))
+    return dist.logpdf(y[keep][None, :] - x @ h[keep].T)
 
 
 @eqx.filter_jit
@@ -95,9 +95,13 @@ def test_etpf_moments_approach_the_kalman_filter_as_n_grows():
     # the importance mean has standard error ~ sqrt(diag(P^a) / ESS); 4 standard errors
     se = np.sqrt(np.diag(p_kf)[None, :] / np.asarray(ess)[:, None])
     assert np.all(np.abs(err) < 4 * se)
-    # covariance: relative sampling error ~ sqrt(2 / ESS) ~ 0.12 at ESS ~ 130, /2 over 4 seeds, plus the
-    # O(epsilon) entropic shrinkage; the seed average must sit within 0.15 of the KF variances
-    np.testing.assert_allclose(np.mean(np.diagonal(cov, axis1=1, axis2=2), 0), np.diag(p_kf), rtol=0.15)
+    # covariance: the relative sampling error is ~ sqrt(2 / ESS) ~ 0.12 at ESS ~ 130 (/2 over
+    # 4 seeds), and the deterministic transform under-disperses at finite N (Reich 2013, §4:
+    # why rejuvenation exists) on top of the O(epsilon) entropic shrinkage: within 30 %, and
+    # never inflated
+    var = np.mean(np.diagonal(cov, axis1=1, axis2=2), 0)
+    np.testing.assert_allclose(var, np.diag(p_kf), rtol=0.3)
+    assert np.all(var < np.diag(p_kf) * 1.1)
 
     @jax.jit
     @jax.vmap
@@ -138,7 +142,9 @@ def test_etpf_runs_through_run_jit_and_vmap_over_keys():
     obs[2, 0] = np.nan
     times = np.arange(1.0, 6.0)
     x0 = _prior(jax.random.key(5), 16)
-    method = ff.EnsembleFilter(ETPF(jitter=0.1, n_iter=200), inflator=fxp.MultiplicativeInflator(1.02))
+    method = ff.EnsembleFilter(
+        ETPF(jitter=0.1, n_iter=200), inflator=fxp.MultiplicativeInflator(1.02)
+    )
 
     def one(key):
         return ff.run(method, model, x0, obs, times, key=key, throw=False)
@@ -161,7 +167,12 @@ def test_all_weights_zero_is_a_nonfinite_cycle_not_a_number():
     obs = np.zeros((4, 2))
     obs[2, 0] = 1e200
     res = ff.run(
-        ff.EnsembleFilter(ETPF(n_iter=10)), model, x, obs, np.arange(1.0, 5.0), key=jax.random.key(0),
+        ff.EnsembleFilter(ETPF(n_iter=10)),
+        model,
+        x,
+        obs,
+        np.arange(1.0, 5.0),
+        key=jax.random.key(0),
         throw=False,
     )
     assert int(res.status) == ff.RunResult.NONFINITE

@@ -122,16 +122,16 @@ def test_netf_moments_approach_the_kalman_filter_as_n_grows():
             out = NETF().analysis(k2, x, jnp.asarray(y), jnp.asarray(h), R_VAR)
             return jnp.mean(out.particles, 0) - m_kf, jnp.cov(out.particles.T) - p_kf
 
-        return one(jax.random.split(jax.random.key(6), 8))
+        return one(jax.random.split(jax.random.key(6), 4))
 
     mean_small, cov_small = errors(10)
     mean_big, cov_big = errors(200)
     # importance sampling error ~ N^{-1/2}: 20x more members should shrink the RMS errors
-    # ~4.5x; demanding 2x fails with negligible probability over 8 seeds
+    # ~4.5x; demanding 2x fails with negligible probability over 4 seeds
     assert np.sqrt(np.mean(mean_big**2)) < 0.5 * np.sqrt(np.mean(mean_small**2))
     assert np.sqrt(np.mean(cov_big**2)) < 0.5 * np.sqrt(np.mean(cov_small**2))
-    # at N = 200 (ESS ~ 140) the seed-mean is within 4 standard errors sqrt(diag(P^a) / ESS / 8)
-    assert np.all(np.abs(np.mean(mean_big, 0)) < 4 * np.sqrt(np.diag(p_kf) / (140 * 8)))
+    # at N = 200 (ESS ~ 140) the seed-mean is within 4 standard errors sqrt(diag(P^a) / ESS / 4)
+    assert np.all(np.abs(np.mean(mean_big, 0)) < 4 * np.sqrt(np.diag(p_kf) / (140 * 4)))
 
 
 def _model(obs_noise=R_VAR):
@@ -166,18 +166,17 @@ def test_lnetf_runs_through_run_jit_and_vmap_over_keys():
     assert not np.allclose(res.analysis_mean[0], res.analysis_mean[1])
 
 
-def test_all_weights_zero_is_a_nonfinite_cycle():
+def test_all_weights_zero_gives_a_nan_analysis_and_minus_inf_evidence():
+    # what the driver reports as a non-finite cycle (shown through `run` in test_etpf.py)
     x0 = np.asarray(_ensemble(jax.random.key(9), 6))
-    obs = np.zeros((3, N_X))
-    obs[1, 0] = 1e200
-    res = ff.run(
-        ff.EnsembleFilter(LNETF(radius=2.0)), _model(), x0, obs, np.arange(1.0, 4.0),
-        key=jax.random.key(0), throw=False,
-    )
-    assert int(res.status) == ff.RunResult.NONFINITE
-    np.testing.assert_array_equal(res.cycle_status, [0, 1, 1])
-    out = _analyse(NETF(), jax.random.key(1), x0, obs[1])
-    assert np.all(np.isnan(np.asarray(out.particles))) and out.log_likelihood == -np.inf
+    y = np.zeros(N_X)
+    y[0] = 1e200
+    for filt, context in (
+        (NETF(), {}),
+        (LNETF(radius=2.0), {"state_coords": GRID, "obs_coords": GRID}),
+    ):
+        out = _analyse(filt, jax.random.key(1), x0, y, **context)
+        assert np.all(np.isnan(np.asarray(out.particles))) and out.log_likelihood == -np.inf
 
 
 def test_lnetf_gradient_in_radius_and_obs_is_finite():
@@ -185,7 +184,13 @@ def test_lnetf_gradient_in_radius_and_obs_is_finite():
 
     def loss(radius, y):
         out = LNETF(radius=radius, rotate=False).analysis(
-            None, x, y, fxp.IdentityObs(), R_VAR, state_coords=GRID, obs_coords=GRID,
+            None,
+            x,
+            y,
+            fxp.IdentityObs(),
+            R_VAR,
+            state_coords=GRID,
+            obs_coords=GRID,
             distance=PERIODIC,
         )
         return jnp.sum(out.particles**2)
@@ -202,8 +207,13 @@ def test_lnetf_refuses_bad_input():
         LNETF(radius=2.0).analysis(jax.random.key(0), x, y, fxp.IdentityObs(), R_VAR)
     with pytest.raises(ValueError, match="diagonal"):
         LNETF(radius=2.0).analysis(
-            jax.random.key(0), x, y, fxp.IdentityObs(), np.eye(N_X) + 0.1,
-            state_coords=GRID, obs_coords=GRID,
+            jax.random.key(0),
+            x,
+            y,
+            fxp.IdentityObs(),
+            np.eye(N_X) + 0.1,
+            state_coords=GRID,
+            obs_coords=GRID,
         )
     with pytest.raises(ValueError, match="key"):
         NETF().analysis(None, x, y, fxp.IdentityObs(), R_VAR)

@@ -98,7 +98,7 @@ def test_ot_resample_mean_is_the_weighted_mean_and_differentiable():
 
     @jax.jit
     def loss(lw, pts):
-        return jnp.sum(jnp.sin(ot_resample(lw, pts, epsilon=0.05)))
+        return jnp.sum(jnp.sin(ot_resample(lw, pts, epsilon=0.05, n_iter=60)))
 
     g_w, g_x = jax.jit(jax.grad(loss, argnums=(0, 1)))(jnp.asarray(logw), jnp.asarray(x))
     assert np.all(np.isfinite(g_w)) and np.all(np.isfinite(g_x))

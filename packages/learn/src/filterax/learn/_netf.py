@@ -1,4 +1,4 @@
-r"""Nonlinear ensemble transform filters: global `NETF` and localised `LNETF` (Tödter & Ahrens 2015).
+r"""Nonlinear ensemble transform filters: `NETF` and the localised `LNETF` (Tödter & Ahrens 2015).
 
 Both transform the forecast so that the analysis ensemble has exactly the importance-weighted
 (particle-filter) mean and covariance:
@@ -401,4 +401,3 @@ class LNETF(fxp.AbstractLocalFilter):
         else:
             updated, local_ess = lax.map(point, columns, batch_size=self.chunk_size)
         return _finish(key, inputs, updated.T, log_lik, log_w, ok, local_ess, self.jitter)
-

@@ -79,8 +79,8 @@ def sinkhorn_coupling(
     ``epsilon_k = max(epsilon, q^k max|C|)``: the potentials are warm-started from a coarse
     problem and refined geometrically (Schmitzer 2019, §3.2; Kosowsky & Yuille 1994), which lets
     a small ``epsilon`` (e.g. ``1e-3`` of the cost scale) converge in a few hundred sweeps; the
-    coupling then approaches the linear-programme solution (for a unique optimal vertex, exponentially
-    fast in ``1/epsilon``).
+    coupling then approaches the linear-programme solution (for a unique optimal vertex,
+    exponentially fast in ``1/epsilon``).
 
     **Differentiation: unrolled.** The sweeps are a `lax.scan` of fixed length `n_iter`, so
     reverse-mode derivatives (with respect to `cost`, `log_a`, `log_b`, `epsilon`) differentiate
