@@ -79,8 +79,8 @@ def main() -> None:
     cycles63 = args.cycles + l63.burn_in_cycles
     for name, kernel, n_ens, infl in [
         ("ETKF", ff.ETKF(), 10, 1.02),
-        ("ETPF eps=0.02 jitter=0.2", ETPF(epsilon=0.02, jitter=0.2), 30, 1.0),
-        ("ETPF eps=0.02 jitter=0.2", ETPF(epsilon=0.02, jitter=0.2), 100, 1.0),
+        ("ETPF eps=0.02 jitter=0.3", ETPF(epsilon=0.02, jitter=0.3), 30, 1.0),
+        ("ETPF eps=0.02 jitter=0.3", ETPF(epsilon=0.02, jitter=0.3), 100, 1.0),
     ]:
         method = ff.EnsembleFilter(kernel, inflator=fxp.MultiplicativeInflator(infl))
         res = experiment(l63, method, n_ens, cycles63, seeds)
