@@ -114,3 +114,21 @@ from ._vsmc import (
     vsmc_bound as vsmc_bound,
 )
 # --- end SMC ---
+# --- optimal-transport resampling, ETPF and LNETF (issue 13 §1) ---
+from ._optimal_transport import (
+    ot_resample as ot_resample,
+    sinkhorn_coupling as sinkhorn_coupling,
+    squared_distance_cost as squared_distance_cost,
+)
+from ._etpf import (
+    ETPF as ETPF,
+    ETPFInfo as ETPFInfo,
+    member_log_likelihoods as member_log_likelihoods,
+)
+from ._netf import (
+    LNETF as LNETF,
+    NETF as NETF,
+    NETFInfo as NETFInfo,
+    netf_transform as netf_transform,
+)
+# --- end optimal-transport filters ---
