@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import equinox as eqx
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 from jaxtyping import Array, ArrayLike, Float, Real
@@ -125,7 +124,8 @@ def enkf_normaliser(
     n, n_x = x.shape
     n_y = y.shape[1]
     mean_x, mean_y = jnp.mean(x, axis=0), jnp.mean(y, axis=0)
-    ax, ay = (x - mean_x) / jnp.sqrt(n - 1.0), (y - mean_y) / jnp.sqrt(n - 1.0)
+    ax = (x - mean_x[None, :]) / jnp.sqrt(n - 1.0)
+    ay = (y - mean_y[None, :]) / jnp.sqrt(n - 1.0)
     sxx = jnp.matmul(ax.T, ax, precision=_HIGHEST)
     sxy = jnp.matmul(ax.T, ay, precision=_HIGHEST)
     syy = jnp.matmul(ay.T, ay, precision=_HIGHEST)

@@ -125,15 +125,11 @@ def fit_conditional_flow(
             ok = ok & jnp.all(jnp.isfinite(g))
         keep = lambda new, old: jnp.where(ok, new, old)  # noqa: E731
         p_next = jax.tree_util.tree_map(keep, p_new, p)
-        s_next = jax.tree_util.tree_map(
-            lambda a, b: keep(a, b) if eqx.is_array(a) else a, s_new, s
-        )
+        s_next = jax.tree_util.tree_map(lambda a, b: keep(a, b) if eqx.is_array(a) else a, s_new, s)
         return (p_next, s_next), loss
 
     keys = (
-        jax.random.split(key, n_steps)
-        if key is not None
-        else jnp.zeros((n_steps, 2), jnp.uint32)
+        jax.random.split(key, n_steps) if key is not None else jnp.zeros((n_steps, 2), jnp.uint32)
     )
     (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), keys, length=n_steps)
     return FlowFit(eqx.combine(params, static), jnp.asarray(losses, x.dtype), opt_state)

@@ -514,7 +514,9 @@ def conditional_flow(
     layers: list[AbstractConditionalBijection] = []
     if normaliser:
         layers.append(EnKFNormaliser.identity(n_x, n_y))
-    for layer_key, lyr in zip(jax.random.split(key, max(n_layers, 1)), range(n_layers)):
+    layer_keys = jax.random.split(key, max(n_layers, 1))
+    for lyr in range(n_layers):
+        layer_key = layer_keys[lyr]
         mask = [True] if n_x == 1 else [(i + lyr) % 2 == 0 for i in range(n_x)]
         layers.append(cls(layer_key, mask, n_y, width=width, depth=depth, **coupling_kwargs))
     return ConditionalFlow(layers)
