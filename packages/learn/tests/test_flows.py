@@ -53,7 +53,7 @@ def _flow(key, kind, n_x, n_y):
 X_POINTS = jnp.array([[0.3, -1.2, 2.0], [4.0, -4.0, 0.0], [5.5, -0.7, -6.0]])
 
 
-@pytest.mark.parametrize(("kind", "n_x"), [("spline", 3), ("affine", 3), ("spline", 1)])
+@pytest.mark.parametrize(("kind", "n_x"), [("spline", 3), ("affine", 1)])
 def test_inverse_of_forward_and_logdet_against_slogdet(getkey, kind, n_x):
     n_y = 2
     flow = _flow(getkey(), kind, n_x, n_y)
@@ -95,7 +95,7 @@ def test_normaliser_only_flow_is_the_gaussian_conditional(getkey):
     k1, k2 = jax.random.split(getkey())
     xy = np.asarray(jax.random.normal(k1, (60, 4))) @ np.asarray(jax.random.normal(k2, (4, 4)))
     x, y = xy[:, :3], xy[:, 3:]
-    norm = enkf_normaliser(x, y, jitter=0.0)
+    norm = eqx.filter_jit(lambda a, b: enkf_normaliser(a, b, jitter=0.0))(x, y)
     cov = np.cov(xy.T)
     gain = cov[:3, 3:] @ np.linalg.inv(cov[3:, 3:])
     cond = cov[:3, :3] - gain @ cov[3:, :3]
@@ -105,14 +105,14 @@ def test_normaliser_only_flow_is_the_gaussian_conditional(getkey):
     x0, y0 = x[0], y[0]
     mean = x.mean(0) + gain @ (y0 - y.mean(0))
     ref = scipy.stats.multivariate_normal(mean, cond).logpdf(x0)
-    np.testing.assert_allclose(flow.log_prob(x0, y0), ref, rtol=1e-10)
+    np.testing.assert_allclose(eqx.filter_jit(flow.log_prob)(x0, y0), ref, rtol=1e-10)
 
 
 def test_normaliser_with_obs_noise_has_the_stochastic_enkf_gain(getkey):
     x = np.asarray(jax.random.normal(getkey(), (30, 3)))
     hx = np.stack([x[:, 0] ** 2, np.sin(x[:, 1])], axis=1)
     r = np.array([0.3, 0.8])
-    norm = enkf_normaliser(x, hx, r)
+    norm = eqx.filter_jit(enkf_normaliser)(x, hx, r)
     c = np.cov(np.concatenate([x, hx], 1).T)
     gain = c[:3, 3:] @ np.linalg.inv(c[3:, 3:] + np.diag(r))
     np.testing.assert_allclose(norm.gain, gain, rtol=1e-10)

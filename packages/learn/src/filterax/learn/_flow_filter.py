@@ -33,13 +33,14 @@ __all__ = ["ConditionalFlowFilter", "FlowFilterDiagnostics", "FlowFilterState"]
 class FlowFilterState(eqx.Module):
     """The state of a `ConditionalFlowFilter` between cycles.
 
-    **Fields:** `particles` (the ``(N_e, N_x)`` analysis ensemble), `flow` (the flow fitted at
-    the last cycle: the next fit starts from it) and `opt_state` (the optimiser's state, also
-    carried over).
+    **Fields:** `particles` (the ``(N_e, N_x)`` analysis ensemble), `flow_params` (the array
+    leaves of the flow fitted at the last cycle: the next fit starts from it; rebuild the flow
+    with `ConditionalFlowFilter.flow_of`) and `opt_state` (the optimiser's state, also carried
+    over). Only arrays: the State is the driver's `lax.scan` carry.
     """
 
     particles: Float[Array, "N_e N_x"]
-    flow: ConditionalFlow
+    flow_params: PyTree
     opt_state: PyTree
 
 
@@ -179,7 +180,13 @@ class ConditionalFlowFilter(fxp.AbstractCycledMethod):
             lambda a: a.astype(ensemble.dtype) if eqx.is_inexact_array(a) else a, self.flow
         )
         params = eqx.filter(flow, trainable_spec(flow))
-        return FlowFilterState(ensemble, flow, self.optimiser.init(params))
+        return FlowFilterState(
+            ensemble, eqx.filter(flow, eqx.is_array), self.optimiser.init(params)
+        )
+
+    def flow_of(self, state: FlowFilterState) -> ConditionalFlow:
+        """The `ConditionalFlow` a state holds (its arrays with this filter's architecture)."""
+        return eqx.combine(state.flow_params, eqx.filter(self.flow, eqx.is_array, inverse=True))
 
     def step(
         self,
@@ -203,7 +210,7 @@ class ConditionalFlowFilter(fxp.AbstractCycledMethod):
         observed = fxp.observe_ensemble(model, forecast).astype(dtype)
         obs = jnp.asarray(obs).astype(dtype)
         n_e, n_y = observed.shape
-        normaliser0 = state.flow.layers[0]
+        normaliser0 = self.flow.layers[0]
         if obs.shape != (n_y,) or normaliser0.mean_y.shape[0] != n_y:
             raise ValueError(
                 f"obs_op maps a member to {n_y} entries, the observation has shape {obs.shape} "
@@ -224,7 +231,7 @@ class ConditionalFlowFilter(fxp.AbstractCycledMethod):
         x_pairs = jnp.tile(forecast, (m, 1))
 
         normaliser = enkf_normaliser(forecast, h0, r_masked, jitter=self.jitter)
-        flow = eqx.tree_at(lambda f: f.layers[0], state.flow, normaliser)
+        flow = eqx.tree_at(lambda f: f.layers[0], self.flow_of(state), normaliser)
         fit = fit_conditional_flow(
             flow,
             x_pairs,
@@ -265,4 +272,5 @@ class ConditionalFlowFilter(fxp.AbstractCycledMethod):
             analysis=analysis,
             diagnostics=diagnostics,
         )
-        return FlowFilterState(analysis, flow, fit.opt_state), info
+        state = FlowFilterState(analysis, eqx.filter(flow, eqx.is_array), fit.opt_state)
+        return state, info
