@@ -17,7 +17,6 @@ from filterax.learn import (
     conditional_flow,
     enkf_normaliser,
     fit_conditional_flow,
-    flow_nll,
 )
 
 KINDS = ("spline", "affine")
@@ -53,7 +52,7 @@ def _flow(key, kind, n_x, n_y):
 X_POINTS = jnp.array([[0.3, -1.2, 2.0], [4.0, -4.0, 0.0], [5.5, -0.7, -6.0]])
 
 
-@pytest.mark.parametrize(("kind", "n_x"), [("spline", 3), ("affine", 1)])
+@pytest.mark.parametrize(("kind", "n_x"), [("spline", 2), ("affine", 1)])
 def test_inverse_of_forward_and_logdet_against_slogdet(getkey, kind, n_x):
     n_y = 2
     flow = _flow(getkey(), kind, n_x, n_y)
@@ -136,9 +135,8 @@ def test_spline_is_monotone_and_the_identity_outside_the_interval(getkey):
     np.testing.assert_allclose(ld[jnp.abs(grid) == 4.0], 0.0, atol=1e-12)
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_gradients_are_finite_at_the_interval_edges(getkey, kind):
-    flow = _flow(getkey(), kind, 2, 1)
+def test_gradients_are_finite_at_the_interval_edges(getkey):
+    flow = _flow(getkey(), "spline", 2, 1)
     y = jnp.array([0.2])
 
     def nll(f, x):
@@ -173,22 +171,6 @@ def test_bad_arguments_fail_early(getkey):
         fit_conditional_flow(flow, jnp.zeros((5, 2)), jnp.zeros((5, 1)), optax.adam(1e-2), -1)
 
 
-def test_fit_runs_inside_jit_and_zero_steps_change_nothing(getkey):
-    x = jax.random.normal(getkey(), (64, 2))
-    y = x[:, :1] + 0.3 * jax.random.normal(getkey(), (64, 1))
-    flow = conditional_flow(getkey(), 2, 1, n_layers=2, kind="affine", width=8, normaliser=True)
-    flow = eqx.tree_at(lambda f: f.layers[0], flow, enkf_normaliser(x, y))
-    fit0 = fit_conditional_flow(flow, x, y, optax.adam(1e-2), 0)
-    assert fit0.losses.shape == (0,)
-    assert bool(eqx.tree_equal(fit0.flow, flow))
-    fit = eqx.filter_jit(
-        lambda f: fit_conditional_flow(f, x, y, optax.adam(1e-2), 60, key=getkey(), batch_size=32)
-    )(flow)
-    # the EnKF layer is held fixed; the couplings move and the full-batch NLL drops
-    assert bool(eqx.tree_equal(fit.flow.layers[0], flow.layers[0]))
-    assert float(flow_nll(fit.flow, x, y)) < float(flow_nll(flow, x, y)) - 0.02
-
-
 def _w1_to_grid(samples, grid, cdf):
     """W1 = ∫ |F_N(x) - F(x)| dx on the grid (1-d Wasserstein-1)."""
     emp = np.searchsorted(np.sort(np.asarray(samples)), grid, side="right") / len(samples)
@@ -199,14 +181,20 @@ def test_flow_beats_the_enkf_on_the_squared_observation(getkey):
     """x ~ N(0,1), y = x^2 + N(0, 0.5^2), y* = 1: the EnKF gain is ~0 (prior returned), the
     posterior is bimodal; the flow must be 3x closer in W1 to the grid posterior (the bench
     script bench/scripts/flow_static.py reaches ~10x with more samples and steps)."""
-    n, sigma, y_star = 1000, 0.5, 1.0
+    n, sigma, y_star = 800, 0.5, 1.0
     k1, k2 = jax.random.split(jax.random.key(11))
     x = jax.random.normal(k1, (n, 1))
     y = x**2 + sigma * jax.random.normal(k2, (n, 1))
     norm = enkf_normaliser(x, y)
-    flow = conditional_flow(getkey(), 1, 1, n_layers=2, width=16, normaliser=True)
+    flow = conditional_flow(getkey(), 1, 1, n_layers=1, width=16, normaliser=True)
     flow = eqx.tree_at(lambda f: f.layers[0], flow, norm)
-    fit = eqx.filter_jit(lambda f: fit_conditional_flow(f, x, y, optax.adam(1e-2), 300))(flow)
+    fit0 = fit_conditional_flow(flow, x, y, optax.adam(1e-2), 0)
+    assert fit0.losses.shape == (0,)
+    assert bool(eqx.tree_equal(fit0.flow, flow))  # zero steps change nothing
+    fit = eqx.filter_jit(lambda f: fit_conditional_flow(f, x, y, optax.adam(1e-2), 250))(flow)
+    # the EnKF layer is held fixed; the coupling moves and the NLL drops
+    assert bool(eqx.tree_equal(fit.flow.layers[0], flow.layers[0]))
+    assert float(fit.losses[-1]) < float(fit.losses[0]) - 0.1
     z = jax.vmap(lambda a, b: fit.flow.inverse(a, b)[0])(x, y)
     flow_post = jax.vmap(lambda zi: fit.flow.forward(zi, jnp.array([y_star]))[0])(z)[:, 0]
     enkf_post = (x + (y_star - y) @ norm.gain.T)[:, 0]
