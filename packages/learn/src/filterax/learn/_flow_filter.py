@@ -150,6 +150,12 @@ class ConditionalFlowFilter(fxp.AbstractCycledMethod):
                 "optimiser must be an optax GradientTransformation (e.g. optax.adam(3e-3)); "
                 f"got {type(optimiser).__name__}."
             )
+        if batch_size is not None and (
+            not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1
+        ):
+            raise ValueError(
+                f"batch_size must be None (full batch) or a Python int >= 1; got {batch_size!r}."
+            )
         for name, value, low in (("n_steps", n_steps, 0), ("n_noise_copies", n_noise_copies, 1)):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"{name} must be a Python int >= {low}; got {value!r}.")
