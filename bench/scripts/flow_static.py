@@ -15,6 +15,11 @@ x_i^a = T(T^{-1}(x_i; y_i); y*): the EnKF with its linear normaliser (`enkf_norm
 flows with that layer followed by learned couplings fitted by `fit_conditional_flow` (one
 compiled `lax.scan` of optax steps). Score: Wasserstein-1 to the posterior computed on a fine
 grid (``∫|F_N - F|``), mean ± std over seeds; seconds per fit (compiled, after warm-up).
+
+Measured (``--seeds 2 --steps 600``, N = 2000, float64, CPU): square: EnKF 0.241 ± 0.004,
+spline flow (2 layers) 0.030 ± 0.004, affine flow (4 layers) 0.073 ± 0.009; abs: EnKF
+0.174 ± 0.005, spline 0.032 ± 0.002, affine 0.061 ± 0.001 (seconds per fit not quoted: the
+run shared one core with other jobs).
 """
 
 from __future__ import annotations
