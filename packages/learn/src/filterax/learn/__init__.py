@@ -132,3 +132,24 @@ from ._netf import (
     netf_transform as netf_transform,
 )
 # --- end optimal-transport filters ---
+# --- conditional normalising flows and the flow filter (issue 13 §2) ---
+from ._enkf_normaliser import EnKFNormaliser as EnKFNormaliser, enkf_normaliser as enkf_normaliser
+from ._fit_flow import (
+    FlowFit as FlowFit,
+    fit_conditional_flow as fit_conditional_flow,
+    flow_nll as flow_nll,
+    trainable_spec as trainable_spec,
+)
+from ._flow_filter import (
+    ConditionalFlowFilter as ConditionalFlowFilter,
+    FlowFilterDiagnostics as FlowFilterDiagnostics,
+    FlowFilterState as FlowFilterState,
+)
+from ._flows import (
+    AbstractConditionalBijection as AbstractConditionalBijection,
+    AffineCoupling as AffineCoupling,
+    ConditionalFlow as ConditionalFlow,
+    RationalQuadraticSplineCoupling as RationalQuadraticSplineCoupling,
+    conditional_flow as conditional_flow,
+)
+# --- end conditional flows ---
