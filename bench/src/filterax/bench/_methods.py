@@ -21,6 +21,7 @@ from ._methods_baselines import baseline_methods
 from ._methods_enkf4d import enkf4d_methods
 from ._methods_envar import envar_methods
 from ._methods_nongaussian import nongaussian_enkf_methods
+from ._methods_particle import particle_methods
 from ._methods_variational import variational_methods
 from ._registry import (
     MethodConfig,
@@ -426,6 +427,7 @@ def _register_builtin() -> None:
         *baseline_methods(),
         *amortised_methods(),
         *nongaussian_enkf_methods(),
+        *particle_methods(),
     ]:
         register_method(method)
     register_suite(
@@ -470,6 +472,30 @@ def _register_builtin() -> None:
             n_cycles={L63: 10000},
             seeds=(0, 1, 2, 3, 4),
             description="the literature-parity tables (filters, smoothers) plus two L96 variants",
+        )
+    )
+    pf_rows = ("BootstrapPF-100", "BootstrapPF-800")
+    sparse_rows = ("EnKF_N-10", "BootstrapPF-800", "FlowFilter-100")
+    register_suite(
+        Suite(
+            name="nongaussian",
+            cells={
+                L63: ("ETKF-10", "EnKF_N-10", *pf_rows),
+                "lorenz96_bocquet2010": (
+                    "EnKF_N-8-xN1.3",
+                    *pf_rows,
+                    "OptimalProposalPF-100",
+                    "OptimalProposalPF-800",
+                    "EnKFProposalPF-100",
+                ),
+                **{b: sparse_rows for b in L63_SPARSE},
+                "lorenz96_spantini2019": ("ETKF-100", "LETKF-40", "LETKF-100"),
+            },
+            seeds=(0, 1, 2),
+            description=(
+                "issue 13: particle and flow filters beside the EnKF family where Gaussian "
+                "filters are biased (DAPPER's PF setups, sparse / nonlinear observations)"
+            ),
         )
     )
     register_suite(
