@@ -5,7 +5,8 @@ Cases (DAPPER's own benchmark comments; ../shared/REFERENCES.md):
 - L63 sakov2012: ``PartFilt(N=100, reg=2.4, NER=0.3)`` 0.38, ``PartFilt(N=800, reg=0.9,
   NER=0.2)`` 0.28, ``OptPF(N=100, Qs=2, reg=0.7, NER=0.3)`` (no published number).
 - L96 bocquet2010 (N_x = 10, F = 8, RK4 dt 0.05, observed every step at every other
-  component, R = 1.5^2 I, no model noise; built here from `filterax.zoo` pieces):
+  component, R = 1.5 I — DAPPER's scalar ``Obs['noise'] = 1.5`` is a variance — no model
+  noise; `filterax.zoo.presets.lorenz96_bocquet2010`):
   ``PartFilt(N=100, NER=0.2, reg=1.3)`` 0.36 (REFERENCES: 0.43), ``PartFilt(N=800, NER=0.2,
   reg=0.8)`` 0.25 (0.29), ``OptPF(N=100, NER=0.2, reg=1.0, Qs=0.3)`` 0.37 (0.44),
   ``OptPF(N=800, NER=0.2, reg=0.6, Qs=0.1)`` 0.25 (0.28).
@@ -18,6 +19,10 @@ are time means after the preset's burn-in, mean ± std and median over seeds (a 
 on a deterministic model occasionally collapses for a while -- ESS ~ 1 -- and such a seed
 dominates the mean; DAPPER's figures are single seeds). Seconds per cycle: one
 seed, compiled once, best of ``--repeats`` timed runs (CPU unless a GPU is the default).
+
+The same rows are registered in the leaderboard (`filterax-bench run --suite nongaussian`);
+this script adds the median over seeds. Side-by-side speed against DAPPER itself:
+``bench/scripts/dapper_speed.py --filters PartFilt-L63-800 ...``.
 
     uv run --package filterax-bench python bench/scripts/pf_parity.py \
         [--cycles 2000] [--seeds 3] [--json out.json]
@@ -39,25 +44,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import filterax.filters as ff  # noqa: E402
-import filterax.primitives as fxp  # noqa: E402
 from filterax.learn import BootstrapPF, OptimalProposalPF  # noqa: E402
-from filterax.zoo import Lorenz96, StateSpaceModel, presets  # noqa: E402
-
-
-def lorenz96_bocquet2010() -> StateSpaceModel:
-    """DAPPER's ``Lorenz96.bocquet2010``: 10 sites, every other one observed, R = 1.5^2 I."""
-    n = 10
-    return StateSpaceModel(
-        dynamics=Lorenz96(n=n, forcing=8.0, dt=0.05),
-        obs_op=fxp.IndexObs(tuple(range(0, n, 2))),
-        obs_noise=1.5**2,
-        dt_obs=0.05,
-        x0_mean=jnp.zeros(n).at[0].set(1.0),
-        x0_cov=0.001,
-        burn_in=20.0,
-        name="lorenz96_bocquet2010",
-    )
-
+from filterax.zoo import presets  # noqa: E402
 
 # (label, preset, method, N, DAPPER rmse.a or None)
 CASES = [
@@ -67,13 +55,13 @@ CASES = [
      BootstrapPF(ess_threshold=0.2, reg=0.9), 800, 0.28),
     ("L63 OptPF N=100 Qs2 reg0.7 NER0.3", presets.lorenz63_sakov2012,
      OptimalProposalPF(qs=2.0, ess_threshold=0.3, reg=0.7), 100, None),
-    ("L96b PartFilt N=100 reg1.3 NER0.2", lorenz96_bocquet2010,
+    ("L96b PartFilt N=100 reg1.3 NER0.2", presets.lorenz96_bocquet2010,
      BootstrapPF(ess_threshold=0.2, reg=1.3), 100, 0.36),
-    ("L96b PartFilt N=800 reg0.8 NER0.2", lorenz96_bocquet2010,
+    ("L96b PartFilt N=800 reg0.8 NER0.2", presets.lorenz96_bocquet2010,
      BootstrapPF(ess_threshold=0.2, reg=0.8), 800, 0.25),
-    ("L96b OptPF N=100 Qs0.3 reg1.0 NER0.2", lorenz96_bocquet2010,
+    ("L96b OptPF N=100 Qs0.3 reg1.0 NER0.2", presets.lorenz96_bocquet2010,
      OptimalProposalPF(qs=0.3, ess_threshold=0.2, reg=1.0), 100, 0.37),
-    ("L96b OptPF N=800 Qs0.1 reg0.6 NER0.2", lorenz96_bocquet2010,
+    ("L96b OptPF N=800 Qs0.1 reg0.6 NER0.2", presets.lorenz96_bocquet2010,
      OptimalProposalPF(qs=0.1, ess_threshold=0.2, reg=0.6), 800, 0.25),
 ]  # fmt: skip
 
