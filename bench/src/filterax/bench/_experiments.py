@@ -80,9 +80,9 @@ class Experiment:
     title: str
     citation: str
     run: Callable[[bool, Progress | None], dict[str, Any]]
-    targets: tuple[Target, ...] = ()
+    targets: Sequence[Target | tuple[Any, ...]] = ()
     sizes: Mapping[str, str] = field(default_factory=dict)
-    plot: tuple[str, ...] = ()
+    plot: Sequence[str] = ()
 
     def __post_init__(self) -> None:
         if not self.name or not all(c.isalnum() or c == "_" for c in self.name):
