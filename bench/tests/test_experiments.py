@@ -15,7 +15,6 @@ from filterax.bench import _experiments
 from filterax.bench._cli import main
 from filterax.bench._experiment_plots import make_experiment_plots
 from filterax.bench._html import render_html
-from filterax.bench._leaderboard import render_all
 
 BUILTIN = (
     "vi_linear_gain_full",
@@ -101,7 +100,8 @@ def test_evaluate_targets():
         ],
         result,
     )
-    assert [r["passed"] for r in rows] == [True, False, True, True, False, True, False, False, False]
+    expected = [True, False, True, True, False, True, False, False, False]
+    assert [r["passed"] for r in rows] == expected
     assert rows[2]["reference"] == 0.5 and rows[3]["reference"] == [2.0, 2.5]
     assert rows[6]["measured"] is None and rows[7]["measured"] is None
 
@@ -208,7 +208,8 @@ def test_experiment_plots_and_html():
     assert all(p.png.startswith(b"\x89PNG") and p.width > 300 for p in plots)
     assert len({p.filename for p in plots}) == len(plots)
     # deterministic bytes
-    assert [p.png for p in make_experiment_plots(records)] == [p.png for p in plots]
+    again = make_experiment_plots({"exp_surface": records["exp_surface"]})
+    assert [p.png for p in again] == [p.png for p in plots if p.benchmark == "exp_surface"]
     page = render_html({"schema": 1, "cells": {}}, plots=[], experiments=records)
     assert '<section id="experiments">' in page and 'href="#experiments"' in page
     for name in records:
@@ -224,9 +225,7 @@ def test_experiment_plots_and_html():
 
 
 def test_report_renders_experiments_alone(tmp_path, capsys):
-    (tmp_path / "experiments.json").write_text(
-        json.dumps({"schema": 1, "experiments": _records()})
-    )
+    (tmp_path / "experiments.json").write_text(json.dumps({"schema": 1, "experiments": _records()}))
     assert main(["report", "--out", str(tmp_path)]) == 0
     page = (tmp_path / "leaderboard.html").read_text()
     assert '<section id="experiments">' in page
@@ -267,22 +266,57 @@ def test_circulant_deviation_against_numpy():
     assert abs(circulant_deviation(M) - expected) < 1e-12
 
 
-def test_tiny_real_offline_gain_against_scipy_dare():
-    """A real (tiny) offline run: the iteration-0 gain error uses the DARE gain, checked
-    against scipy's independent solver; the KL of the learned filter to the KF falls."""
-    import scipy.linalg
+def test_training_curve_against_numpy():
+    """`_curve` samples iteration 0 (K0) and every `every`-th gain, with the final one."""
+    from filterax.bench._vi_gain import _curve
 
-    from filterax.bench._vi_gain import linear_setup, run_offline_gain
+    rng = np.random.default_rng(1)
+    K_ref = rng.normal(size=(4, 4))
+    K0 = np.eye(4)
+    gains = rng.normal(size=(7, 4, 4))
+    seen = []
 
-    r = run_offline_gain(30, 4, partial=False)
-    _, A, H, Sigma, *_ = linear_setup(30, False)
-    A, H, Sigma = (np.asarray(m) for m in (A, H, Sigma))
-    C = scipy.linalg.solve_discrete_are(A.T, H.T, Sigma, np.eye(40))
-    K_ss = C @ H.T @ np.linalg.inv(H @ C @ H.T + np.eye(40))
-    expected = np.linalg.norm(0.4 * np.eye(40) - K_ss) / np.linalg.norm(K_ss)
-    # DARE by doubling vs scipy's Schur method: agree to ~1e-10 relative in float64
-    assert abs(r["curve"][0]["gain_error_rel"] - expected) < 1e-8
-    assert abs(r["K_ss_fro"] - np.linalg.norm(K_ss)) < 1e-8 * np.linalg.norm(K_ss)
-    assert [row["iteration"] for row in r["curve"]] == [0, 1, 2, 3, 4]
-    assert r["curve"][-1]["kl"] < r["curve"][0]["kl"]  # 4 GD steps from 0.4 I reduce the KL
-    assert r["mse_ratio"] == pytest.approx(r["mse"] / r["kf_mse"])
+    def evaluate(K):
+        seen.append(np.asarray(K))
+        return float(np.sum(K)), 1.0
+
+    rows = _curve(gains, K0, K_ref, evaluate, 3)
+    assert [r["iteration"] for r in rows] == [0, 3, 6, 7]
+    expected = [K0, gains[2], gains[5], gains[6]]  # gains[i - 1] is the gain after step i
+    for r, K, S in zip(rows, expected, seen, strict=True):
+        np.testing.assert_array_equal(S, K)
+        rel = np.linalg.norm(K - K_ref) / np.linalg.norm(K_ref)
+        assert abs(r["gain_error_rel"] - rel) < 1e-12
+        assert r["kl"] == pytest.approx(np.sum(K), abs=1e-12)
+
+
+def test_surface_case_optima_and_basin(monkeypatch):
+    """Optima, best inflation per radius and the descent's basin numbers of `surface_case`,
+    on a made-up surface (the vmapped cost and the descent replaced by fakes)."""
+    from filterax.bench import _vi_enkf
+
+    infl = np.array([1.0, 1.2, 1.4])
+    radii = np.array([1.0, 5.0])
+    cost = np.array([[5.0, 9.0], [3.0, np.nan], [4.0, 1.0]])
+    T, n = 4, 2
+    offsets = np.array([[0.3, 0.2], [0.1, 0.5], [0.4, 0.6]])  # rmse.a = offset exactly
+    truth = np.zeros((T, n))
+    means = offsets[:, :, None, None] * np.ones((3, 2, T, n))
+
+    class Surf:
+        value, status, analysis_mean = cost, np.zeros((3, 2), int), means
+
+    monkeypatch.setattr(_vi_enkf, "vi_cost_surface", lambda *a, **k: Surf())
+    landed = {"cost": 1.2, "rmse_a": 0.15}
+    monkeypatch.setattr(_vi_enkf, "descend", lambda *a, **k: dict(landed))
+    case = _vi_enkf.surface_case(
+        "X", None, None, None, None, truth, infl, radii, None, ((1.4, 1.0), 3)
+    )
+    assert case["vi_opt"] == {"inflation": 1.4, "radius": 5.0, "cost": 1.0, "rmse_a": 0.6}
+    assert case["rmse_opt"]["inflation"] == 1.2 and case["rmse_opt"]["radius"] == 1.0
+    assert case["rmse_opt"]["rmse_a"] == pytest.approx(0.1)
+    assert case["best_inflation_per_radius"] == {"1.0": 1.2, "5.0": 1.4}  # NaN skipped
+    finite = cost[np.isfinite(cost)]
+    spread = np.median(finite) - finite.min()  # median 4, min 1
+    assert case["gd"]["cost_gap_rel"] == pytest.approx((1.2 - 1.0) / spread)
+    assert case["gd"]["rmse_excess_rel"] == pytest.approx(0.15 / 0.1 - 1.0)
