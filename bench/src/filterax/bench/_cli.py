@@ -593,23 +593,20 @@ def _experiments_list(args: argparse.Namespace) -> int:
     from ._api import experiments
 
     _import_plugins(args)
-    table = Table(title="experiments", title_justify="left")
-    for col in ("name", "title / source", "targets", "quick", "full"):
-        table.add_column(col, overflow="fold", no_wrap=col == "name")
+    table = Table(title="experiments", title_justify="left", show_lines=True)
+    names = list(experiments())
+    table.add_column("name", no_wrap=True, min_width=max(map(len, names), default=4))
+    table.add_column("what (source; quick | full size)", overflow="fold", ratio=3)
+    table.add_column("targets", overflow="fold", ratio=2)
     for name, exp in experiments().items():
         targets = "\n".join(
-            f"{t.key} {t.comparison} {t.value}"
-            if not isinstance(t.value, tuple)
-            else f"{t.key} in [{t.value[0]}, {t.value[1]}]"
+            f"{t.key} in [{t.value[0]}, {t.value[1]}]"
+            if t.comparison == "in"
+            else f"{t.key} {t.comparison} {t.value}"
             for t in exp.targets
         )
-        table.add_row(
-            name,
-            f"{exp.title}\n[dim]{exp.citation}[/dim]",
-            targets,
-            exp.sizes.get("quick", ""),
-            exp.sizes.get("full", ""),
-        )
+        sizes = " | ".join(exp.sizes.get(k, "?") for k in ("quick", "full"))
+        table.add_row(name, f"{exp.title}\n[dim]{exp.citation}; {sizes}[/dim]", targets)
     Console().print(table)
     return 0
 
