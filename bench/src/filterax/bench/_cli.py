@@ -622,6 +622,8 @@ def _experiments_run(args: argparse.Namespace) -> int:
         load_experiments(out)  # a corrupt file is refused before any experiment runs
     except ValueError as err:
         raise _UsageError(str(err)) from err
+    if not args.no_render:
+        _load_results(out, required=False)  # so is a corrupt results.json the report reads
     _setup_jax(args)
     _import_plugins(args)
     from ._api import experiments, run_experiments
