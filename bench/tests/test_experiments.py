@@ -315,6 +315,7 @@ def test_surface_case_optima_and_basin(monkeypatch):
     assert case["vi_opt"] == {"inflation": 1.4, "radius": 5.0, "cost": 1.0, "rmse_a": 0.6}
     assert case["rmse_opt"]["inflation"] == 1.2 and case["rmse_opt"]["radius"] == 1.0
     assert case["rmse_opt"]["rmse_a"] == pytest.approx(0.1)
+    assert case["vi_opt_rmse_excess_rel"] == pytest.approx(0.6 / 0.1 - 1.0)
     assert case["best_inflation_per_radius"] == {"1.0": 1.2, "5.0": 1.4}  # NaN skipped
     finite = cost[np.isfinite(cost)]
     spread = np.median(finite) - finite.min()  # median 4, min 1

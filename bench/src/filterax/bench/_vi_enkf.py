@@ -187,6 +187,8 @@ def surface_case(name, model, ens0, obs, times, truth, infl, radii, key, gd=None
             "cost": float(value[ri, rj]),
             "rmse_a": float(rm[ri, rj]),
         },
+        # the VI optimum is not the RMSE optimum: by how much (relative rmse.a excess)
+        "vi_opt_rmse_excess_rel": float(rm[i, j] / rm[ri, rj] - 1.0),
         "best_inflation_per_radius": {
             str(float(r)): float(infl[np.nanargmin(value[:, b])]) for b, r in enumerate(radii)
         },
