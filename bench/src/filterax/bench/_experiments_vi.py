@@ -195,7 +195,7 @@ register_experiment(
             ("KS_N20.vi_opt.radius", "<=", 11.0, "authors' saved surface: argmin (1, 1.109)"),
         ),
         sizes={
-            "quick": "KS L = 22, 256 points, J = 200, N = 5 and 20; 4 x 4 grid",
+            "quick": "KS L = 22, 256 points, J = 200, N = 5 and 20; 3 x 3 grid",
             "full": "KS L = 22, 256 points, J = 200, N = 5 and 20; radius 1, 11, ..., 91 x 10",
         },
         plot=("cost-surface",),
