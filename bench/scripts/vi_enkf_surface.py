@@ -6,7 +6,7 @@ Baptista, Luk & Stuart 2025, §3.5, Figs 5-6), and gradient descent on the same 
 A command-line wrapper of `filterax.bench._vi_enkf` (setups, grids, the vmapped surface and the
 L-BFGS descent live there; the registered experiments ``vi_enkf_surface_l96``,
 ``vi_enkf_surface_ks`` and ``vi_enkf_gd`` of ``filterax-bench experiments run`` call the same
-functions). Grids: --quick 7 x 7 (KS 4 x 4), --grid medium 10 x 10, default the paper's
+functions). Grids: --quick 7 x 7 (KS 3 x 3), --grid medium 10 x 10, default the paper's
 20 x 20 (KS 10 x 10).
 
 Paper / authors' saved surfaces (VI_REPRODUCTION.md §2): L96 N = 5 argmin at r <= 5,
