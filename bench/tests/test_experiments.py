@@ -55,6 +55,7 @@ def _fake(name="fake_a", value=1.0, calls=None):
         run=run,
         targets=(("x", "<=", 1.5, "src"), ("nested.y", "in", (1.0, 3.0), "src")),
         sizes={"quick": "tiny", "full": "small"},
+        summary=("nested.y", "nested.bad"),
     )
 
 
@@ -119,6 +120,7 @@ def test_json_merge_one_at_a_time(tmp_path, experiments_snapshot):
     assert a["result"]["nested"]["bad"] is None  # NaN is stored as null
     assert a["result"]["arr"] == [0.0, 1.0, 2.0]
     assert a["passed"] is True and b["passed"] is False  # 2.0 > 1.5
+    assert a["summary"] == {"nested.y": 2.0, "nested.bad": None}
     assert [t["passed"] for t in b["targets"]] == [False, True]
     # rerunning one replaces it and keeps the other
     fb.register_experiment(_fake("fake_a", 0.25, calls), replace=True)
@@ -191,6 +193,7 @@ def _records():
                 }
             ],
             passed=name != "exp_heat",
+            summary={"info.x": 0.125},
         )
     return rec
 
@@ -218,6 +221,7 @@ def test_experiment_plots_and_html():
     assert page.count('<tr class="fail" data-target="k&lt;1&gt;">') == 1
     assert page.count("✔") == 3 and page.count("✗") == 1
     assert "s&amp;t" in page and "quick size" in page and "full size" in page
+    assert page.count('<tr class="info" data-summary="info.x">') == 4
     assert len(re.findall(r'<img data-plot="cost-surface"', page)) == 1
     # without experiments: no section
     page = render_html({"schema": 1, "cells": {}}, plots=[])
@@ -240,7 +244,7 @@ def test_cli_experiments_run_and_list(tmp_path, experiments_snapshot, capsys):
     fb.register_experiment(_fake("fake_cli", 1.0))
     assert main(["experiments", "run", "fake_cli", "--out", str(tmp_path), "--quick"]) == 0
     out = capsys.readouterr().out
-    assert "fake_cli: stage 1/1" in out and "✔ x = 1" in out
+    assert "fake_cli: stage 1/1" in out and "✔ x = 1" in out and "nested.y = 2" in out
     rec = fb.load_experiments(tmp_path)["fake_cli"]
     assert rec["passed"] and rec["quick"]
     assert '<section id="experiments">' in (tmp_path / "leaderboard.html").read_text()

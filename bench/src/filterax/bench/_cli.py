@@ -680,6 +680,9 @@ def _experiments_run(args: argparse.Namespace) -> int:
                 else f"{t['comparison']} {value}"
             )
             console.print(f"  {mark} {t['key']} = {measured}  (target {target})", highlight=False)
+        for key, value in rec.get("summary", {}).items():
+            text = "—" if value is None else f"{value:.4g}"
+            console.print(f"    {key} = {text}", highlight=False)
     console.print(f"[dim]merged into {experiments_path(out)}[/dim]")
     if not args.no_render:
         from ._leaderboard import render_all

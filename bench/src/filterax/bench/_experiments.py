@@ -74,6 +74,8 @@ class Experiment:
     - `targets`: the stated targets, `Target` or plain ``(key, comparison, value, source)``.
     - `sizes`: ``{"quick": ..., "full": ...}``: what each size runs, in words.
     - `plot`: the figure kind(s) `_experiment_plots` draws from the result.
+    - `summary`: dotted keys of measured numbers shown beside the targets without a verdict
+      (e.g. the rmse.a where a descent lands and at the RMSE-optimal tuning).
     """
 
     name: str
@@ -83,6 +85,7 @@ class Experiment:
     targets: Sequence[Target | tuple[Any, ...]] = ()
     sizes: Mapping[str, str] = field(default_factory=dict)
     plot: Sequence[str] = ()
+    summary: Sequence[str] = ()
 
     def __post_init__(self) -> None:
         if not self.name or not all(c.isalnum() or c == "_" for c in self.name):
@@ -96,6 +99,7 @@ class Experiment:
             _check_target(self.name, t)
         object.__setattr__(self, "targets", targets)
         object.__setattr__(self, "plot", tuple(self.plot))
+        object.__setattr__(self, "summary", tuple(self.summary))
 
 
 def _check_target(name: str, t: Target) -> None:
@@ -297,6 +301,7 @@ def run_experiment(experiment: Experiment, *, quick: bool, progress: Progress | 
         "plot": list(experiment.plot),
         "result": result,
         "targets": checks,
+        "summary": {key: _number(result, key) for key in experiment.summary},
         "passed": all(c["passed"] for c in checks),
     }
 

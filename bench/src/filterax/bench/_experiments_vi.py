@@ -153,6 +153,7 @@ register_experiment(
                 f"{ISSUE}: learned gain ≈ circulant (off-circulant Frobenius share)",
             ),
         ),
+        summary=("test_rmse_K0", "test_rmse_exkf"),
         sizes={
             "quick": "L96 d = 40, Sigma = 0.1 I, Gamma = I; J = 200, 10 GD steps from 0.4 I",
             "full": "L96 d = 40, Sigma = 0.1 I, Gamma = I; J = 1000, 100 GD steps from 0.4 I",
@@ -180,6 +181,11 @@ register_experiment(
             "full": f"{_L96E}; the paper's grid, radius 1, 3, ..., 39 x 20 inflations",
         },
         plot=("cost-surface",),
+        summary=tuple(
+            f"L96_N{n}.{k}"
+            for n in (5, 20)
+            for k in ("vi_opt.rmse_a", "rmse_opt.rmse_a", "vi_opt_rmse_excess_rel")
+        ),
     )
 )
 
@@ -198,6 +204,11 @@ register_experiment(
             "quick": "KS L = 22, 256 points, J = 200, N = 5 and 20; 3 x 3 grid",
             "full": "KS L = 22, 256 points, J = 200, N = 5 and 20; radius 1, 11, ..., 91 x 10",
         },
+        summary=tuple(
+            f"KS_N{n}.{k}"
+            for n in (5, 20)
+            for k in ("vi_opt.radius", "vi_opt.inflation", "rmse_opt.radius", "rmse_opt.rmse_a")
+        ),
         plot=("cost-surface",),
     )
 )
@@ -223,6 +234,21 @@ register_experiment(
             "full": f"{_L96E}; the paper's 20 x 20 grid, 25 L-BFGS steps",
         },
         plot=("cost-surface",),
+        summary=tuple(
+            f"L96_N{n}.{k}"
+            for n in (5, 20)
+            for k in (
+                "gd.inflation",
+                "gd.radius",
+                "gd.rmse_a",
+                "vi_opt.rmse_a",
+                "rmse_opt.rmse_a",
+                "rmse_opt.inflation",
+                "rmse_opt.radius",
+                "gd.rmse_excess_rel",
+                "vi_opt_rmse_excess_rel",
+            )
+        ),
     )
 )
 

@@ -107,6 +107,7 @@ table.experiments th, table.experiments td { border: 1px solid var(--line); padd
 table.experiments th { background: var(--head); text-align: left; }
 table.experiments tr.pass td.verdict { background: var(--ok); color: var(--okfg); }
 table.experiments tr.fail td.verdict { background: var(--bad); color: var(--badfg); }
+table.experiments tr.info td { color: var(--muted); }
 dl.runinfo dt { font-weight: 600; } dl.runinfo dd { margin: 0 0 .4rem 1rem; color: var(--muted); }
 """
 
@@ -270,6 +271,12 @@ def experiments_html(records: Mapping[str, Any], plots: Sequence[Plot]) -> str:
                 f"<td>{_e(_target_text(t))}</td>"
                 f'<td class="verdict">{"✔" if ok else "✗"}</td>'
                 f"<td>{_e(t.get('source', ''))}</td></tr>"
+            )
+        for key, value in (rec.get("summary") or {}).items():
+            rows.append(
+                f'<tr class="info" data-summary="{_e(key)}"><td><code>{_e(key)}</code></td>'
+                f'<td class="num">{_e(_fmt(value))}</td><td>—</td><td></td>'
+                "<td>measured, no target</td></tr>"
             )
         if rows:
             parts.append(
