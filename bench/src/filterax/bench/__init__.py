@@ -50,6 +50,14 @@ __all__ = [
     "DemoResult",
     "run_lorenz96_demo",
     "run_learning_patterns",
+    "Experiment",
+    "Target",
+    "evaluate_targets",
+    "experiments",
+    "get_experiment",
+    "load_experiments",
+    "register_experiment",
+    "run_experiments",
 ]
 
 if TYPE_CHECKING:  # static analysis and the API docs see every name of `_api`

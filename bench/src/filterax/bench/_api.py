@@ -50,5 +50,18 @@ from ._calibration import (
 # --- training patterns of differentiable DA (filterax.learn) ---
 from ._learn_patterns import run_learning_patterns as run_learning_patterns
 
+# --- reproduction experiments (train, then score against stated targets) ---
+from ._experiments import (
+    Experiment as Experiment,
+    Target as Target,
+    evaluate_targets as evaluate_targets,
+    experiments as experiments,
+    get_experiment as get_experiment,
+    load_experiments as load_experiments,
+    register_experiment as register_experiment,
+    run_experiments as run_experiments,
+)
+from . import _experiments_vi as _experiments_vi  # registers the built-in experiments
+
 # --- the Lorenz-96 demo (the 0.1.0 main job) ---
 from ._demo import DemoResult as DemoResult, run_lorenz96_demo as run_lorenz96_demo

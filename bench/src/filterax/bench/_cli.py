@@ -1,4 +1,5 @@
-"""Command line: ``filterax-bench list | run | tune | report | demo | calibrate``."""
+"""Command line: ``filterax-bench list | run | tune | report | demo | calibrate | learn |
+experiments``."""
 
 from __future__ import annotations
 
@@ -226,8 +227,17 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from ._experiments import experiments_path, load_experiments
+
     out = Path(args.out)
-    results = _load_results(out, required=True)
+    try:
+        has_experiments = bool(load_experiments(out))
+    except ValueError as err:
+        raise _UsageError(str(err)) from err
+    # An output folder holding only experiments.json renders the Experiments section alone.
+    results = _load_results(out, required=not has_experiments)
+    if has_experiments and not results["cells"]:
+        print(f"no benchmark results in {out}; rendering {experiments_path(out)} alone")
     _checked_out(args)  # the leaderboard files are written there
     _render(results, out)
     return 0
@@ -555,6 +565,134 @@ def _learn(args: argparse.Namespace) -> int:
     return 0
 
 
+def _progress_bars(no_progress: bool):
+    """A rich progress display when stdout is a terminal (None otherwise or with
+    --no-progress)."""
+    if no_progress or not sys.stdout.isatty():
+        return None
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+
+
+def _experiments_list(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from ._api import experiments
+
+    _import_plugins(args)
+    table = Table(title="experiments", title_justify="left", show_lines=True)
+    names = list(experiments())
+    table.add_column("name", no_wrap=True, min_width=max(map(len, names), default=4))
+    table.add_column("what (source; quick | full size)", overflow="fold", ratio=3)
+    table.add_column("targets", overflow="fold", ratio=2)
+    for name, exp in experiments().items():
+        targets = "\n".join(
+            f"{t.key} in [{t.value[0]}, {t.value[1]}]"
+            if t.comparison == "in"
+            else f"{t.key} {t.comparison} {t.value}"
+            for t in exp.targets
+        )
+        sizes = " | ".join(exp.sizes.get(k, "?") for k in ("quick", "full"))
+        table.add_row(name, f"{exp.title}\n[dim]{exp.citation}; {sizes}[/dim]", targets)
+    Console().print(table)
+    return 0
+
+
+def _experiments_run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    console = Console()
+    out = _checked_out(args)
+    from ._experiments import experiments_path, load_experiments
+
+    try:
+        load_experiments(out)  # a corrupt file is refused before any experiment runs
+    except ValueError as err:
+        raise _UsageError(str(err)) from err
+    if not args.no_render:
+        _load_results(out, required=False)  # so is a corrupt results.json the report reads
+    _setup_jax(args)
+    _import_plugins(args)
+    from ._api import experiments, run_experiments
+
+    names = _split(args.names) or list(experiments())
+    unknown = [n for n in names if n not in experiments()]
+    if unknown:
+        raise _UsageError(
+            f"unknown experiment(s) {unknown}; choose from {list(experiments())} "
+            "(`filterax-bench experiments list`)"
+        )
+    bars = _progress_bars(args.no_progress)
+
+    def progress(name: str):
+        if args.no_progress:
+            return None
+        task = None
+        last = [-1.0]
+
+        def callback(stage: str, done: int, total: int) -> None:
+            nonlocal task
+            if bars is not None:
+                if task is None:
+                    task = bars.add_task(f"{name}: {stage}", total=total)
+                bars.update(task, description=f"{name}: {stage}", completed=done, total=total)
+                return
+            # Plain lines: at most one per tenth of a stage, and its end.
+            frac = done / total if total else 1.0
+            if done == total or frac - last[0] >= 0.1 or frac < last[0]:
+                last[0] = frac
+                print(f"{name}: {stage} {done}/{total}", flush=True)
+
+        return callback
+
+    t0 = time.perf_counter()
+    if bars is not None:
+        bars.start()
+    try:
+        records = run_experiments(names, quick=args.quick, out=out, progress=progress)
+    finally:
+        if bars is not None:
+            bars.stop()
+    for name, rec in records.items():
+        verdict = "[green]all targets met[/green]" if rec["passed"] else "[red]missed[/red]"
+        size = "quick" if rec["quick"] else "full"
+        console.print(f"[bold]{name}[/bold] ({size}, {rec['seconds']} s): {verdict}")
+        for t in rec["targets"]:
+            mark = "[green]✔[/green]" if t["passed"] else "[red]✗[/red]"
+            measured = "—" if t["measured"] is None else f"{t['measured']:.4g}"
+            value = t["value"]
+            target = (
+                f"in [{value[0]:g}, {value[1]:g}]"
+                if t["comparison"] == "in"
+                else f"{t['comparison']} {value}"
+            )
+            console.print(f"  {mark} {t['key']} = {measured}  (target {target})", highlight=False)
+        for key, value in rec.get("summary", {}).items():
+            text = "—" if value is None else f"{value:.4g}"
+            console.print(f"    {key} = {text}", highlight=False)
+    console.print(f"[dim]merged into {experiments_path(out)}[/dim]")
+    if not args.no_render:
+        from ._leaderboard import render_all
+
+        paths = render_all(_load_results(out, required=False), out)
+        console.print(f"[dim]wrote {paths['html']}[/dim]")
+    print(f"wall time {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
 # --- parser ----------------------------------------------------------------------------------
 
 
@@ -692,6 +830,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
     p.set_defaults(func=_learn)
+
+    p = sub.add_parser(
+        "experiments",
+        help="reproduction experiments with stated targets (train, then score): list | run",
+        description="Registered reproduction experiments (Bach et al. 2025's learned filters, "
+        "the training patterns of differentiable DA). `run` writes <out>/experiments.json "
+        "(merged with earlier runs) and re-renders the HTML report with an Experiments section.",
+    )
+    esub = p.add_subparsers(dest="experiments_command", required=True)
+    q = esub.add_parser("list", help="list the experiments, their targets and sizes")
+    _add_import(q)
+    q.set_defaults(func=_experiments_list)
+    q = esub.add_parser("run", help="run experiments (default all) and check their targets")
+    q.add_argument("names", nargs="*", help="experiment names (default: all)")
+    q.add_argument("--quick", action="store_true", help="the quick sizes (~2 min each, 1 core)")
+    q.add_argument("--out", default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
+    q.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
+    q.add_argument("--no-render", action="store_true", help="skip re-rendering the HTML report")
+    _add_import(q)
+    _add_compile_cache(q)
+    q.set_defaults(func=_experiments_run)
 
     p = sub.add_parser(
         "calibrate",

@@ -100,6 +100,14 @@ figcaption { color: var(--muted); font-size: 12px; max-width: 60rem; }
 figcaption b { color: var(--fg); }
 .sources { color: var(--muted); font-size: 12px; } .sources ol { margin: .2rem 0 0; }
 .sources li::marker { content: "[" counter(list-item) "] "; }
+table.experiments { border-collapse: collapse; font-size: 13px; margin: .4rem 0;
+                    font-variant-numeric: tabular-nums; }
+table.experiments th, table.experiments td { border: 1px solid var(--line); padding: .2rem .45rem;
+                                             vertical-align: top; }
+table.experiments th { background: var(--head); text-align: left; }
+table.experiments tr.pass td.verdict { background: var(--ok); color: var(--okfg); }
+table.experiments tr.fail td.verdict { background: var(--bad); color: var(--badfg); }
+table.experiments tr.info td { color: var(--muted); }
 dl.runinfo dt { font-weight: 600; } dl.runinfo dd { margin: 0 0 .4rem 1rem; color: var(--muted); }
 """
 
@@ -213,12 +221,98 @@ def _figure_html(plot: Plot) -> str:
     )
 
 
-def render_html(results: Mapping[str, Any], *, plots: Sequence[Plot] | None = None) -> str:
-    """The leaderboard page. ``plots`` defaults to :func:`filterax.bench._plots.make_plots`."""
+def _fmt(x: Any) -> str:
+    if isinstance(x, bool) or x is None:
+        return "—" if x is None else str(x)
+    if isinstance(x, float):
+        return f"{x:.4g}"
+    if isinstance(x, list):
+        return "[" + ", ".join(_fmt(v) for v in x) + "]"
+    return str(x)
+
+
+def _target_text(t: Mapping[str, Any]) -> str:
+    value = t.get("value")
+    if t.get("comparison") == "in" and isinstance(value, list):
+        return f"in [{_fmt(value[0])}, {_fmt(value[1])}]"
+    if isinstance(value, str):
+        return f"{t.get('comparison')} {value} = {_fmt(t.get('reference'))}"
+    return f"{t.get('comparison')} {_fmt(value)}"
+
+
+def experiments_html(records: Mapping[str, Any], plots: Sequence[Plot]) -> str:
+    """The "Experiments" section: per experiment a ``<section class="experiment"
+    id="experiment-<name>">`` with ``<table class="experiments" data-experiment="<name>">``,
+    one ``<tr class="pass|fail" data-target="<key>">`` per target (✔/✗), and its figures."""
+    parts = ['<section id="experiments"><h2>Experiments</h2>']
+    n_pass = sum(bool(r.get("passed")) for r in records.values())
+    parts.append(
+        f'<p class="caption">{len(records)} reproduction experiment(s), {n_pass} with every '
+        "target met. Each was trained or swept, then measured against the targets its source "
+        "states; a quick-size run is marked (the targets are stated for the full size). "
+        "Written by <code>filterax-bench experiments run</code>.</p>"
+    )
+    for name, rec in records.items():
+        size = "quick size" if rec.get("quick") else "full size"
+        parts.append(f'<section class="experiment" id="experiment-{_e(name)}">')
+        parts.append(f"<h3>{_e(name)}: {_e(rec.get('title', ''))}</h3>")
+        parts.append(
+            f'<p class="caption">{_e(rec.get("citation", ""))}. <b>{_e(size)}</b>: '
+            f"{_e(rec.get('size', ''))}; {_e(rec.get('seconds', '?'))} s, finished "
+            f"{_e(rec.get('finished', '?'))}.</p>"
+        )
+        rows = []
+        for t in rec.get("targets") or ():
+            ok = bool(t.get("passed"))
+            rows.append(
+                f'<tr class="{"pass" if ok else "fail"}" data-target="{_e(t.get("key"))}">'
+                f"<td><code>{_e(t.get('key'))}</code></td>"
+                f'<td class="num">{_e(_fmt(t.get("measured")))}</td>'
+                f"<td>{_e(_target_text(t))}</td>"
+                f'<td class="verdict">{"✔" if ok else "✗"}</td>'
+                f"<td>{_e(t.get('source', ''))}</td></tr>"
+            )
+        for key, value in (rec.get("summary") or {}).items():
+            rows.append(
+                f'<tr class="info" data-summary="{_e(key)}"><td><code>{_e(key)}</code></td>'
+                f'<td class="num">{_e(_fmt(value))}</td><td>—</td><td></td>'
+                "<td>measured, no target</td></tr>"
+            )
+        if rows:
+            parts.append(
+                f'<table class="experiments" data-experiment="{_e(name)}"><thead><tr>'
+                "<th>measured</th><th>value</th><th>target</th><th></th><th>source</th>"
+                "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
+            )
+        figs = [p for p in plots if p.benchmark == name]
+        if figs:
+            parts.append(
+                '<div class="plots">' + "\n".join(_figure_html(p) for p in figs) + "</div>"
+            )
+        parts.append("</section>")
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def render_html(
+    results: Mapping[str, Any],
+    *,
+    plots: Sequence[Plot] | None = None,
+    experiments: Mapping[str, Any] | None = None,
+    experiment_plots: Sequence[Plot] | None = None,
+) -> str:
+    """The leaderboard page. ``plots`` defaults to :func:`filterax.bench._plots.make_plots`;
+    with `experiments` (the records of ``experiments.json``) an "Experiments" section follows
+    the benchmarks (``experiment_plots`` defaults to
+    :func:`filterax.bench._experiment_plots.make_experiment_plots`)."""
     if plots is None:
         from ._plots import make_plots
 
         plots = make_plots(results)
+    if experiments and experiment_plots is None:
+        from ._experiment_plots import make_experiment_plots
+
+        experiment_plots = make_experiment_plots(experiments)
     tables = benchmark_tables(results)
     slugs = benchmark_slugs(list(tables))
     n_cells = sum(len(r) for r in tables.values())
@@ -237,7 +331,10 @@ def render_html(results: Mapping[str, Any], *, plots: Sequence[Plot] | None = No
         f'<li id="rule-reference">{_e(DEVIATION_RULE)}</li>',
         f'<li id="rule-rank-delta">{_e(RANK_DELTA_RULE)}</li>',
         f'<li id="rule-vi-cost">{_e(VI_COST_RULE)}</li></ul></div>',
-        "<nav>" + "".join(f'<a href="#section-{slugs[b]}">{_e(b)}</a>' for b in tables) + "</nav>",
+        "<nav>"
+        + "".join(f'<a href="#section-{slugs[b]}">{_e(b)}</a>' for b in tables)
+        + ('<a href="#experiments">Experiments</a>' if experiments else "")
+        + "</nav>",
         "</header><main>",
     ]
     for bench, rows in tables.items():
@@ -252,6 +349,8 @@ def render_html(results: Mapping[str, Any], *, plots: Sequence[Plot] | None = No
                 '<div class="plots">' + "\n".join(_figure_html(p) for p in figs) + "</div>"
             )
         parts.append("</section>")
+    if experiments:
+        parts.append(experiments_html(experiments, experiment_plots or ()))
     info = run_info(results)
     parts.append('<section id="runs"><h2>Runs</h2><dl class="runinfo">')
     for k, vals in info.items():

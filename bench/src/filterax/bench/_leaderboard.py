@@ -1196,7 +1196,8 @@ def render_all(results: Mapping[str, Any], out_dir: str | os.PathLike[str]) -> d
     Returns ``{"markdown": path, "html": path, "plots/<file>.png": path, ...}``. Figures an
     earlier rendering wrote that this one does not make (``plots/<slug>--<kind>.png``, e.g. an
     rmse-vs-ensemble-size plot for a benchmark now with one size) are removed, so that the
-    folder holds what the results give.
+    folder holds what the results give. When ``<out_dir>/experiments.json`` exists, the HTML
+    gets an "Experiments" section and its figures go to ``plots/experiment-*.png``.
     """
     from ._html import render_html
     from ._plots import PLOT_KINDS, make_plots
@@ -1220,8 +1221,25 @@ def render_all(results: Mapping[str, Any], out_dir: str | os.PathLike[str]) -> d
             paths.values()
         ):
             stale.unlink()
+    from ._experiment_plots import make_experiment_plots
+    from ._experiments import load_experiments
+
+    experiments = load_experiments(out)
+    experiment_plots = make_experiment_plots(experiments)
+    for plot in experiment_plots:
+        p = plot_dir / plot.filename
+        write_bytes_atomic(p, plot.png)
+        paths[f"plots/{plot.filename}"] = p
     md = out / "leaderboard.md"
     write_text_atomic(md, render_markdown(results, plots=links))
     html = out / "leaderboard.html"
-    write_text_atomic(html, render_html(results, plots=plots))
+    write_text_atomic(
+        html,
+        render_html(
+            results,
+            plots=plots,
+            experiments=experiments,
+            experiment_plots=experiment_plots,
+        ),
+    )
     return {"markdown": md, "html": html, **paths}
