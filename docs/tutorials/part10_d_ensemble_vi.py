@@ -22,8 +22,6 @@
 # (`lorenz96_sakov2008`, 40 sites, $N = 20$, a short 200-cycle run) for LNETF vs LETKF.
 
 # %%
-import time
-
 import jax
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
@@ -36,7 +34,6 @@ import filterax.processes as fxproc
 from filterax.zoo import presets
 
 jax.config.update("jax_enable_x64", True)
-T_START = time.perf_counter()
 
 # %% [markdown]
 # ## 10.8 EKS as ensemble VI: a Langevin flow whose invariant law is the posterior
@@ -52,8 +49,9 @@ T_START = time.perf_counter()
 # In the mean-field limit its Fokker–Planck equation is a Wasserstein gradient flow of
 # $\mathrm{KL}(q\,\|\,\pi)$ preconditioned by $C(q)$, so $\pi$ is invariant and (for linear $G$)
 # the flow is ergodic: after a transient the members are posterior samples, and time averages
-# recover the posterior moments. EKI is the same flow *without* the prior drift and the
-# noise: it minimises the misfit and its spread decays like $1/t$.
+# recover the posterior moments. EKI is the same flow *without* the prior drift, the
+# finite-$N$ correction and the noise: it minimises the misfit and (linear $G$) its covariance
+# decays like $1/t$.
 #
 # `calibrate(process, G, X0, y, Γ, key=..., n_iterations=...)` runs both as one compiled
 # `lax.scan`; `history.parameters` keeps every ensemble. The EKS step is
@@ -241,7 +239,7 @@ axes[1].plot(
 )
 axes[1].set_xlabel("x")
 axes[1].set_title(r"weights $\to$ transported members")
-axes[1].legend(fontsize=8, loc="upper center")
+axes[1].legend(fontsize=8, loc="upper right")
 
 # %% [markdown]
 # **The entropic blur.** With $\varepsilon > 0$ the coupling is spread out, every new member is
@@ -315,7 +313,7 @@ def s_sys(theta):
 
 
 theta0, h = 2.5, 1e-5
-thetas = np.linspace(2.0, 3.0, 201)
+thetas = np.linspace(2.0, 3.0, 101)
 # one vmapped evaluation for the curve and the two central-difference points
 s_ot_v, s_sys_v = jax.jit(jax.vmap(lambda t: (s_ot(t), s_sys(t))))(
     np.concatenate([thetas, [theta0 - h, theta0 + h]])
@@ -344,7 +342,7 @@ ax.plot(thetas, s_sys_v, color="C0", label="systematic resampling (fixed key)")
 ax.plot(thetas, s_ot_v, color="C3", label=f"ot_resample (eps = {EPS_R})")
 ax.plot(
     thetas,
-    float(s_ot_v[100]) + g_ot * (thetas - theta0),
+    float(s_ot_v[50]) + g_ot * (thetas - theta0),
     "k:",
     label=r"tangent from jax.grad at $\theta$ = 2.5",
 )
@@ -427,15 +425,16 @@ r_letkf, r_lnetf = (float(scores96[k]["rmse_a"]) for k in ("LETKF", "LNETF"))
 # both track: well below the observation error std (1) and the climatological spread (~3.6)
 assert r_letkf < 0.5 and r_lnetf < 0.5
 # the honest comparison: on this Gaussian-friendly, densely observed problem the particle-type
-# LNETF does not beat the LETKF (bench, 1000 cycles x 3 seeds: 0.246 vs 0.212); within 40 % here
-assert r_lnetf < 1.4 * r_letkf
+# LNETF does not beat the LETKF (bench, 1000 cycles x 3 seeds: 0.246 vs 0.212); here too it is
+# behind, by less than 40 % (fixed seeds: a deterministic check)
+assert r_letkf < r_lnetf < 1.4 * r_letkf
 
 # %% [markdown]
 # On this densely observed problem the forecast errors are close to Gaussian, which is where
 # the LETKF is optimal; the LNETF pays for its non-Gaussian weights with Monte-Carlo noise.
 # The bench (`bench/scripts/etpf_lnetf.py`, 1000 cycles after a 400-cycle burn-in, 3 seeds)
 # measured rmse.a **LNETF 0.246 ± 0.001 vs LETKF 0.212 ± 0.003** at $N = 20$; the short run
-# above shows the same ordering at docs size. The ETPF is not cycled here: on chaotic
+# above (printed) gives the same ordering at docs size. The ETPF is not cycled here: on chaotic
 # Lorenz-63 it needs rejuvenation and the bench did not find a stable tuning (it diverged at
 # $N = 30$–$100$ with jitter 0.2–0.3), so no tracking claim is made for it.
 
@@ -448,4 +447,3 @@ ax.set_xlabel("time")
 ax.set_ylabel("analysis rmse")
 ax.set_title("Lorenz-96 (40 sites), N = 20")
 ax.legend(fontsize=8)
-print(f"page ran in {time.perf_counter() - T_START:.1f} s")
