@@ -113,6 +113,7 @@ from ._vsmc import (
     fit_vsmc as fit_vsmc,
     vsmc_bound as vsmc_bound,
 )
+
 # --- end SMC ---
 # --- optimal-transport resampling, ETPF and LNETF (issue 13 §1) ---
 from ._optimal_transport import (
@@ -131,6 +132,7 @@ from ._netf import (
     NETFInfo as NETFInfo,
     netf_transform as netf_transform,
 )
+
 # --- end optimal-transport filters ---
 # --- conditional normalising flows and the flow filter (issue 13 §2) ---
 from ._enkf_normaliser import EnKFNormaliser as EnKFNormaliser, enkf_normaliser as enkf_normaliser

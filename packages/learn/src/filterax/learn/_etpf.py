@@ -161,7 +161,10 @@ class ETPF(fxp.AbstractSequentialFilter):
       needs more sweeps; `ETPFInfo.marginal_error` reports the residual).
     - `n_iter`: Sinkhorn sweeps (static, default 500); with `epsilon_scaling` (static,
       default ``0.9``) the schedule reaches `epsilon` after ``log(epsilon / max C)/log 0.9``
-      (~60) sweeps.
+      (~60) sweeps, but converging there takes more: measured on a 60-member 1-d cloud, the
+      column residual after 600 / 2000 sweeps is 2e-4 / 8e-11 at ``epsilon = 0.01``, 3e-3 /
+      3e-6 at ``0.005`` and 2e-2 / 2e-3 at ``0.002`` (3e-6 at the default 0.02 with 500).
+      Check `ETPFInfo.marginal_error`.
     - `tol`: optional early-freeze tolerance of the Sinkhorn iteration (static).
     - `jitter`: rejuvenation scale (dynamic, default 0).
 

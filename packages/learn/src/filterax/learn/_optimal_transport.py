@@ -78,7 +78,8 @@ def sinkhorn_coupling(
     **Exact OT (``epsilon -> 0``).** With `epsilon_scaling` ``= q in (0, 1)`` sweep ``k`` uses
     ``epsilon_k = max(epsilon, q^k max|C|)``: the potentials are warm-started from a coarse
     problem and refined geometrically (Schmitzer 2019, §3.2; Kosowsky & Yuille 1994), which lets
-    a small ``epsilon`` (e.g. ``1e-3`` of the cost scale) converge in a few hundred sweeps; the
+    a small ``epsilon`` (e.g. ``1e-3`` of the cost scale) converge in hundreds to thousands of
+    sweeps (fewer the better separated the optimal coupling; check the marginals); the
     coupling then approaches the linear-programme solution (for a unique optimal vertex,
     exponentially fast in ``1/epsilon``).
 
