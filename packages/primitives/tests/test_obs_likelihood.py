@@ -33,9 +33,7 @@ def test_log_density_matches_scipy_on_observed_entries(kind):
     preds = rng.normal(size=(4, n))
     lik = fxp.GaussianObsLikelihood.build(jnp.asarray(y), noise)
     # Reference: the marginal density of the observed entries (rows/columns of R dropped).
-    ref = [
-        multivariate_normal(p[obs], dense[np.ix_(obs, obs)]).logpdf(y[obs]) for p in preds
-    ]
+    ref = [multivariate_normal(p[obs], dense[np.ix_(obs, obs)]).logpdf(y[obs]) for p in preds]
     # float64 round-off only (dense Cholesky / Woodbury vs scipy's eigh): 1e-10 relative.
     np.testing.assert_allclose(lik.log_density_rows(jnp.asarray(preds)), ref, rtol=1e-10)
     np.testing.assert_allclose(lik.log_density(jnp.asarray(preds[0])), ref[0], rtol=1e-10)
