@@ -11,6 +11,11 @@ Problems (x ~ N(0, 1), one observation y* = 1): ``square``, y = x^2 + N(0, 0.5^2
 ``abs``, y = |x| + N(0, 0.5^2): the EnKF gain is ~0 (it returns the prior) and the exact
 posterior is bimodal. Score: W1 to the grid-computed posterior, mean ± std over seeds, and
 seconds per fit (compiled, after warm-up). See the module docstring for the method.
+
+Measured (``filterax-bench experiments run flow_static_square flow_static_abs``, full size:
+N = 2000, 600 steps, 5 seeds, float64, one CPU core shared with other jobs): square: EnKF
+0.244 ± 0.007, spline flow 0.029 ± 0.010, affine flow 0.071 ± 0.007; abs: EnKF 0.176 ± 0.008,
+spline 0.032 ± 0.008, affine 0.056 ± 0.006 (7-10 s per fit under load).
 """
 
 from __future__ import annotations

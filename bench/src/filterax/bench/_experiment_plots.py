@@ -200,7 +200,7 @@ def _posterior_histogram(name: str, r: Mapping[str, Any]):
     axes = fig.subplots(1, len(shown), sharey=True, squeeze=False)[0]
     for ax, m in zip(axes, shown, strict=True):
         label, color = labels[m]
-        ax.stairs(hists[m], edges, fill=True, color=color, alpha=0.45, label=f"{label} samples")
+        ax.stairs(hists[m], edges, fill=True, color=color, alpha=0.45, label="samples (seed 0)")
         ax.plot(fig_data["grid"], fig_data["density"], "k-", lw=1.4, label="exact (grid)")
         run = r.get(m)
         w1 = run.get("w1_mean") if isinstance(run, Mapping) else None
