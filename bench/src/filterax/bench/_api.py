@@ -62,6 +62,7 @@ from ._experiments import (
     run_experiments as run_experiments,
 )
 from . import _experiments_vi as _experiments_vi  # registers the built-in experiments
+from . import _experiments_flow as _experiments_flow  # issue 13 §3 static flow benchmarks
 
 # --- the Lorenz-96 demo (the 0.1.0 main job) ---
 from ._demo import DemoResult as DemoResult, run_lorenz96_demo as run_lorenz96_demo

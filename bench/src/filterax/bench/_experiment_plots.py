@@ -9,7 +9,9 @@ Kinds, drawn only when the record's result holds their data:
 - ``gain-online``: the online gain error against time, exact trace term and plug-in (Fig. 3);
 - ``gain-heatmap``: the learned L96 gain as a heat map and its mean periodic bands (Fig. 4);
 - ``cost-surface``: per ensemble size, filled contours of the variational cost and of rmse.a
-  over inflation x radius, the VI optimum, the RMSE optimum and the descent path (Figs 5-6).
+  over inflation x radius, the VI optimum, the RMSE optimum and the descent path (Figs 5-6);
+- ``posterior-histogram``: histograms of the EnKF's and the flows' posterior samples over the
+  grid-computed posterior density (issue 13 §3, the static flow benchmarks).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ EXPERIMENT_PLOT_KINDS = {
     "gain-online": "Online gain error along time",
     "gain-heatmap": "Learned gain",
     "cost-surface": "Variational cost and rmse.a over inflation x radius",
+    "posterior-histogram": "Posterior samples over the exact density",
 }
 _BLUE, _ORANGE, _GREEN, _RED = "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"
 
@@ -180,6 +183,42 @@ def _surface(name: str, case: Mapping[str, Any]):
     return fig, caption
 
 
+def _posterior_histogram(name: str, r: Mapping[str, Any]):
+    fig_data = r.get("figure")
+    if not isinstance(fig_data, Mapping) or not fig_data.get("grid"):
+        return None
+    edges = fig_data.get("hist_edges") or []
+    hists = fig_data.get("hist") or {}
+    labels = {"enkf": ("EnKF", _ORANGE), "spline": ("spline flow", _BLUE)}
+    labels["affine"] = ("affine flow", _GREEN)
+    shown = [
+        m for m in labels if isinstance(hists.get(m), list) and len(hists[m]) + 1 == len(edges)
+    ]
+    if not shown:
+        return None
+    fig = Figure(figsize=(4.2 * len(shown), 3.6), layout="constrained")
+    axes = fig.subplots(1, len(shown), sharey=True, squeeze=False)[0]
+    for ax, m in zip(axes, shown, strict=True):
+        label, color = labels[m]
+        ax.stairs(hists[m], edges, fill=True, color=color, alpha=0.45, label="samples (seed 0)")
+        ax.plot(fig_data["grid"], fig_data["density"], "k-", lw=1.4, label="exact (grid)")
+        run = r.get(m)
+        w1 = run.get("w1_mean") if isinstance(run, Mapping) else None
+        ax.set_title(label + (f", W1 = {w1:.3f}" if isinstance(w1, int | float) else ""))
+        ax.set_xlabel("x")
+        ax.grid(True, alpha=0.3)
+    axes[0].set_ylabel("density")
+    _legend(axes[-1])
+    cfg = r.get("config") if isinstance(r.get("config"), Mapping) else {}
+    caption = (
+        f"Posterior samples of x given y* = {cfg.get('y_star', '?')} from N = "
+        f"{cfg.get('n', '?')} joint samples (seed 0), x_a = T(T^-1(x; y); y*), against the "
+        "posterior density computed on a grid. The EnKF's gain is about zero here, so it "
+        "returns the prior; W1 in the titles is the mean over seeds."
+    )
+    return fig, caption
+
+
 def _png_plot(kind: str, name: str, suffix: str, fig: Figure, caption: str, title: str) -> Plot:
     png = _to_png(fig)
     w, h = png_size(png)
@@ -222,6 +261,7 @@ def make_experiment_plots(records: Mapping[str, Any]) -> list[Plot]:
                 "gain-training": _gain_training,
                 "gain-online": _gain_online,
                 "gain-heatmap": _gain_heatmap,
+                "posterior-histogram": _posterior_histogram,
             }.get(kind)
             drawn = None if maker is None else maker(name, result)
             if drawn is not None:
