@@ -276,59 +276,74 @@ assert abs(diff.mean()) < tol
 # `presets.lorenz63_sparse("x1_squared")`: Lorenz-63 observed every 0.5 time units (50 RK4
 # steps) through $h(x) = x_1^2$ with $R = 2$. The square cannot tell the two lobes of the
 # attractor apart and the forecast of a half-unit window is far from Gaussian, so this is
-# where the Gaussian update is biased. We run, with the same $N$ members/particles on the same
-# twin: the stochastic EnKF, the conditional-flow filter (EnKF layer + two spline couplings,
-# warm-started each cycle, two noise copies per member) and a regularised bootstrap particle
-# filter (`BootstrapPF(reg=0.5)`; the model is deterministic, so without jitter the particles
-# collapse). The run is kept short for the docs executor; the scores are those of one twin.
+# where the Gaussian update is biased. We run, with the same $N = 500$ members/particles on the
+# same twin: the stochastic EnKF, the conditional-flow filter (EnKF layer + two spline
+# couplings, 20 Adam steps per cycle warm-started from the previous cycle, one noise copy per
+# member) and a regularised bootstrap particle filter (`BootstrapPF(reg=0.3)`; the model is
+# deterministic, so without jitter the particles collapse onto a few trajectories). The run is
+# short (60 cycles, the first 20 not scored) to fit the docs executor; the scores are those of
+# one twin. Each filter is compiled first (`jax.jit(...).lower(...).compile()`) and the
+# compiled run is timed.
 
 # %%
-N_L63, T_L63, BURN_L63, FLOW_STEPS = 100, 80, 20, 20
+N_L63, T_L63, BURN_L63, FLOW_STEPS = 500, 60, 20, 20
 l63 = presets.lorenz63_sparse("x1_squared")
 xp = l63.simulate(jax.random.key(0), T_L63)
 E0 = l63.initial_ensemble(jax.random.key(1), N_L63)
 flow_l63 = conditional_flow(jax.random.key(2), 3, 1, n_layers=2, width=16, normaliser=True)
 methods = {
     "StochasticEnKF": ff.EnsembleFilter(ff.StochasticEnKF()),
-    f"ConditionalFlowFilter ({FLOW_STEPS} steps/cycle)": ConditionalFlowFilter(
-        flow_l63, optax.adam(1e-2), n_steps=FLOW_STEPS, n_noise_copies=2
-    ),
-    "BootstrapPF (reg=0.5)": BootstrapPF(reg=0.5),
+    "ConditionalFlowFilter": ConditionalFlowFilter(flow_l63, optax.adam(1e-2), n_steps=FLOW_STEPS),
+    "BootstrapPF": BootstrapPF(reg=0.3),
 }
 
 rows = {}
 for name, method in methods.items():
-    run = eqx.filter_jit(lambda m, key: ff.run(m, l63, E0, xp.observations, xp.times, key=key))
-    out = run(method, jax.random.key(3))  # compile
-    out.analysis_mean.block_until_ready()
+    run = jax.jit(lambda key, m=method: ff.run(m, l63, E0, xp.observations, xp.times, key=key))
     t0 = time.perf_counter()
-    out = run(method, jax.random.key(3))
+    compiled = run.lower(jax.random.key(3)).compile()
+    t_compile = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    out = compiled(jax.random.key(3))
     out.analysis_mean.block_until_ready()
-    secs = (time.perf_counter() - t0) / T_L63
+    ms_cycle = 1e3 * (time.perf_counter() - t0) / T_L63
     s = out.scores(xp.truth, BURN_L63)
-    rows[name] = (float(s["rmse_a"]), float(s["spread_a"]), 1e3 * secs, bool(jnp.all(out.finite)))
+    rows[name] = dict(
+        rmse=float(s["rmse_a"]),
+        spread=float(s["spread_a"]),
+        ms=ms_cycle,
+        compile=t_compile,
+        ok=int(out.n_nonfinite) == 0,
+    )
 
 print(f"N = {N_L63}, {T_L63} cycles, scored after {BURN_L63}")
-print(f"| {'method':38s} | rmse.a | spread.a | ms/cycle |")
-print(f"|{'-' * 40}|--------|----------|----------|")
-for name, (r, sp, ms, _) in rows.items():
-    print(f"| {name:38s} | {r:6.2f} | {sp:8.2f} | {ms:8.2f} |")
+print(f"| {'method':22s} | rmse.a | spread.a | ms/cycle | compile s |")
+print(f"|{'-' * 24}|--------|----------|----------|-----------|")
+for name, r in rows.items():
+    print(
+        f"| {name:22s} | {r['rmse']:6.2f} | {r['spread']:8.2f} | {r['ms']:8.1f} "
+        f"| {r['compile']:9.1f} |"
+    )
 
 fig, ax = plt.subplots(figsize=(6, 3.6))
-for name, (r, _, ms, _) in rows.items():
-    ax.scatter(ms, r, s=40)
-    ax.annotate(name.split(" ")[0], (ms, r), textcoords="offset points", xytext=(5, 5))
+for name, r in rows.items():
+    ax.scatter(r["ms"], r["rmse"], s=40)
+    ax.annotate(name, (r["ms"], r["rmse"]), textcoords="offset points", xytext=(5, 5))
 ax.set(
     xscale="log",
     xlabel="ms per cycle (log)",
     ylabel="rmse.a",
-    title="Lorenz-63, x1^2 observed: cost vs accuracy",
+    title="Lorenz-63, x1^2 observed, N = 500: cost vs accuracy",
 )
 fig.tight_layout()
 
 # Every run stays finite.
-assert all(ok for *_, ok in rows.values())
-# The flow filter pays for its fit: each cycle costs at least 10x the EnKF's (20 optimiser
-# steps on 200 pairs against one linear solve; observed ~100x).
-ms = {name.split(" ")[0]: v[2] for name, v in rows.items()}
-assert ms["ConditionalFlowFilter"] > 10 * ms["StochasticEnKF"]
+assert all(r["ok"] for r in rows.values())
+# Both non-Gaussian filters beat the EnKF. Observed on this twin: EnKF 6.6, flow 5.8, PF 0.15
+# (another twin, seed 10: 6.6, 5.2, 3.0); the PF margin is large, the flow's ~10-20%.
+assert rows["BootstrapPF"]["rmse"] < 0.7 * rows["StochasticEnKF"]["rmse"]
+assert rows["ConditionalFlowFilter"]["rmse"] < rows["StochasticEnKF"]["rmse"]
+# The flow filter pays for its fit: it is the most expensive per cycle (observed ~7-10x the
+# EnKF, ~70x the PF); 2x is a margin that survives a loaded CI machine.
+assert rows["ConditionalFlowFilter"]["ms"] > 2 * rows["StochasticEnKF"]["ms"]
+assert rows["ConditionalFlowFilter"]["ms"] > 2 * rows["BootstrapPF"]["ms"]
