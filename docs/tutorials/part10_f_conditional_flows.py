@@ -320,7 +320,8 @@ assert rows["ConditionalFlowFilter"]["ms"] > 2 * rows["BootstrapPF"]["ms"]
 # column, and the longest compilation); with one global flow over the three-dimensional state,
 # 500 pairs and 20 warm-started steps per cycle its gain over the EnKF is modest. The
 # regularised bootstrap PF is both the cheapest and far the most accurate here: with 500
-# particles in three dimensions weight degeneracy is not yet a problem. The flow's advantage is where the PF has none: its cost grows with the
-# number of pairs and the size of the networks rather than exponentially with the effective
-# dimension, and with `n_steps = 0` it falls back exactly to the EnKF (section 3). The
-# static problem of section 2 shows what the flow can do when its fit is given enough steps.
+# particles in three dimensions weight degeneracy is not yet a problem. The flow's advantage
+# is where the PF has none: its cost grows with the number of pairs and the size of the
+# networks rather than exponentially with the effective dimension, and with `n_steps = 0` it
+# falls back exactly to the EnKF (section 3). The static problem of section 2 shows what the
+# flow can do when its fit is given enough steps.
