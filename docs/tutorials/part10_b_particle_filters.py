@@ -541,11 +541,12 @@ fig.suptitle(r"Lorenz-63 observed through $x_1^2$ every 0.5 (dashed line: end of
 
 # %% [markdown]
 # The EnKF's Gaussian update cannot represent "$x_1 \approx \pm 8$": it pulls the ensemble
-# towards $x_1 \approx 0$ whenever the members straddle the lobes, and its error stays near a
-# third of the climatological one. The particle filter follows the identifiable state closely
-# — and, when it has kept the right sign, the state itself (the last twin). It can also jump
-# to the mirror trajectory, which fits the data exactly as well (a long stretch of the first
-# twin): no observation will ever bring it back. Such losses are the practical face of the
+# towards $x_1 \approx 0$ whenever the members straddle the lobes, and its folded error stays
+# around 3 on every twin. The particle filter follows the identifiable state closely most of
+# the time — and, when it has kept the right sign, the state itself (the last twin). It can
+# also lose it: in the first twin it spends long stretches on the mirror trajectory, which
+# fits the data exactly as well, or split between the two (its mean then near 0), and no
+# observation can tell it which is right. Such losses are the practical face of the
 # degeneracy of the previous sections; more particles, a gentler jitter, or a prior that
 # pins down the sign make them rarer.
 #
