@@ -552,7 +552,7 @@ fig.suptitle(r"Lorenz-63 observed through $x_1^2$ every 0.5 (dashed line: end of
 #
 # ## When a particle filter fails
 #
-# Three kinds of bad observation at cycle 5 of the linear twin of 10.3 ($N = 200$):
+# Three kinds of bad observation at row 5 ($t = 6$) of the linear twin of 10.3 ($N = 200$):
 #
 # 1. a NaN observation is *missing*: the cycle leaves the weights alone and contributes 0 to
 #    the log-evidence;
@@ -603,5 +603,5 @@ ax.plot(times2[:12], truth2[:12, 0], "k", lw=1, label="truth")
 ax.axvline(times2[5], color="k", ls=":", lw=0.8)
 ax.set_xlabel("cycle")
 ax.set_ylabel("analysis mean of $x_1$")
-ax.set_title("a bad observation at cycle 5: missing, outlier, no surviving weight (NaN rows)")
+ax.set_title("a bad observation at t = 6 (row 5): missing, outlier, no surviving weight")
 ax.legend(fontsize=8)
