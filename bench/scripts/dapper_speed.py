@@ -259,6 +259,56 @@ def _rmse_a(analysis_mean, truth, burn: int) -> float:
     return float(np.mean(err[burn:]))
 
 
+def _compare(worker, request, call, jitted, args, repeats, n_cycles, truth, burn) -> dict:
+    """Time DAPPER (`request` to `worker`), the filterax ``call`` and its ``jitted`` form back
+    to back `repeats` times: the timing and rmse.a fields of a result row (ms per cycle from
+    the best repeat; rmse.a from the first)."""
+    load_before = os.getloadavg()
+    t = {"d": [], "c": [], "j": [], "dc": [], "cc": [], "jc": []}
+    rmse = {}
+    for _ in range(repeats):
+        reply = worker.run(request)
+        t["d"].append(reply["seconds"])
+        t["dc"].append(reply["cpu_seconds"])
+        seconds, cpu, res = _time(lambda: call(*args))
+        t["c"].append(seconds)
+        t["cc"].append(cpu)
+        seconds, cpu, _ = _time(lambda: jitted(*args))
+        t["j"].append(seconds)
+        t["jc"].append(cpu)
+        if not rmse:
+            rmse = {
+                "dapper": float(np.mean(np.asarray(reply["rmse_a_series"])[burn:])),
+                "filterax": _rmse_a(res.analysis_mean, truth, burn),
+                "filterax_status": int(res.status),
+            }
+    ms = {k: 1e3 * min(v) / n_cycles for k, v in t.items()}
+    return {
+        "dapper_ms_per_cycle": ms["d"],
+        "filterax_ms_per_cycle": ms["c"],
+        "filterax_jit_ms_per_cycle": ms["j"],
+        "ratio": ms["d"] / ms["c"],
+        "ratio_jit": ms["d"] / ms["j"],
+        "dapper_cpu_ms_per_cycle": ms["dc"],
+        "filterax_cpu_ms_per_cycle": ms["cc"],
+        "filterax_jit_cpu_ms_per_cycle": ms["jc"],
+        "ratio_cpu": ms["dc"] / ms["cc"],
+        "ratio_jit_cpu": ms["dc"] / ms["jc"],
+        "dapper_seconds": t["d"],
+        "filterax_seconds": t["c"],
+        "filterax_jit_seconds": t["j"],
+        "dapper_cpu_seconds": t["dc"],
+        "filterax_cpu_seconds": t["cc"],
+        "filterax_jit_cpu_seconds": t["jc"],
+        "rmse_a_dapper": rmse["dapper"],
+        "rmse_a_filterax": rmse["filterax"],
+        "rmse_burn_in_cycles": burn,
+        "filterax_status": rmse["filterax_status"],
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+    }
+
+
 def measure(name: str, n_cycles: int, repeats: int, seed: int, worker: DapperWorker, tmp: Path):
     model = presets.lorenz96_sakov2008()
     twin = model.simulate(jax.random.key(seed), n_cycles)
@@ -297,60 +347,18 @@ def measure(name: str, n_cycles: int, repeats: int, seed: int, worker: DapperWor
     # batch=1: one grid point per DAPPER local analysis (the LETKF's like-for-like setting).
     request = {"filter": name, "data": str(data), "infl": infl, "loc_rad": loc_rad, "seed": seed}
     request["batch"] = 1
-    load_before = os.getloadavg()
-    t_dapper, t_call, t_jit = [], [], []
-    c_dapper, c_call, c_jit = [], [], []
-    rmse = {}
-    for _ in range(repeats):
-        reply = worker.run(request)
-        t_dapper.append(reply["seconds"])
-        c_dapper.append(reply["cpu_seconds"])
-        seconds, cpu, res_call = _time(lambda: call(*args))
-        t_call.append(seconds)
-        c_call.append(cpu)
-        seconds, cpu, _ = _time(lambda: jitted(*args))
-        t_jit.append(seconds)
-        c_jit.append(cpu)
-        if not rmse:
-            rmse = {
-                "dapper": float(np.mean(np.asarray(reply["rmse_a_series"])[burn:])),
-                "filterax": _rmse_a(res_call.analysis_mean, twin.truth, burn),
-                "filterax_status": int(res_call.status),
-            }
-    best = {"d": t_dapper, "c": t_call, "j": t_jit, "dc": c_dapper, "cc": c_call, "jc": c_jit}
-    ms = {k: 1e3 * min(v) / n_cycles for k, v in best.items()}
-    return {
+    row = {
         "filter": name,
         "n_cycles": n_cycles,
         "n_ensemble": N_ENSEMBLE,
         "inflation": infl,
         "loc_rad": loc_rad,
-        "dapper_ms_per_cycle": ms["d"],
-        "filterax_ms_per_cycle": ms["c"],
-        "filterax_jit_ms_per_cycle": ms["j"],
-        "ratio": ms["d"] / ms["c"],
-        "ratio_jit": ms["d"] / ms["j"],
-        "dapper_cpu_ms_per_cycle": ms["dc"],
-        "filterax_cpu_ms_per_cycle": ms["cc"],
-        "filterax_jit_cpu_ms_per_cycle": ms["jc"],
-        "ratio_cpu": ms["dc"] / ms["cc"],
-        "ratio_jit_cpu": ms["dc"] / ms["jc"],
-        "dapper_seconds": t_dapper,
-        "filterax_seconds": t_call,
-        "filterax_jit_seconds": t_jit,
-        "dapper_cpu_seconds": c_dapper,
-        "filterax_cpu_seconds": c_call,
-        "filterax_jit_cpu_seconds": c_jit,
         "filterax_first_call_s": compile_call,
         "filterax_first_jit_call_s": compile_jit,
-        "rmse_a_dapper": rmse["dapper"],
-        "rmse_a_filterax": rmse["filterax"],
-        "rmse_burn_in_cycles": burn,
         "published_rmse_a": published,
-        "filterax_status": rmse["filterax_status"],
-        "load_average_before": load_before,
-        "load_average_after": os.getloadavg(),
     }
+    row.update(_compare(worker, request, call, jitted, args, repeats, n_cycles, twin.truth, burn))
+    return row
 
 
 # Particle filters side by side (issue 13 §3), DAPPER's tuned settings from its presets'
@@ -434,54 +442,18 @@ def measure_cycled(
     compile_jit, _, _ = _time(lambda: jitted(*args))
     request = {"hmm": module, "method": method, "kwargs": kwargs, "data": str(data)}
     request["seed"] = seed
-    load_before = os.getloadavg()
-    t = {"d": [], "c": [], "j": [], "dc": [], "cc": [], "jc": []}
-    rmse = {}
-    for _ in range(repeats):
-        reply = worker.run(request)
-        t["d"].append(reply["seconds"])
-        t["dc"].append(reply["cpu_seconds"])
-        seconds, cpu, res = _time(lambda: call(*args))
-        t["c"].append(seconds)
-        t["cc"].append(cpu)
-        seconds, cpu, _ = _time(lambda: jitted(*args))
-        t["j"].append(seconds)
-        t["jc"].append(cpu)
-        if not rmse:
-            rmse = {
-                "dapper": float(np.mean(np.asarray(reply["rmse_a_series"])[burn:])),
-                "filterax": _rmse_a(res.analysis_mean, twin.truth, burn),
-                "filterax_status": int(res.status),
-            }
-    ms = {k: 1e3 * min(v) / n_cycles for k, v in t.items()}
-    return {
+    row = {
         "filter": name,
         "n_cycles": n_cycles,
         "n_ensemble": n_particles,
         "dapper_method": f"{method}({kwargs})",
         "filterax_method": repr(filt),
-        "dapper_ms_per_cycle": ms["d"],
-        "filterax_ms_per_cycle": ms["c"],
-        "filterax_jit_ms_per_cycle": ms["j"],
-        "ratio": ms["d"] / ms["c"],
-        "ratio_jit": ms["d"] / ms["j"],
-        "dapper_cpu_ms_per_cycle": ms["dc"],
-        "filterax_cpu_ms_per_cycle": ms["cc"],
-        "filterax_jit_cpu_ms_per_cycle": ms["jc"],
-        "ratio_cpu": ms["dc"] / ms["cc"],
-        "ratio_jit_cpu": ms["dc"] / ms["jc"],
-        "dapper_seconds": t["d"],
-        "filterax_seconds": t["c"],
         "filterax_first_call_s": compile_call,
         "filterax_first_jit_call_s": compile_jit,
-        "rmse_a_dapper": rmse["dapper"],
-        "rmse_a_filterax": rmse["filterax"],
-        "rmse_burn_in_cycles": burn,
         "published_rmse_a": published,
-        "filterax_status": rmse["filterax_status"],
-        "load_average_before": load_before,
-        "load_average_after": os.getloadavg(),
     }
+    row.update(_compare(worker, request, call, jitted, args, repeats, n_cycles, twin.truth, burn))
+    return row
 
 
 def _cpu_name() -> str:
