@@ -331,41 +331,57 @@ def _resample_move(
     lw: Array,
     always: bool = False,
 ) -> _Resampled:
-    """Resample (when the ESS rule or `always` says so) and jitter (``reg > 0``)."""
+    """Resample (when the ESS rule or `always` says so) and jitter (``reg > 0``).
+
+    The resample-jitter branch runs under `jax.lax.cond`, so a cycle that keeps its weights
+    draws no jitter and gathers nothing (under `jax.vmap` both branches run and are selected;
+    the results are the same)."""
     n, n_x = particles.shape
     k_rs, k_jit = jax.random.split(key)
     resampler = filt.resampler
     if not callable(resampler):
         resampler = RESAMPLERS[resampler]
     ess = effective_sample_size(lw)
-    if filt.resampling == "stop_gradient":
-        ancestors, new_lw = stop_gradient_resample(k_rs, lw, n, resampler)
-    elif filt.resampling == "soft":
-        ancestors, new_lw = soft_resample(k_rs, lw, n, filt.soft_alpha, resampler)
-    else:
-        ancestors = resampler(k_rs, lw, n)
-        new_lw = jnp.full_like(lw, -math.log(n))
-    new = particles[ancestors]
-    reg = jnp.asarray(filt.reg, particles.dtype)
-    # DAPPER's regularize: jitter ~ N(0, (reg h)^2 C), C = C12^T C12 the weighted covariance;
-    # drawn through a PSD root of the (N_x, N_x) C, O(N N_x) per cycle (not DAPPER's N x N).
-    # The kernel's shape is a stop-gradient (an eigendecomposition has no usable gradient at
-    # repeated eigenvalues); the gradient with respect to `reg` is kept.
-    root = reg * _bandwidth(n, n_x) * _stopped_cov_root(particles, lw)
-    jitter = _mm(jax.random.normal(k_jit, (n, n_x), particles.dtype), root.T)
-    if filt.nuj:
-        counts = jnp.zeros(n, jnp.int32).at[ancestors].add(1)
-        jitter = jnp.where((counts[ancestors] > 1)[:, None], jitter, 0.0)
-    new = new + jitter
     if always:
         do = jnp.asarray(True)
     else:
         threshold = jnp.asarray(filt.ess_threshold, lw.dtype)
         do = (ess < threshold * n) | (threshold >= 1.0)
+    reg = jnp.asarray(filt.reg, particles.dtype)
+
+    def resample(particles: Array, lw: Array, reg: Array):
+        if filt.resampling == "stop_gradient":
+            ancestors, new_lw = stop_gradient_resample(k_rs, lw, n, resampler)
+        elif filt.resampling == "soft":
+            ancestors, new_lw = soft_resample(k_rs, lw, n, filt.soft_alpha, resampler)
+        else:
+            ancestors = resampler(k_rs, lw, n)
+            new_lw = jnp.full_like(lw, -math.log(n))
+        new = particles[ancestors]
+        # DAPPER's regularize: jitter ~ N(0, (reg h)^2 C), C = C12^T C12 the weighted
+        # covariance; drawn through a PSD root of the (N_x, N_x) C, O(N N_x) per cycle (not
+        # DAPPER's N x N). The kernel's shape is a stop-gradient (an eigendecomposition has
+        # no usable gradient at repeated eigenvalues); the gradient with respect to `reg` is
+        # kept.
+        root = reg * _bandwidth(n, n_x) * _stopped_cov_root(particles, lw)
+        jitter = _mm(jax.random.normal(k_jit, (n, n_x), particles.dtype), root.T)
+        if filt.nuj:
+            counts = jnp.zeros(n, jnp.int32).at[ancestors].add(1)
+            jitter = jnp.where((counts[ancestors] > 1)[:, None], jitter, 0.0)
+        return new + jitter, new_lw, ancestors.astype(jnp.int32)
+
+    def keep(particles: Array, lw: Array, reg: Array):
+        del reg
+        return particles, lw, jnp.arange(n, dtype=jnp.int32)
+
+    if always:
+        new, new_lw, ancestors = resample(particles, lw, reg)
+    else:
+        new, new_lw, ancestors = jax.lax.cond(do, resample, keep, particles, lw, reg)
     return _Resampled(
-        particles=jnp.where(do, new, particles),
-        log_weights=_normalise(jnp.where(do, new_lw, lw)),
-        ancestors=jnp.where(do, ancestors, jnp.arange(n, dtype=ancestors.dtype)),
+        particles=new,
+        log_weights=_normalise(new_lw),
+        ancestors=ancestors,
         ess=ess,
         resampled=do,
     )
