@@ -325,3 +325,16 @@ def test_surface_case_optima_and_basin(monkeypatch):
     spread = np.median(finite) - finite.min()  # median 4, min 1
     assert case["gd"]["cost_gap_rel"] == pytest.approx((1.2 - 1.0) / spread)
     assert case["gd"]["rmse_excess_rel"] == pytest.approx(0.15 / 0.1 - 1.0)
+    assert "gd_starts" not in case  # one start: no list
+
+    # Several starts: the first is the target's `gd`, all are listed and counted.
+    lands = iter([{"cost": 1.2, "rmse_a": 0.15}, {"cost": 3.9, "rmse_a": 0.4}])
+    monkeypatch.setattr(_vi_enkf, "descend", lambda *a, **k: dict(next(lands)))
+    case = _vi_enkf.surface_case(
+        "X", None, None, None, None, truth, infl, radii, None, (((1.4, 1.0), (1.0, 5.0)), 3)
+    )
+    assert [g["cost"] for g in case["gd_starts"]] == [1.2, 3.9]
+    assert case["gd"]["cost"] == 1.2
+    # gaps 0.2 / 3 and 2.9 / 3 of (median - min): neither within 5 %
+    assert case["gd_landed"] == 0
+    assert case["gd_starts"][1]["cost_gap_rel"] == pytest.approx((3.9 - 1.0) / spread)

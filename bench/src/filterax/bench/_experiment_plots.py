@@ -164,6 +164,11 @@ def _surface(name: str, case: Mapping[str, Any]):
         vi, rm = case["vi_opt"], case["rmse_opt"]
         ax.plot(vi["radius"], vi["inflation"], "r*", ms=13, label="VI optimum (grid)")
         ax.plot(rm["radius"], rm["inflation"], "wo", mec="k", ms=8, label="RMSE optimum (grid)")
+        for other in case.get("gd_starts", [])[1:]:
+            if isinstance(other, Mapping) and other.get("path"):
+                path = np.asarray(other["path"], dtype=float)
+                ax.plot(path[:, 1], path[:, 0], ".-", color="0.55", ms=3, lw=1)
+                ax.plot(path[-1, 1], path[-1, 0], "D", color="0.55", ms=5)
         gd = case.get("gd")
         if isinstance(gd, Mapping) and gd.get("path"):
             path = np.asarray(gd["path"], dtype=float)
@@ -178,6 +183,7 @@ def _surface(name: str, case: Mapping[str, Any]):
         "and its time-mean rmse.a on the inflation x radius grid (one vmapped call, the same "
         "key at every grid point); star: the grid's VI optimum, circle: its RMSE optimum"
         + ("; magenta: the L-BFGS path from a poor start" if "gd" in case else "")
+        + ("; grey: L-BFGS from the grid's other corners" if case.get("gd_starts") else "")
         + "."
     )
     return fig, caption

@@ -231,7 +231,8 @@ register_experiment(
         ),
         sizes={
             "quick": f"{_L96E}; 7 x 7 grid, 10 L-BFGS steps on log(lambda), log(l)",
-            "full": f"{_L96E}; the paper's 20 x 20 grid, 25 L-BFGS steps",
+            "full": f"{_L96E}; the paper's 20 x 20 grid, 25 L-BFGS steps from the poor start "
+            "and from the grid's corners",
         },
         plot=("cost-surface",),
         summary=tuple(
@@ -247,6 +248,7 @@ register_experiment(
                 "rmse_opt.radius",
                 "gd.rmse_excess_rel",
                 "vi_opt_rmse_excess_rel",
+                "gd_landed",
             )
         ),
     )

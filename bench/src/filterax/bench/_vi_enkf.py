@@ -11,9 +11,10 @@ ensemble size (`filterax.learn.vi_cost_surface`, 10 Gaussian-projection samples,
 grid points). Kuramoto-Sivashinsky: L = 22, 256 points, obs every 5 steps of dt = 0.25,
 Gamma = 0.5 I, Sigma = 0.01 I, J = 200; grid radius 1, 11, ..., 91 x linspace(1.01, 1.9, 10).
 
-Beyond the paper (`descend`): L-BFGS on (log lambda, log l) of the same cost from a poor start;
-where it lands, the grid optimum, and the filter's rmse.a at both beside the RMSE-optimal grid
-point (the VI optimum is not the RMSE optimum).
+Beyond the paper (`descend`): L-BFGS on (log lambda, log l) of the same cost from a poor start
+(on the paper's grid also from the grid's corners, `poor_starts`); where it lands, the grid
+optimum, and the filter's rmse.a at both beside the RMSE-optimal grid point (the VI optimum is
+not the RMSE optimum).
 
 Absolute costs differ from the authors' by the log-likelihood constant (VI_REPRODUCTION §1.4):
 subtract 8960 from the L96 costs here (the NLL carries the full Gaussian constant, +5724 over
@@ -43,6 +44,7 @@ __all__ = [
     "ks_problem",
     "l96_problem",
     "poor_start",
+    "poor_starts",
     "print_case",
     "rmse_a",
     "run_surfaces",
@@ -197,15 +199,22 @@ def surface_case(name, model, ens0, obs, times, truth, infl, radii, key, gd=None
     }
     if gd is not None:
         start, steps = gd
-        g = descend(model, ens0, obs, times, truth, start, steps, key)
+        starts = [start] if np.ndim(start) == 1 else list(start)
         finite = value[np.isfinite(value)]
         spread = float(np.median(finite) - np.min(finite))
-        # Where the descent lands relative to the grid: its cost gap to the grid minimum in
-        # units of (median - min) of the grid (<= 0: at least as low as the grid's best), and
-        # its rmse.a against the RMSE-optimal grid point.
-        g["cost_gap_rel"] = (g["cost"] - float(np.min(finite))) / spread if spread > 0 else 0.0
-        g["rmse_excess_rel"] = g["rmse_a"] / out["rmse_opt"]["rmse_a"] - 1.0
-        out["gd"] = g
+        runs = []
+        for s0 in starts:
+            g = descend(model, ens0, obs, times, truth, tuple(s0), steps, key)
+            # Where the descent lands relative to the grid: its cost gap to the grid minimum
+            # in units of (median - min) of the grid (<= 0: at least as low as the grid's
+            # best), and its rmse.a against the RMSE-optimal grid point.
+            g["cost_gap_rel"] = (g["cost"] - float(np.min(finite))) / spread if spread > 0 else 0.0
+            g["rmse_excess_rel"] = g["rmse_a"] / out["rmse_opt"]["rmse_a"] - 1.0
+            runs.append(g)
+        out["gd"] = runs[0]
+        if len(runs) > 1:
+            out["gd_starts"] = runs
+            out["gd_landed"] = int(sum(g["cost_gap_rel"] <= 0.05 for g in runs))
     return out
 
 
@@ -225,8 +234,7 @@ def print_case(case: dict[str, Any]) -> None:
         f"  {'RMSE optimum':14s} {r['radius']:7.1f} {r['inflation']:9.3f} {r['cost']:10.1f} "
         f"{r['rmse_a']:7.3f}"
     )
-    if "gd" in case:
-        g = case["gd"]
+    for g in case.get("gd_starts", [case["gd"]] if "gd" in case else []):
         print(f"  {'L-BFGS from':14s} {g['start'][1]:7.1f} {g['start'][0]:9.3f}")
         print(
             f"  {'L-BFGS lands':14s} {g['radius']:7.1f} {g['inflation']:9.3f} {g['cost']:10.1f} "
@@ -236,10 +244,26 @@ def print_case(case: dict[str, Any]) -> None:
     print(f"  best inflation per radius: {best}")
 
 
-# A poor start per ensemble size: the opposite corner of the grid from the paper's optimum.
+# Poor starts per ensemble size, the first the experiment's target: far from the paper's
+# optimum, with the grid's cost well above its minimum. The others (the grid's corners) show
+# where descent works: for N = 5 the large-radius corner is a rugged plateau (the filter is
+# near divergence, neighbouring grid costs differ by ~15 %) on which the exact gradient is
+# noise, and L-BFGS stops there (session measurements in the bench README).
+_CORNERS = ((1.01, 1.0), (1.9, 1.0), (1.01, 39.0), (1.9, 39.0))
+
+
+def poor_starts(n_ens: int) -> tuple[tuple[float, float], ...]:
+    """``(inflation, radius)`` starts far from the paper's optimum for this ensemble size,
+    the first the experiment's target (N <= 10: no inflation and radius 1; N > 10: radius 2),
+    then the grid's corners (and, for N <= 10, (1.8, 30), the large-radius plateau)."""
+    if n_ens <= 10:
+        return (*_CORNERS, (1.8, 30.0))
+    return ((1.05, 2.0), *_CORNERS)
+
+
 def poor_start(n_ens: int) -> tuple[float, float]:
-    """``(inflation, radius)`` far from the paper's optimum for this ensemble size."""
-    return (1.8, 30.0) if n_ens <= 10 else (1.05, 2.0)
+    """The first of `poor_starts`: the start the experiment's target is stated for."""
+    return poor_starts(n_ens)[0]
 
 
 def run_surfaces(
@@ -251,7 +275,8 @@ def run_surfaces(
     progress: Progress = None,
 ) -> dict[str, Any]:
     """`surface_case` for each ensemble size on `system` ("L96" or "KS") and grid `size`;
-    with `gd_steps`, `descend` from `poor_start` too. Returns ``{"<system>_N<n>": case}``."""
+    with `gd_steps`, `descend` from `poor_start` too (from every `poor_starts` on the
+    paper's grid). Returns ``{"<system>_N<n>": case}``."""
     problem = {"L96": l96_problem, "KS": ks_problem}[system]
     radii, infl = grid(system, size)
     key = jax.random.key(3)
@@ -262,7 +287,8 @@ def run_surfaces(
         if progress is not None:
             progress(f"{name} ({len(infl)}x{len(radii)} grid)", k, total)
         model, ens0, obs, times, truth = problem(n_ens)
-        gd = None if gd_steps is None else (poor_start(n_ens), gd_steps)
+        starts = poor_starts(n_ens) if size == "paper" else poor_starts(n_ens)[:1]
+        gd = None if gd_steps is None else (starts, gd_steps)
         out[name] = surface_case(name, model, ens0, obs, times, truth, infl, radii, key, gd)
     if progress is not None:
         progress(f"{system} surfaces", total, total)
