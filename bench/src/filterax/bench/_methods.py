@@ -22,6 +22,7 @@ from ._methods_enkf4d import enkf4d_methods
 from ._methods_envar import envar_methods
 from ._methods_nongaussian import nongaussian_enkf_methods
 from ._methods_particle import particle_methods
+from ._methods_transport import transport_methods
 from ._methods_variational import variational_methods
 from ._registry import (
     MethodConfig,
@@ -428,6 +429,7 @@ def _register_builtin() -> None:
         *amortised_methods(),
         *nongaussian_enkf_methods(),
         *particle_methods(),
+        *transport_methods(),
     ]:
         register_method(method)
     register_suite(
@@ -480,7 +482,7 @@ def _register_builtin() -> None:
         Suite(
             name="nongaussian",
             cells={
-                L63: ("ETKF-10", "EnKF_N-10", *pf_rows),
+                L63: ("ETKF-10", "EnKF_N-10", *pf_rows, "ETPF-100"),
                 "lorenz96_bocquet2010": (
                     "EnKF_N-8-xN1.3",
                     *pf_rows,
