@@ -99,8 +99,11 @@ class AbstractCycledMethod(eqx.Module):
       missing). `key` is the cycle's key, ``jax.random.fold_in(run_key, k)``; split it as the
       method needs (ensemble filters: `filterax.filters.cycle_keys`).
 
-    State must be a pytree of arrays of fixed shapes (it is the `lax.scan` carry); the driver
-    keeps the previous state when `CycleInfo.finite` is ``False``.
+    State must be a pytree of arrays of fixed shapes (it is the `lax.scan` carry): no
+    callables, strings or other non-array leaves. A method with a learned module keeps the
+    module's static part on itself and carries only its arrays (``eqx.filter(module,
+    eqx.is_array)``), rebuilding it with ``eqx.combine`` as `ConditionalFlowFilter.flow_of`
+    does. The driver keeps the previous state when `CycleInfo.finite` is ``False``.
     """
 
     @abc.abstractmethod
