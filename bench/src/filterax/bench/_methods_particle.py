@@ -11,7 +11,7 @@ the ESS threshold, ``reg`` the jitter scale, ``Qs`` the proposal's extra spread)
 | `BootstrapPF-800` | lorenz96_bocquet2010 | NER 0.2, reg 0.8 | 0.25 |
 | `OptimalProposalPF-100` | lorenz96_bocquet2010 | NER 0.2, reg 1.0, Qs 0.3 | 0.37 |
 | `OptimalProposalPF-800` | lorenz96_bocquet2010 | NER 0.2, reg 0.6, Qs 0.1 | 0.25 |
-| `EnKFProposalPF-100` | lorenz96_bocquet2010 | NER 0.2, Qs 1.0, xN 100, wroot_max 5 | 0.32 (PFxN_EnKF) |
+| `EnKFProposalPF-100` | lorenz96_bocquet2010 | NER 0.2, Qs 1.0, xN 100 | 0.32 (PFxN_EnKF) |
 
 and on the Lorenz-63 sparse benchmarks (no published scores) `BootstrapPF-800` (NER 0.2,
 reg 0.9, as on sakov2012) and `FlowFilter-100` (`filterax.learn.ConditionalFlowFilter`: the
