@@ -333,3 +333,17 @@ def test_enkf_proposal_l96_bocquet2010_does_not_diverge():
     assert int(out.status) == 0
     rmse = np.sqrt(np.mean((np.asarray(out.analysis_mean) - np.asarray(twin.truth)) ** 2, -1))
     assert rmse[50:].mean() < 1.0, rmse[50:].mean()
+
+
+def test_enkf_proposal_gradient_is_finite():
+    # grad-safe: the proposal's eigendecompositions are stop-gradients (repeated eigenvalues
+    # here: H = I, isotropic Q and R), the weight-root loop carries only integers.
+    method = EnKFProposalPF(xn=2, ess_threshold=0.8, resampling="stop_gradient")
+
+    def evidence(scale, key):
+        x0 = jax.random.normal(jax.random.fold_in(key, 99), (16, 2))
+        return ff.run(method, _model(scale), x0, Y, TIMES, key=key).log_likelihood.sum()
+
+    keys = jax.random.split(jax.random.key(7), 4)
+    grads = np.asarray(jax.jit(jax.vmap(jax.grad(evidence), in_axes=(None, 0)))(1.0, keys))
+    assert np.all(np.isfinite(grads)) and np.unique(grads).size == grads.size

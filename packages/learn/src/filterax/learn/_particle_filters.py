@@ -1023,7 +1023,7 @@ class EnKFProposalPF(fxp.AbstractCycledMethod):
             centres = mu + shift
             # Kernel whitening and the optimal-proposal covariance P = Q^{1/2}(I+G)^{-1}Q^{1/2}.
             whiten, root = _psd_whitening(jax.lax.stop_gradient(q))
-            gq = lik.whitened_rows(_mm(h, root))
+            gq = jax.lax.stop_gradient(lik.whitened_rows(_mm(h, root)))
             gamma, u_vecs = jnp.linalg.eigh(jnp.eye(n_x, dtype=dtype) + _mm(gq.T, gq))
             t_half = u_vecs * jnp.sqrt(gamma)[None, :]
             t_mat = _mm(t_half, u_vecs.T)  # (I + G)^{1/2}
