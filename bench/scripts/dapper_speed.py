@@ -18,8 +18,9 @@ Particle filters (``--filters PartFilt-L63-100 PartFilt-L63-800 PartFilt-L96b-10
 ``Lorenz96.bocquet2010``) with the tuned settings of their "Suggested tuning" tables, against
 `filterax.learn.BootstrapPF` / `OptimalProposalPF` with the same ``NER`` (ESS threshold),
 ``reg`` (jitter) and ``Qs``, run by `filterax.filters.run` on the same twin and initial
-particles. DAPPER's truth ``xx`` at the model steps between observations repeats the next
-observed truth (only the analysis-time errors are read).
+particles; ``PFxN_EnKF`` (``NER``, ``Qs``, ``xN``, default ``re_use``/``wroot_max``) against
+`filterax.learn.EnKFProposalPF` (``xn``). DAPPER's truth ``xx`` at the model steps between
+observations repeats the next observed truth (only the analysis-time errors are read).
 
 DAPPER runs in a subprocess of ``--dapper-python`` (a venv with ``dapper==1.8.1``) with
 ``OMP_NUM_THREADS=MKL_NUM_THREADS=OPENBLAS_NUM_THREADS=1``, no live plotting, no progress bar,
@@ -399,6 +400,11 @@ PF_CASES = {
         "lorenz96_bocquet2010", "Lorenz96.bocquet2010", "OptPF",
         {"reg": 0.6, "NER": 0.2, "Qs": 0.1},
         _pf("OptimalProposalPF", ess_threshold=0.2, reg=0.6, qs=0.1), 800, 0.25,
+    ),
+    "PFxN_EnKF-L96b-100": (
+        "lorenz96_bocquet2010", "Lorenz96.bocquet2010", "PFxN_EnKF",
+        {"NER": 0.2, "Qs": 1.0, "xN": 100},
+        _pf("EnKFProposalPF", ess_threshold=0.2, qs=1.0, xn=100), 100, 0.32,
     ),
 }  # fmt: skip
 

@@ -33,6 +33,9 @@ FILTERS = {
     "auxiliary": AuxiliaryPF(),
     "optimal": OptimalProposalPF(),
     "enkf": EnKFProposalPF(),
+    # DAPPER's PFxN_EnKF structure: 4 children per particle, the NER test picking the
+    # bootstrap step in some cycles and the EnKF-proposal step in others.
+    "enkf_x4": EnKFProposalPF(xn=4, ess_threshold=0.8),
 }
 
 
@@ -220,6 +223,12 @@ def test_bad_configuration_raises():
     noiseless = fxp.Model(lambda x, t0, t1: x, jnp.eye(2), R)
     with pytest.raises(ValueError, match="qs > 0"):
         ff.run(EnKFProposalPF(), noiseless, x0, Y, TIMES, key=jax.random.key(0))
+    for bad in (0, 2.5, True):
+        # our ValueError, or jaxtyping's TypeCheckError (a TypeError) on the int annotation
+        with pytest.raises((ValueError, TypeError), match="xn"):
+            EnKFProposalPF(xn=bad)
+    with pytest.raises(ValueError, match="wroot_max"):
+        EnKFProposalPF(wroot_max=0.5)
 
 
 def test_regularisation_jitters_duplicates_only():
@@ -250,3 +259,91 @@ def test_regularisation_jitters_duplicates_only():
     assert 0 < kept.sum() < kept.size and n_unique == kept.size
     moved, _ = matches(step(BootstrapPF(ess_threshold=1.0, reg=1.0, nuj=False)))
     assert not moved.any()  # nuj=False: every particle jittered
+
+
+def test_enkf_proposal_both_branches_and_moments():
+    kf = _kalman()
+    boot, x4 = _runs("bootstrap"), _runs("enkf_x4")
+    # The NER test (ESS of W_i g(y | mu_i) < 0.8 N) chose each branch in some cycles, so the
+    # evidence test above covers the bootstrap step and the xn = 4 mixture step together.
+    triggered = x4[3] < 0.8 * N
+    assert triggered.any() and not triggered.all()
+
+    def err(run):
+        return np.sqrt(np.mean((run[1] - np.asarray(kf.analysis_mean)[None]) ** 2))
+
+    def spread_err(run):
+        return np.sqrt(np.mean((run[2] - np.asarray(kf.analysis_spread)[None]) ** 2))
+
+    # 4 EnKF-centred children per particle with mixture weights: closer to the Kalman
+    # moments than the bootstrap filter with the same N (the RMS over 64 keys x 16 entries
+    # has a relative sd of ~ 5 %).
+    assert err(x4) < err(boot)
+    # and converging: 4x the particles halves the Monte Carlo error in theory; > 1.4x is a
+    # safe margin (N = 64 -> 256).
+    small = _runs("enkf_x4", n=N // 4, seed=3)
+    assert err(x4) < err(small) / 1.4
+    assert spread_err(x4) < spread_err(small) / 1.4
+
+
+def test_enkf_proposal_degenerate_weights_freeze_the_run():
+    # Every child's likelihood underflows (residual^2 = inf): status 1 at that cycle and a
+    # frozen, finite state, never a NaN analysis passed on as a number.
+    y = Y.at[3, 0].set(1e200)
+    keys = jax.random.split(jax.random.key(1), KEYS)
+    _, _, _, _, status, first, state_finite = _runner("enkf_x4", N)(keys, y)
+    assert np.all(np.asarray(status) == ff.RunResult.NONFINITE)
+    assert np.all(np.asarray(first) == 3)
+    assert np.all(np.asarray(state_finite))
+
+
+def test_enkf_proposal_duplicated_particles_singular_covariance():
+    # No process noise, qs > 0 and 3 collinear points repeated: C_w (hence Q = (qs h)^2 C_w
+    # and P) has rank 1, where a Cholesky factor fails. The kernel densities live on the
+    # line through the particles; the run must stay finite and the children on that line.
+    model = fxp.Model(_Linear(jnp.asarray(A)), jnp.eye(2), R)
+    line = jnp.array([[0.0, 0.0], [1.0, 0.5], [-1.0, -0.5]])
+    x0 = jnp.tile(line, (6, 1))
+    out = ff.run(
+        EnKFProposalPF(qs=0.5, xn=3, ess_threshold=1.0), model, x0, Y, TIMES,
+        key=jax.random.key(5), throw=False, save="ensembles",
+    )  # fmt: skip
+    assert int(out.status) == 0
+    assert bool(jnp.all(jnp.isfinite(out.analysis_mean)))
+    # A x is linear, so every particle stays on the image line: the determinant of the
+    # particles' 2x2 covariance is ~ 0 (1e-10 relative: round-off).
+    c = np.cov(np.asarray(out.analyses.particles[-1]).T)
+    assert abs(np.linalg.det(c)) < 1e-10 * np.trace(c) ** 2
+
+
+def test_enkf_proposal_l96_bocquet2010_does_not_diverge():
+    # Regression: the weighted-EnKF proposal (B = C_w + Q, per-particle weights) died after
+    # ~30 cycles on DAPPER's bocquet2010 with qs = 1 (a failed Cholesky of duplicated
+    # particles). 150 cycles, N = 50, xn = 4 (DAPPER: N = 100, xN = 100, rmse.a 0.32): no
+    # failure, and an analysis error far below the climatological spread (~ 3.6).
+    from filterax.zoo.presets import lorenz96_bocquet2010
+
+    ssm = lorenz96_bocquet2010()
+    twin = ssm.simulate(jax.random.key(0), 150)
+    x0 = ssm.initial_ensemble(jax.random.key(1), 50)
+    out = ff.run(
+        EnKFProposalPF(qs=1.0, xn=4, ess_threshold=0.2), ssm, x0, twin.observations,
+        twin.times, key=jax.random.key(2), throw=False,
+    )  # fmt: skip
+    assert int(out.status) == 0
+    rmse = np.sqrt(np.mean((np.asarray(out.analysis_mean) - np.asarray(twin.truth)) ** 2, -1))
+    assert rmse[50:].mean() < 1.0, rmse[50:].mean()
+
+
+def test_enkf_proposal_gradient_is_finite():
+    # grad-safe: the proposal's eigendecompositions are stop-gradients (repeated eigenvalues
+    # here: H = I, isotropic Q and R), the weight-root loop carries only integers.
+    method = EnKFProposalPF(xn=2, ess_threshold=0.8, resampling="stop_gradient")
+
+    def evidence(scale, key):
+        x0 = jax.random.normal(jax.random.fold_in(key, 99), (16, 2))
+        return ff.run(method, _model(scale), x0, Y, TIMES, key=key).log_likelihood.sum()
+
+    keys = jax.random.split(jax.random.key(7), 4)
+    grads = np.asarray(jax.jit(jax.vmap(jax.grad(evidence), in_axes=(None, 0)))(1.0, keys))
+    assert np.all(np.isfinite(grads)) and np.unique(grads).size == grads.size

@@ -824,7 +824,11 @@ COLUMNS: tuple[Column, ...] = (
     _score_column("rmse_f", "rmse.f", "forecast rmse: time mean per seed, mean over seeds"),
     _score_column("rmse_s", "rmse.s", "smoothed-estimate rmse (smoothers)"),
     _score_column("spread_a", "spread.a", "analysis spread, √(mean ensemble variance)"),
-    _score_column("crps", "CRPS", "fair ensemble CRPS (closed form for Gaussian filters)"),
+    _score_column(
+        "crps",
+        "CRPS",
+        "fair ensemble CRPS (weighted for particle filters, closed form for Gaussian filters)",
+    ),
     _score_column("rank_delta", "rank δ", "χ²/(B−1) of the rank histogram: 1 = flat"),
     _score_column("log_likelihood", "log-lik", "mean log p(y_k | y_1:k-1) per cycle"),
     Column(

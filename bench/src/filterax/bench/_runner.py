@@ -55,7 +55,7 @@ __all__ = [
 RESULTS_SCHEMA = 1
 DIVERGENCE_FRACTION = 0.5  # default: rmse.a > 0.5 x climatology (REFERENCES.md) = diverged
 MAX_SERIES_POINTS = 500
-PIT_BINS = 21  # rank-histogram bins for Gaussian (parametric) filters
+PIT_BINS = 21  # PIT-histogram bins for Gaussian filters and weighted particles
 
 
 class Trajectory(eqx.Module):
@@ -64,6 +64,8 @@ class Trajectory(eqx.Module):
     - `analysis_mean`, `forecast_mean`: ``(T, N_x)``.
     - `ensembles`: ``(T, N_e, N_x)`` analysis ensembles (for CRPS and the rank histogram), or
       ``None`` when `variances` describe a Gaussian.
+    - `log_weights`: ``(T, N_e)`` log-weights of weighted `ensembles` (a particle filter's
+      saved `ParticleState`), or ``None`` for equally weighted members.
     - `variances`: ``(T, N_x)`` analysis variances of a Gaussian filter, or ``None``.
     - `analysis_spread`: ``(T,)`` DAPPER's ``rmv.a``; computed from `ensembles`/`variances`
       when ``None``.
@@ -79,6 +81,7 @@ class Trajectory(eqx.Module):
     analysis_mean: Float[Array, "T N_x"]
     forecast_mean: Float[Array, "T N_x"]
     ensembles: Float[Array, "T N_e N_x"] | None = None
+    log_weights: Float[Array, "T N_e"] | None = None
     variances: Float[Array, "T N_x"] | None = None
     analysis_spread: Float[Array, " T"] | None = None
     log_likelihood: Float[Array, " T"] | None = None
@@ -172,12 +175,20 @@ def vi_cost_series(result: Any, model: Any, observations: Array) -> Array | None
 def _trajectory(result: Any, full: bool, vi_cost: Array | None = None) -> Trajectory:
     """A `Trajectory` from a `filterax.filters.RunResult` (ensembles when they were saved)."""
     ensembles = result.analyses if full else None
-    if ensembles is not None and not _is_ensemble_series(ensembles):
+    log_weights = None
+    particles = getattr(ensembles, "particles", None)
+    if _is_ensemble_series(particles) and isinstance(
+        getattr(ensembles, "log_weights", None), jax.Array
+    ):
+        # weighted particles (filterax.learn.ParticleState): scored with their weights
+        ensembles, log_weights = particles, ensembles.log_weights
+    elif ensembles is not None and not _is_ensemble_series(ensembles):
         ensembles = None  # a non-ensemble belief (a Gaussian state): no ensemble scores
     return Trajectory(
         analysis_mean=result.analysis_mean,
         forecast_mean=result.forecast_mean,
         ensembles=ensembles,
+        log_weights=log_weights,
         analysis_spread=result.analysis_spread,
         log_likelihood=result.log_likelihood,
         nonfinite=result.status == result.NONFINITE,
@@ -265,8 +276,14 @@ def _gaussian_crps(mean: Array, std: Array, truth: Array) -> Array:
     return std * (z * (2 * cdf - 1) + 2 * pdf - 1 / jnp.sqrt(jnp.pi))
 
 
+def _pit_histogram(pit: Array) -> Array:
+    """Counts of probability-integral-transform values in `PIT_BINS` equal bins."""
+    bins = jnp.clip(jnp.floor(pit * PIT_BINS).astype(jnp.int32), 0, PIT_BINS - 1)
+    return jnp.sum(bins.reshape(-1)[:, None] == jnp.arange(PIT_BINS)[None, :], axis=0)
+
+
 def _score(traj: Trajectory, truth: Array, burn: int, full: bool, climatology: Array) -> CellOutput:
-    from filterax.primitives import crps_ensemble, rank_histogram, rms_spread, rmse
+    from filterax.primitives import crps_ensemble, rank_histogram, rms_spread, rmse, weighted_crps
 
     truth = truth.astype(traj.analysis_mean.dtype)
 
@@ -292,7 +309,17 @@ def _score(traj: Trajectory, truth: Array, burn: int, full: bool, climatology: A
     if nonfinite is None:
         nonfinite = ~jnp.all(jnp.isfinite(traj.analysis_mean))
     crps = hist = None
-    if full and traj.ensembles is not None:
+    if full and traj.ensembles is not None and traj.log_weights is not None:
+        # Weighted particles (a particle filter's analysis: reweighted and not yet resampled,
+        # or carrying weight-root compensation weights): the CRPS of the weighted empirical
+        # distribution, with the unbiased 1/(1 - sum W^2) spread term (= the fair CRPS for
+        # equal weights); the histogram of the weighted PIT sum_i W_i 1{x_i <= y}.
+        fair_crps = jax.vmap(functools.partial(weighted_crps, fair=True))
+        crps = jnp.mean(fair_crps(traj.ensembles, traj.log_weights, truth), axis=-1)
+        w = jax.nn.softmax(traj.log_weights[burn:], axis=-1)
+        below = traj.ensembles[burn:] <= truth[burn:, None, :]
+        hist = _pit_histogram(jnp.sum(w[:, :, None] * below, axis=1))
+    elif full and traj.ensembles is not None:
         # The fair CRPS (Ferro 2014): unbiased for the distribution the members are drawn
         # from, so ensembles of different sizes (and Gaussian filters) compare.
         fair_crps = jax.vmap(functools.partial(crps_ensemble, fair=True))
@@ -303,9 +330,7 @@ def _score(traj: Trajectory, truth: Array, burn: int, full: bool, climatology: A
         crps = jnp.mean(_gaussian_crps(traj.analysis_mean, std, truth), axis=-1)
         # Probability-integral transform: the limit of the rank histogram of an infinite
         # ensemble drawn from the Gaussian, in PIT_BINS equal bins.
-        pit = jax.scipy.stats.norm.cdf((truth - traj.analysis_mean) / std)[burn:]
-        bins = jnp.clip(jnp.floor(pit * PIT_BINS).astype(jnp.int32), 0, PIT_BINS - 1)
-        hist = jnp.sum(bins.reshape(-1)[:, None] == jnp.arange(PIT_BINS)[None, :], axis=0)
+        hist = _pit_histogram(jax.scipy.stats.norm.cdf((truth - traj.analysis_mean) / std)[burn:])
     rmse_s = None if traj.smoothed_mean is None else error(traj.smoothed_mean)
     vi_cost = None
     if full and traj.vi_cost is not None:

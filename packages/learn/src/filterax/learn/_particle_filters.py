@@ -773,44 +773,170 @@ class OptimalProposalPF(fxp.AbstractCycledMethod):
         return ParticleState(moved.particles, moved.log_weights), info
 
 
+_WROOT_STEP = 0.1
+
+
+def _psd_whitening(cov: Array) -> tuple[Array, Array]:
+    """``(whiten, root)`` of a symmetric PSD matrix from its eigendecomposition: ``root
+    root^T = cov`` and ``x @ whiten`` the whitened coordinates of ``x`` in ``range(cov)``;
+    directions with eigenvalue ``<= 100 N_x eps max(eig)`` (duplicated particles, no noise)
+    are dropped from both (zero columns) instead of failing like a Cholesky factor would."""
+    vals, vecs = jnp.linalg.eigh(0.5 * (cov + cov.T))
+    top = jnp.maximum(jnp.max(vals), 0.0)
+    keep = vals > top * (100.0 * cov.shape[0] * jnp.finfo(cov.dtype).eps)
+    safe = jnp.where(keep, vals, 1.0)
+    whiten = vecs * jnp.where(keep, 1.0 / jnp.sqrt(safe), 0.0)[None, :]
+    root = vecs * jnp.where(keep, jnp.sqrt(safe), 0.0)[None, :]
+    return whiten, root
+
+
+def _sq_dist(a: Array, b: Array) -> Array:
+    """``|a_m - b_j|^2`` for all row pairs, as one matrix product (rows centred by the caller)."""
+    d2 = jnp.sum(a * a, axis=1)[:, None] - 2.0 * _mm(a, b.T) + jnp.sum(b * b, axis=1)[None, :]
+    return jnp.maximum(d2, 0.0)
+
+
+def _reduce(filt: Any, key: PRNGKeyArray, lw: Array, n: int) -> tuple[Array, Array, Array]:
+    """DAPPER's "resample and reduce" of ``PFxN``: ``n`` ancestors out of ``len(lw)`` drawn
+    from the flattened weights ``W^{1/r}`` with the smallest ``r = 1, 1.1, ...`` (``<
+    wroot_max``) that gives no duplicate, compensated by ``W^{1 - 1/r}`` (Liu 2001, §3.1: the
+    weighted sample stays unbiased). Returns ``(ancestors, log_weights, r)``."""
+    m = lw.shape[0]
+    resampler = filt.resampler if callable(filt.resampler) else RESAMPLERS[filt.resampler]
+    if filt.resampling == "soft":
+        ancestors, new = soft_resample(key, lw, n, filt.soft_alpha, resampler)
+        return ancestors, _normalise(new), jnp.asarray(1.0, lw.dtype)
+    base = jax.lax.stop_gradient(lw)
+    n_tries = jnp.ceil((jnp.asarray(filt.wroot_max, lw.dtype) - 1.0) / _WROOT_STEP - 1e-6)
+    n_tries = jnp.maximum(n_tries, 1.0).astype(jnp.int32)
+
+    def draw(i):
+        wroot = 1.0 + _WROOT_STEP * i.astype(lw.dtype)
+        ancestors = resampler(jax.random.fold_in(key, i), base / wroot, n)
+        counts = jnp.zeros(m, jnp.int32).at[ancestors].add(1)
+        return ancestors, jnp.any(counts > 1)
+
+    def cond(carry):
+        i, _, duplicated = carry
+        return duplicated & (i < n_tries)
+
+    def body(carry):
+        i, _, _ = carry
+        return (i + 1, *draw(i))
+
+    first = draw(jnp.asarray(0, jnp.int32))
+    i, ancestors, _ = jax.lax.while_loop(cond, body, (jnp.asarray(1, jnp.int32), *first))
+    inv = 1.0 / (1.0 + _WROOT_STEP * (i - 1).astype(lw.dtype))
+    picked = lw[ancestors]
+    finite = jnp.isfinite(picked)
+    safe = jnp.where(finite, picked, 0.0)
+    if filt.resampling == "stop_gradient":
+        # value W^{1 - 1/r}; gradient that of log W^{1/r}, the sampling probability (Ścibior &
+        # Wood 2021's score-function term, generalised to the flattened weights)
+        new = (
+            safe * inv
+            - jax.lax.stop_gradient(safe * inv)
+            + jax.lax.stop_gradient(safe * (1.0 - inv))
+        )
+    else:
+        new = jax.lax.stop_gradient(safe * (1.0 - inv))
+    new = jnp.where(finite, new, -jnp.inf)
+    return ancestors, _normalise(new), 1.0 / inv
+
+
 class EnKFProposalPF(fxp.AbstractCycledMethod):
-    r"""A particle filter whose proposal is an EnKF analysis of each particle (weighted EnKF).
+    r"""DAPPER's ``PFxN_EnKF``: a particle filter whose proposal is centred on an EnKF analysis
+    of each particle, with ``xn``-fold oversampling and exact mixture importance weights.
 
-    With ``\mu^i = \mathcal M(x_{k-1}^i)``, the transition kernel ``N(x; \mu^i, Q)`` (``Q`` =
-    ``model.process_noise`` + DAPPER's ``Qs`` term ``(qs\,h)^2 C_w``, positive definite) and
-    the ensemble forecast covariance ``B = C_w(\mu) + Q``, each particle is moved by the
-    Kalman update of ``B`` (the observation operator linearised at the weighted mean, exact
-    for a linear one):
+    Cycle ``k``: ``\mu^i = \mathcal M(x_{k-1}^i)`` with weights ``W^i``. When the bootstrap
+    weights ``W^i g(y_k\mid\mu^i)`` keep ``ESS >= ess_threshold · N`` (DAPPER's ``NER``
+    test), the cycle is a bootstrap step without resampling (``x^i = \mu^i + \xi^i``, ``\xi^i
+    \sim N(0, Q_m)``, ``\log w^i \mathrel{+}= \log g(y_k\mid x^i)``). Otherwise:
 
-    $$K = BH^\top(HBH^\top + R)^{-1},\quad P = (I-KH)B(I-KH)^\top + KRK^\top,\quad
-    x_k^i \sim q_i = N\big(\mu^i + K(y_k - h(\mu^i)),\ P\big),$$
+    1. **Kernel and proposal.** The transition kernel of the weights is ``N(x; \mu^j, Q)``,
+       ``Q = Q_m + (q_s h)^2 C_w`` (``Q_m`` = ``model.process_noise``, ``C_w`` the weighted
+       covariance of ``\mu``, ``h = N^{-1/(N_x+4)}`` Scott's bandwidth; DAPPER's ``Qs``
+       regularisation). Each parent proposes ``xn`` children from
 
-    and weighted by the exact importance ratio
+       $$q_i = N\big(c^i,\ P\big),\quad c^i = \mu^i + K_B\big(y_k - h(\mu^i)\big),\quad
+       K_B = BH^\top(HBH^\top + R)^{-1},\ B = C_w + Q_m,$$
 
-    $$\log w_k^i = \log w_{k-1}^i + \log g(y_k\mid x_k^i) + \log N(x_k^i;\ \mu^i, Q)
-    - \log q_i(x_k^i),$$
+       $$P = (I - K_QH)\,Q = Q^{1/2}(I + G)^{-1}Q^{1/2},\quad
+       G = Q^{1/2}H^\top R^{-1}HQ^{1/2}:$$
 
-    so the filter stays consistent (and its evidence estimate unbiased) for nonlinear
-    observations too; the EnKF proposal only has to cover the posterior. Then the ESS rule
-    resamples (and ``reg`` jitters) as in `BootstrapPF`.
+       the EnKF (no perturbations) centre of DAPPER, and the covariance of the optimal
+       proposal for the kernel — DAPPER's docstring ("the posterior mean of (2) and cov of
+       (1)"); ``H`` is the observation operator linearised at the weighted mean.
+    2. **Weights.** With ``\pi(x) = \sum_j W^j N(x; \mu^j, Q)\,g(y_k\mid x)`` and the
+       proposal mixture ``\psi(x) = \frac1N\sum_j q_j(x)``, every child gets
 
-    **Arguments:** `qs` (DAPPER's ``Qs``), and the resampling arguments of `BootstrapPF`.
-    Without process noise ``qs`` must be positive (the transition density needs ``Q > 0``).
+       $$\omega = \pi(x)/\psi(x),\qquad \hat p(y_k\mid y_{<k}) = \frac{1}{N x_N}
+       \sum_{i,l}\omega(x^{il}),$$
+
+       the deterministic-mixture weights (Owen & Zhou 2000; the marginal particle filter of
+       Klaas, de Freitas & Doucet 2005): unbiased, and far less variable than the
+       per-parent ratio ``W^i N(x; \mu^i, Q) g / q_i`` when the EnKF shift ``c^i - \mu^i``
+       is large compared with ``Q`` (the divergence of the earlier version). Both ``N x N
+       x_N`` density tables are matrix products in the whitened coordinates of ``Q``.
+    3. **Resample and reduce** the ``N x_N`` children to ``N`` (DAPPER's ``wroot`` loop):
+       resample from ``W^{1/r}`` with ``r = 1, 1.1, ...`` until no child is drawn twice or
+       ``r`` reaches ``wroot_max``, and weight the survivors by ``W^{1 - 1/r}``; so the
+       carried weights are in general *not* uniform. ``reg > 0`` then jitters duplicates as
+       in `BootstrapPF` (DAPPER's ``PFxN_EnKF`` has no jitter; default 0).
+
+    Covariance roots are eigendecompositions with the null space dropped, so duplicated
+    particles (a singular ``C_w``) never fail a Cholesky; the kernel densities are then
+    taken on ``range(Q)``, where every particle, centre and child lies.
+
+    **Deviations from DAPPER** (``dapper/da_methods/particle.py``, ``PFxN_EnKF``): DAPPER
+    weights a child by ``g(x)\,N(x - c^i; 0, Q) / \exp(-\tfrac12 \lVert z\rVert^2 N_x/N)``
+    (the prior kernel evaluated at the displacement from the *centre*, a heuristic its
+    comments call "correct: (ED - E_orig)"), with ``P`` the EnKF analysis covariance of
+    ``C_w``; that is not an importance weight, so its evidence is biased. Here the weights
+    are exact (the evidence estimate is unbiased, tested against the Kalman filter).
+    DAPPER's ``re_use`` (the same normal draws every cycle) is not offered (fresh draws);
+    when ``wroot_max`` is reached with duplicates DAPPER keeps the forecast ensemble with
+    the last weights, here the last draw is kept; the NER test uses ``g(y\mid\mu^i)``
+    before the model noise is drawn (identical without model noise, and a choice measurable
+    with respect to the past, so unbiasedness holds); the analysis statistics are those of
+    the ``N x_N`` weighted children, the saved ``analysis`` the reduced ``N`` weighted
+    particles. Gradients flow through the dynamics, the likelihood and the weights; the
+    gain, the kernel and proposal roots are stop-gradients.
+
+    **Arguments:**
+
+    - `qs`: DAPPER's ``Qs`` (the kernel's scale; default 0, then ``Q = Q_m``). Without
+      process noise ``qs`` must be positive.
+    - `xn`: children per particle (DAPPER's ``xN``, static; default 1).
+    - `wroot_max`: the largest weight root of the reduction (DAPPER's default 5.0; 1.0 =
+      plain resampling).
+    - `ess_threshold`: DAPPER's ``NER`` (default 0.5; ``>= 1`` every cycle).
+    - `resampler`, `resampling`, `soft_alpha`, `reg`, `nuj`: as `BootstrapPF` (``"soft"``
+      resamples once, without the weight-root loop).
 
     **Initial condition:** an ``(N, N_x)`` ensemble, or a `ParticleState`.
 
+    **Cost:** ``O(N^2 x_N N_x)`` per triggered cycle (the two mixture tables), plus
+    ``N x_N`` observation-operator calls.
+
     **Reference:** Papadakis, Mémin, Cuzol & Gengembre (2010), *Data assimilation with the
-    weighted ensemble Kalman filter*, Tellus A 62; DAPPER's ``PFxN_EnKF`` (which adds ``xN``
-    duplication, a square-root centre update and weight-root adjustment; not implemented).
+    weighted ensemble Kalman filter*, Tellus A 62; Klaas, de Freitas & Doucet (2005),
+    *Toward practical N^2 Monte Carlo: the marginal particle filter*, UAI; Owen & Zhou
+    (2000), *Safe and effective importance sampling*, JASA 95; Liu (2001), *Monte Carlo
+    strategies in scientific computing*, §3.1 (weight roots). DAPPER:
+    ``PFxN_EnKF(N, Qs, xN, re_use, wroot_max, NER)``.
 
     **Example:**
 
     ```python
-    out = ff.run(EnKFProposalPF(), model, x0, y, times, key=jax.random.key(1))
+    out = ff.run(EnKFProposalPF(qs=1.0, xn=100, ess_threshold=0.2), model, x0, y, times,
+                 key=jax.random.key(1))
     ```
     """
 
     qs: float | Array = 0.0
+    xn: int = eqx.field(static=True, default=1)
+    wroot_max: float | Array = 5.0
     ess_threshold: float | Array = 0.5
     resampler: Any = eqx.field(static=True, default="systematic")
     resampling: str = eqx.field(static=True, default="standard")
@@ -823,6 +949,18 @@ class EnKFProposalPF(fxp.AbstractCycledMethod):
         _check_common(owner, self.ess_threshold, self.resampler, self.resampling, self.soft_alpha)
         _check_nonnegative(owner, "reg", self.reg, "the regularisation jitter scale")
         _check_nonnegative(owner, "qs", self.qs, "DAPPER's Qs proposal-kernel scale")
+        if isinstance(self.xn, bool) or not isinstance(self.xn, int | np.integer) or self.xn < 1:
+            raise ValueError(
+                f"{owner}: xn is the number of children each particle proposes (DAPPER's xN), "
+                f"a Python int >= 1 (e.g. 100); got {self.xn!r}."
+            )
+        value = fxp.concrete_value(self.wroot_max)
+        if value is not None and (value.ndim != 0 or not np.isfinite(value) or value < 1.0):
+            raise ValueError(
+                f"{owner}: wroot_max is the largest weight root of the reduction (DAPPER's "
+                f"default 5.0; 1.0 = plain resampling), a finite scalar >= 1; got "
+                f"{self.wroot_max!r}."
+            )
 
     def init(self, key: PRNGKeyArray, initial: Any, model: fxp.AbstractModel) -> ParticleState:
         """Uniformly weighted particles from the ``(N, N_x)`` initial ensemble."""
@@ -847,52 +985,114 @@ class EnKFProposalPF(fxp.AbstractCycledMethod):
         t: Real[Array, ""],
         obs: Float[Array, " N_y"],
     ) -> tuple[ParticleState, fxp.CycleInfo]:
-        """EnKF-proposal move, importance weights, resample-move (class docstring)."""
+        """NER test; bootstrap step, or EnKF-centred xn-fold proposal, mixture weights and
+        resample-and-reduce (class docstring)."""
         owner = "EnKFProposalPF"
-        k_prop, k_rs = jax.random.split(key)
-        x = state.particles
+        k_noise, k_prop, k_rs, k_jit = jax.random.split(key, 4)
+        x, lw_prev = state.particles, state.log_weights
         n, n_x = x.shape
         dtype = x.dtype
         mu = _flow(owner, model, x, t_prev, t)
         obs = jnp.asarray(obs).astype(dtype)
         observed_mu = _observe(owner, model, mu, obs)
-        mask = jnp.isfinite(obs)
-        w_prev = _weights(state.log_weights)
-        mean = _mm(w_prev, mu)
-        _, h = linearize_obs(model.obs_op, jax.lax.stop_gradient(mean))
-        hm = jnp.where(mask[:, None], h.astype(dtype), 0.0)
-        q = _effective_noise(owner, model, mu, state.log_weights, self.qs)
-        root = _weighted_root(mu, state.log_weights)
-        b = _mm(root.T, root) + q
-        r = _masked_obs_noise(owner, model, mask, dtype)
-        s = _mm(_mm(hm, b), hm.T) + r
-        chol_s = jnp.linalg.cholesky(0.5 * (s + s.T))
-        gain = jsl.cho_solve((chol_s, True), _mm(hm, b)).T
-        ikh = jnp.eye(n_x, dtype=dtype) - _mm(gain, hm)
-        cov = _mm(_mm(ikh, b), ikh.T) + _mm(_mm(gain, r), gain.T)
-        chol_p = jnp.linalg.cholesky(0.5 * (cov + cov.T))
-        residual = jnp.where(mask[None, :], obs[None, :] - observed_mu, 0.0)
-        centres = mu + _mm(residual, gain.T)
-        z = jax.random.normal(k_prop, (n, n_x), dtype)
-        new = centres + _mm(z, chol_p.T)
-        chol_q = jnp.linalg.cholesky(0.5 * (q + q.T))
-        log_prior = _gaussian_loglik(
-            new - mu, chol_q, jnp.sum(jnp.log(jnp.diagonal(chol_q))), jnp.asarray(n_x)
+        q_root = _process_root(owner, model, n_x, dtype)
+        q_model = _noise_matrix(owner, model.process_noise, n_x, dtype, "process_noise")
+        try:
+            lik = fxp.GaussianObsLikelihood.build(obs, model.obs_noise, dtype)
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"{owner}: obs_noise: {err}") from None
+        lw_boot = _normalise(lw_prev + lik.log_density_rows(observed_mu))
+        ess = effective_sample_size(lw_boot)
+        threshold = jnp.asarray(self.ess_threshold, dtype)
+        trigger = (ess < threshold * n) | (threshold >= 1.0)
+
+        def bootstrap(_):
+            new = mu
+            if q_root is not None:
+                new = mu + _mm(jax.random.normal(k_noise, (n, n_x), dtype), q_root.T)
+            lw = lw_prev + lik.log_density_rows(_observe(owner, model, new, obs))
+            increment = _increment(lw, lw_prev)
+            lw = _normalise(lw)
+            mean, spread = _weighted_mean_spread(new, lw)
+            return new, lw, increment, mean, spread
+
+        def enkf(_):
+            m = n * self.xn
+            w_prev = _weights(jax.lax.stop_gradient(lw_prev))
+            centre = jax.lax.stop_gradient(_mm(w_prev, mu))
+            _, h = linearize_obs(model.obs_op, centre)
+            h = h.astype(dtype)
+            cw_root = jax.lax.stop_gradient(_weighted_root(mu, lw_prev))
+            c_w = _mm(cw_root.T, cw_root)
+            b = c_w if q_model is None else c_w + q_model
+            scale = jnp.asarray(self.qs, dtype) * _bandwidth(n, n_x)
+            q = jax.lax.stop_gradient(scale * scale) * c_w
+            q = q if q_model is None else q + jax.lax.stop_gradient(q_model)
+            # EnKF centres c_i = mu_i + K_B (y - h(mu_i)) (missing entries dropped) through the
+            # push-through identity K_B r = B^{1/2} (I + Gb^T Gb)^{-1} Gb^T R^{-1/2} r,
+            # Gb = R^{-1/2} H B^{1/2}: an (N_x, N_x) solve, PSD-safe for a singular B.
+            b_half = _psd_root(jax.lax.stop_gradient(b))
+            gb = lik.whitened_rows(_mm(h, b_half))
+            core = jnp.eye(n_x, dtype=dtype) + _mm(gb.T, gb)
+            white_resid = lik.whitened_residuals(observed_mu)  # rows R^{-1/2}(y - h(mu_i))
+            shift = _mm(jnp.linalg.solve(core, _mm(white_resid, gb).T).T, b_half.T)
+            centres = mu + shift
+            # Kernel whitening and the optimal-proposal covariance P = Q^{1/2}(I+G)^{-1}Q^{1/2}.
+            whiten, root = _psd_whitening(jax.lax.stop_gradient(q))
+            gq = jax.lax.stop_gradient(lik.whitened_rows(_mm(h, root)))
+            gamma, u_vecs = jnp.linalg.eigh(jnp.eye(n_x, dtype=dtype) + _mm(gq.T, gq))
+            t_half = u_vecs * jnp.sqrt(gamma)[None, :]
+            t_mat = _mm(t_half, u_vecs.T)  # (I + G)^{1/2}
+            t_inv = _mm(u_vecs / jnp.sqrt(gamma)[None, :], u_vecs.T)
+            half_logdet = 0.5 * jnp.sum(jnp.log(gamma))
+            z = jax.random.normal(k_prop, (n, self.xn, n_x), dtype)
+            disp = _mm(_mm(z.reshape(m, n_x), t_inv), root.T)
+            children = jnp.repeat(centres, self.xn, axis=0) + disp
+            # Mixture densities in whitened coordinates (centred: no cancellation).
+            origin = centre[None, :]
+            u = _mm(children - origin, whiten)
+            a = _mm(mu - origin, whiten)
+            c = _mm(centres - origin, whiten)
+            log_kernel = jax.nn.logsumexp(lw_prev[None, :] - 0.5 * _sq_dist(u, a), axis=1)
+            log_g = lik.log_density_rows(_observe(owner, model, children, obs))
+            log_psi = (
+                jax.nn.logsumexp(-0.5 * _sq_dist(_mm(u, t_mat), _mm(c, t_mat)), axis=1)
+                - math.log(n)
+                + half_logdet
+            )
+            log_omega = log_kernel + log_g - log_psi
+            increment = jax.nn.logsumexp(log_omega) - math.log(m) - jax.nn.logsumexp(lw_prev)
+            lw_children = _normalise(log_omega)
+            mean, spread = _weighted_mean_spread(children, lw_children)
+            ancestors, lw_new, _ = _reduce(self, k_rs, lw_children, n)
+            new = children[ancestors]
+            reg = jnp.asarray(self.reg, dtype)
+            jit_root = reg * _bandwidth(n, n_x) * _stopped_cov_root(children, lw_children)
+            jitter = _mm(jax.random.normal(k_jit, (n, n_x), dtype), jit_root.T)
+            if self.nuj:
+                counts = jnp.zeros(m, jnp.int32).at[ancestors].add(1)
+                jitter = jnp.where((counts[ancestors] > 1)[:, None], jitter, 0.0)
+            return new + jitter, lw_new, increment, mean, spread
+
+        new, lw, increment, a_mean, a_spread = jax.lax.cond(trigger, enkf, bootstrap, None)
+        f_mean, f_spread = _weighted_mean_spread(
+            mu, lw_prev, None if q_model is None else jnp.diagonal(q_model)
         )
-        log_prop = _gaussian_loglik(
-            new - centres, chol_p, jnp.sum(jnp.log(jnp.diagonal(chol_p))), jnp.asarray(n_x)
+        finite = (
+            jnp.isfinite(increment)
+            & fxp.is_finite(mu, new, a_mean)
+            & jnp.all(jnp.isfinite(lw) | (lw == -jnp.inf))
         )
-        log_g = _obs_loglik(owner, model, _observe(owner, model, new, obs), obs)
-        lw = state.log_weights + log_g + log_prior - log_prop
-        increment = _increment(lw, state.log_weights)
-        lw = _normalise(lw)
-        moved = _resample_move(self, k_rs, new, lw)
-        info = _cycle_info(
-            ParticleState(mu, state.log_weights),
-            ParticleState(new, lw),
-            jnp.diagonal(q),
-            increment,
-            _innovation(obs, observed_mu, state.log_weights),
-            moved,
+        info = fxp.CycleInfo(
+            forecast_mean=f_mean,
+            forecast_spread=f_spread,
+            analysis_mean=a_mean,
+            analysis_spread=a_spread,
+            log_likelihood=increment,
+            innovation=_innovation(obs, observed_mu, lw_prev),
+            finite=finite,
+            forecast=ParticleState(mu, lw_prev),
+            analysis=ParticleState(new, lw),
+            diagnostics=ParticleDiagnostics(ess, trigger),
         )
-        return ParticleState(moved.particles, moved.log_weights), info
+        return ParticleState(new, lw), info

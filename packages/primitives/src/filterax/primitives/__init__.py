@@ -186,4 +186,5 @@ from ._scores import (
     rms_spread as rms_spread,
     rmse as rmse,
     spread_skill_ratio as spread_skill_ratio,
+    weighted_crps as weighted_crps,
 )
