@@ -36,6 +36,8 @@ def test_amortised_row_loads_its_weights_and_runs_five_cycles(row, base_row, ben
     assert bench_name in method.settings
     amortised = method.build_filter({}, bench)
     network = amortised.kernel.network
+    if isinstance(network, am.MeanCorrection):
+        network = network.network
     # Trained weights were read (the zero-initialised last layer is the untrained net).
     assert float(jnp.max(jnp.abs(network.rho.layers[-1].weight))) > 0.0
 
@@ -56,3 +58,18 @@ def test_amortised_row_loads_its_weights_and_runs_five_cycles(row, base_row, ben
     )
     ref = ff.run(base_filter, ssm, x0, xp.observations, xp.times, key=jax.random.key(9))
     assert not np.allclose(run.analysis_mean, ref.analysis_mean, atol=1e-8, rtol=0)
+
+
+def test_mean_correction_shifts_every_member_alike_and_keeps_the_anomalies():
+    net = am.load_network(am.L96_WEIGHTS, am.l96_network)
+    rng = np.random.default_rng(0)
+    xf = jnp.asarray(rng.normal(size=(10, 40)) + 2.0)
+    xb = xf + 0.2 * jnp.asarray(rng.normal(size=(10, 40)))
+    delta = np.asarray(net(xf, xb))
+    inner = np.asarray(net.network(xf, xb))
+    # every member gets the member-mean of the inner network's output (1e-12: round-off)
+    np.testing.assert_allclose(delta, np.broadcast_to(inner.mean(0), delta.shape), atol=1e-12)
+    assert float(np.max(np.abs(delta))) > 1e-4  # a non-trivial correction
+    # ... so the analysis anomalies are those of the base analysis
+    xa = np.asarray(xb) + delta
+    np.testing.assert_allclose(xa - xa.mean(0), xb - xb.mean(0), atol=1e-12)

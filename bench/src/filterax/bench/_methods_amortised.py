@@ -23,11 +23,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import equinox as eqx
+
 from ._registry import MethodConfig
 
 __all__ = [
     "L63_WEIGHTS",
     "L96_WEIGHTS",
+    "MeanCorrection",
     "amortised_methods",
     "l63_amortised_filter",
     "l63_network",
@@ -71,8 +74,32 @@ def l63_amortised_filter(network: Any) -> Any:
     )
 
 
+class MeanCorrection(eqx.Module):
+    r"""A correction network restricted to a common shift of the members.
+
+    $$\delta_i = \frac1{N_e}\sum_j \mathrm{net}(X^f, X^b)_j\quad\text{for every member } i:$$
+
+    the analysis mean moves, the base analysis anomalies (its spread) are kept. Why on L96:
+    a per-member correction trained on windows of the LETKF-10's own states learns to shrink
+    the (over-dispersed, spread 0.24 vs rmse.a 0.20) ensemble, which scores better over a
+    window but, cycled, removes the spread-error feedback of the base filter (a member spread
+    that grows with the error raises the gain); the filter then lost the truth on some seeds.
+    Permutation-invariant shift, so still equivariant; zero when `network` outputs zero.
+
+    **Arguments:** `network`: a ``network(forecast, base_analysis) -> (N_e, N_x)`` module.
+    """
+
+    network: Any
+
+    def __call__(self, forecast: Any, base_analysis: Any) -> Any:
+        import jax.numpy as jnp
+
+        delta = self.network(forecast, base_analysis)
+        return jnp.broadcast_to(jnp.mean(delta, axis=0, keepdims=True), delta.shape)
+
+
 def l96_network(key: Any, n_state: int = 40) -> Any:
-    """The L96 network's architecture: a radius-2 stencil shared by all sites.
+    """The L96 network's architecture: a radius-2 stencil shared by all sites, mean shift only.
 
     Scales: the climatological sd of L96 (F = 8) is 3.6; the LETKF-10's forecast spread on
     sakov2008 is ~0.2, its increments a few tenths; a unit output of ``rho`` moves a member
@@ -80,15 +107,17 @@ def l96_network(key: Any, n_state: int = 40) -> Any:
     """
     import filterax.learn as fl
 
-    return fl.EquivariantEnsembleNet(
-        n_state,
-        24,
-        1,
-        key=key,
-        radius=L96_STENCIL,
-        state_scale=3.6,
-        anomaly_scale=0.3,
-        output_scale=0.05,
+    return MeanCorrection(
+        fl.EquivariantEnsembleNet(
+            n_state,
+            24,
+            1,
+            key=key,
+            radius=L96_STENCIL,
+            state_scale=3.6,
+            anomaly_scale=0.3,
+            output_scale=0.05,
+        )
     )
 
 
