@@ -71,5 +71,6 @@ def test_mean_correction_shifts_every_member_alike_and_keeps_the_anomalies():
     np.testing.assert_allclose(delta, np.broadcast_to(inner.mean(0), delta.shape), atol=1e-12)
     assert float(np.max(np.abs(delta))) > 1e-4  # a non-trivial correction
     # ... so the analysis anomalies are those of the base analysis
-    xa = np.asarray(xb) + delta
+    xb = np.asarray(xb)
+    xa = xb + delta
     np.testing.assert_allclose(xa - xa.mean(0), xb - xb.mean(0), atol=1e-12)
