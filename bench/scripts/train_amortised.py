@@ -3,7 +3,9 @@
 ``--system l63`` (default): base = the leaderboard's ``ETKF-10`` on ``lorenz63_sakov2012``
 (N_e = 10, infl 1.02, rotation), a dense network. ``--system l96``: base = the leaderboard's
 ``LETKF-10`` on ``lorenz96_sakov2008`` (N_e = 10, infl 1.04, DAPPER loc_rad 6, no rotation), a
-radius-2 STENCIL network shared by the 40 sites (translation- and permutation-equivariant).
+radius-2 STENCIL network shared by the 40 sites (translation- and permutation-equivariant),
+its output averaged over the members (`MeanCorrection`: a per-member correction learned to
+shrink the over-dispersed ensemble and, cycled, lost the truth on some seeds).
 
 1. Offline (10.10): `filterax.learn.fit_amortised`, fair CRPS of the analysis ensembles
    against the truth on random windows of a training twin (keys 100-103, never scored; the

@@ -10,7 +10,9 @@ is drawn from ``fold_in(key(s), 0)``, the training twins from ``key(100)`` .. ``
   permutation-equivariant network; weights ``amortised_l63.eqx``.
 - ``Amortised-LETKF-10`` (``lorenz96_sakov2008``): the registered ``LETKF-10`` (infl 1.04,
   DAPPER loc_rad 6, no rotation) plus a STENCIL network (one network shared by the 40 sites,
-  translation- and permutation-equivariant); weights ``amortised_l96.eqx``.
+  translation- and permutation-equivariant) whose output is averaged over the members
+  (`MeanCorrection`: the mean moves, the LETKF's anomalies are kept); weights
+  ``amortised_l96.eqx``.
 
 The weights ship as package data and are loaded with `eqx.tree_deserialise_leaves` into the
 skeletons built here (same architecture as the script): training takes minutes, too slow to
