@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import equinox as eqx
+import jax.numpy as jnp
 
 from ._registry import MethodConfig
 
@@ -94,8 +95,6 @@ class MeanCorrection(eqx.Module):
     network: Any
 
     def __call__(self, forecast: Any, base_analysis: Any) -> Any:
-        import jax.numpy as jnp
-
         delta = self.network(forecast, base_analysis)
         return jnp.broadcast_to(jnp.mean(delta, axis=0, keepdims=True), delta.shape)
 
