@@ -231,7 +231,10 @@ class AmortisedAnalysis(fxp.AbstractSequentialFilter):
     **Arguments:**
 
     - `base`: an analysis kernel (`filterax.filters.ETKF()`, `StochasticEnKF()`, ...). A
-      localising base needs its geometry in ``EnsembleFilter(context=...)``.
+      localising base (`filterax.filters.LETKF`) needs its geometry in
+      ``EnsembleFilter(context=fxp.geometry_context(model))`` (the driver gives the model's
+      geometry only to a kernel that is itself an `AbstractLocalFilter`); without it
+      `analysis` raises `ValueError`. With a stencil network the pair is local end to end.
     - `network`: an `EquivariantEnsembleNet` (any ``network(forecast, base_analysis) ->
       (N_e, N_x)`` equinox module works; equivariance is then yours to keep).
 
@@ -282,6 +285,18 @@ class AmortisedAnalysis(fxp.AbstractSequentialFilter):
         obs_noise: Any,
         **context: Any,
     ) -> fxp.Analysis:
+        if isinstance(self.base, fxp.AbstractLocalFilter) and (
+            context.get("state_coords") is None or context.get("obs_coords") is None
+        ):
+            # EnsembleFilter hands the model's geometry only to a kernel that localises
+            # itself; the wrapper is not one (its base may or may not be), so the geometry
+            # must come through EnsembleFilter(context=...).
+            raise ValueError(
+                f"AmortisedAnalysis({type(self.base).__name__}(...), ...) localises through its "
+                "base, which needs state_coords and obs_coords. Pass them to the driver: "
+                "EnsembleFilter(AmortisedAnalysis(...), context=filterax.primitives."
+                "geometry_context(model))."
+            )
         base = self.base.analysis(key, forecast, obs, obs_op, obs_noise, **context)
         particles = jnp.asarray(base.particles)
         correction = jnp.asarray(self.network(forecast, particles))
