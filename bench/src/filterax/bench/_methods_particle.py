@@ -62,6 +62,42 @@ def _flow_filter(params: dict[str, Any]):
     )
 
 
+def _local_flow_filter(params: dict[str, Any], benchmark: Any):
+    import jax
+    import optax
+
+    import filterax.learn as fl
+    import filterax.primitives as fxp
+
+    # One flow per patch of `patch_size` grid points; its conditioner is built for the largest
+    # number of observations within `halo` of a patch on this benchmark's observation grid.
+    ssm = benchmark.ssm
+    n_x = int(ssm.x0_mean.shape[0])
+    patch_size, halo = int(params["patch_size"]), float(params["halo"])
+    patches = fxp.create_patches(n_x, patch_size=patch_size)
+    period = ssm.distance.period if isinstance(ssm.distance, fxp.PeriodicDistance) else None
+    obs_idx, _ = fxp.assign_obs_to_patches(ssm.obs_coords, patches, halo=halo, period=period)
+    flow = fl.conditional_flow(
+        jax.random.key(0),
+        patch_size,
+        int(obs_idx.shape[1]),
+        n_layers=int(params["n_layers"]),
+        kind=str(params["kind"]),
+        width=int(params["width"]),
+        depth=1,
+        normaliser=True,
+    )
+    return fl.LocalConditionalFlowFilter(
+        flow,
+        patches,
+        halo,
+        optax.adam(float(params["lr"])),
+        n_steps=int(params["n_steps"]),
+        n_noise_copies=int(params["n_noise_copies"]),
+        inflation=params["inflation"],
+    )
+
+
 def particle_methods() -> list[MethodConfig]:
     """The `MethodConfig` rows of the module docstring."""
     pf = {"ner": 0.2, "reg": 0.9}
