@@ -105,7 +105,9 @@ def test_untrained_is_the_domain_localised_perturbed_observation_enkf(getkey, ta
     max_obs = fxp.assign_obs_to_patches(
         jnp.asarray(OBS_SITES, float), patches, halo=halo, period=float(N_X)
     )[0].shape[1]
-    flow = conditional_flow(getkey(), 3, max_obs, n_layers=2, width=8, depth=1, normaliser=True)
+    flow = conditional_flow(
+        getkey(), 3, max_obs, n_layers=1, kind="affine", width=8, depth=1, normaliser=True
+    )
     method = LocalConditionalFlowFilter(
         flow, patches, halo, n_steps=0, taper_radius=taper, blend="uniform"
     )
@@ -129,14 +131,14 @@ def test_untrained_with_a_global_halo_is_the_global_flow_filter(getkey):
     patches = fxp.create_patches(N_X, patch_size=1)
     n_y = OBS_SITES.size
     local = LocalConditionalFlowFilter(
-        conditional_flow(getkey(), 1, n_y, n_layers=1, width=8, depth=1, normaliser=True),
+        conditional_flow(getkey(), 1, n_y, n_layers=1, kind="affine", width=4, normaliser=True),
         patches,
         halo=float(N_X),
         n_steps=0,
         n_noise_copies=2,
     )
     glob = ConditionalFlowFilter(
-        conditional_flow(getkey(), N_X, n_y, n_layers=1, width=8, normaliser=True),
+        conditional_flow(getkey(), N_X, n_y, n_layers=1, kind="affine", width=4, normaliser=True),
         n_steps=0,
         n_noise_copies=2,
     )
@@ -164,19 +166,21 @@ class _Poison(AbstractConditionalBijection):
 
 def test_non_finite_flow_analyses_fall_back_to_the_local_enkf(getkey):
     patches = fxp.create_patches(N_X, patch_size=2)
-    base = conditional_flow(getkey(), 2, 4, n_layers=1, width=8, depth=1, normaliser=True)
-    clean = LocalConditionalFlowFilter(base, patches, 2.0, n_steps=0)
+    halo = 2.0
+    base = conditional_flow(
+        getkey(), 2, 4, n_layers=1, kind="affine", width=4, depth=1, normaliser=True
+    )
     poisoned = LocalConditionalFlowFilter(
-        ConditionalFlow([*base.layers, _Poison()]), patches, 2.0, n_steps=0
+        ConditionalFlow([*base.layers, _Poison()]), patches, halo, n_steps=0
     )
     ens0 = jax.random.normal(getkey(), (N_E, N_X))
-    key, model, obs = getkey(), _static_model(), jnp.asarray(OBS)
-    ref_state, _ = _step(clean, model, ens0, key, obs)
-    state, info = _step(poisoned, model, ens0, key, obs)
+    key, obs = getkey(), jnp.asarray(OBS)
+    state, info = _step(poisoned, _static_model(), ens0, key, obs)
     assert int(info.diagnostics.n_fallback) == patches.n_patches * N_E
     assert bool(info.finite)
-    # the fallback is the local EnKF analysis, which the clean flow reproduces to round-off
-    np.testing.assert_allclose(state.particles, ref_state.particles, rtol=0, atol=1e-12)
+    # every (patch, member) took the local EnKF analysis (non-overlapping patches of 2)
+    ref = _numpy_local_enkf(ens0, _eps(key, N_E), OBS, range(0, N_X, 2), 2, halo, None)
+    np.testing.assert_allclose(state.particles, ref, rtol=0, atol=1e-11)
 
 
 def _l96_twin(n_cycles):
@@ -201,13 +205,15 @@ def _l96_twin(n_cycles):
 
 
 def test_trained_run_on_small_lorenz96_is_finite_deterministic_and_no_worse(getkey):
-    n_cycles, n_e = 40, 40
+    # N_e = 100 as on the benchmark: with 40 members a patch's flow overfits its pairs
+    n_cycles, n_e = 30, 100
     ssm, xp = _l96_twin(n_cycles)
     patches = fxp.create_patches(N_X, patch_size=2)
     halo = 3.0
     max_obs = fxp.assign_obs_to_patches(ssm.obs_coords, patches, halo=halo, period=12.0)[0]
     flow = conditional_flow(
-        jax.random.key(5), 2, max_obs.shape[1], n_layers=2, width=8, depth=1, normaliser=True
+        jax.random.key(5), 2, max_obs.shape[1], n_layers=2, kind="affine", width=8, depth=1,
+        normaliser=True,
     )
     trained = LocalConditionalFlowFilter(flow, patches, halo, optax.adam(3e-3), n_steps=10)
     untrained = LocalConditionalFlowFilter(flow, patches, halo, n_steps=0)
@@ -234,8 +240,9 @@ def test_trained_run_on_small_lorenz96_is_finite_deterministic_and_no_worse(getk
     again, _, _ = rmse(trained, keys)
     np.testing.assert_array_equal(again, flow_rmse)
     assert float(flow_rmse[0]) != float(flow_rmse[1])
-    # No worse than the local EnKF it starts from: 2 keys x 30 scored cycles on a chaotic
-    # model give a spread of the time-mean rmse of ~10% between keys; allow 20% on the mean.
+    # No worse than the local EnKF it starts from: 2 keys x 20 scored cycles on a chaotic
+    # model give a spread of the time-mean rmse of ~5-10% between keys (observed 0.35-0.39
+    # for the local EnKF over 4 keys); allow 20% on the mean of 2.
     assert float(jnp.mean(flow_rmse)) < 1.2 * float(jnp.mean(enkf_rmse)), (flow_rmse, enkf_rmse)
     # and both track the truth (climatological rmse of L96 ~3.6)
     assert float(jnp.max(flow_rmse)) < 1.5

@@ -409,17 +409,21 @@ class LocalConditionalFlowFilter(fxp.AbstractCycledMethod):
             r_p = fxp.mask_noise(fxp.as_noise_operator(r_p, oidx.shape[0]), valid)
             normaliser = enkf_normaliser(x_p, h_p, r_p, jitter=self.jitter)
             flow = eqx.tree_at(lambda f: f.layers[0], eqx.combine(params, static), normaliser)
-            fit = fit_conditional_flow(
-                flow,
-                x_pairs,
-                y_pairs,
-                self.optimiser,
-                self.n_steps,
-                key=fit_key,
-                batch_size=self.batch_size,
-                opt_state=opt_state,
-            )
-            flow = fit.flow
+            if self.n_steps > 0:
+                fit = fit_conditional_flow(
+                    flow,
+                    x_pairs,
+                    y_pairs,
+                    self.optimiser,
+                    self.n_steps,
+                    key=fit_key,
+                    batch_size=self.batch_size,
+                    opt_state=opt_state,
+                )
+                flow, opt_state = fit.flow, fit.opt_state
+                losses = jnp.stack([fit.losses[0], fit.losses[-1]])
+            else:  # nothing to fit (and nothing to compile): the flow as it is
+                losses = jnp.full((2,), jnp.nan, dtype)
             y_own = y_pairs[:n_e]
             z = jax.vmap(lambda x, y: flow.inverse(x, y)[0])(x_p, y_own)
             flow_xa = jax.vmap(lambda zi: flow.forward(zi, y_star)[0])(z)
@@ -428,14 +432,10 @@ class LocalConditionalFlowFilter(fxp.AbstractCycledMethod):
             )
             ok = jnp.all(jnp.isfinite(flow_xa) | ~smask[None, :], axis=1)
             xa = jnp.where(ok[:, None], flow_xa, enkf_xa)
-            if self.n_steps > 0:
-                losses = jnp.stack([fit.losses[0], fit.losses[-1]])
-            else:
-                losses = jnp.full((2,), jnp.nan, dtype)
             return (
                 xa,
                 eqx.filter(flow, eqx.is_array),
-                fit.opt_state,
+                opt_state,
                 losses,
                 jnp.sum(~ok),
                 jnp.sum(valid),
