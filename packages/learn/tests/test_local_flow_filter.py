@@ -114,9 +114,7 @@ def test_untrained_is_the_domain_localised_perturbed_observation_enkf(getkey, ta
     ens0 = 2.0 * jax.random.normal(getkey(), (N_E, N_X))
     key = getkey()
     new_state, info = _step(method, _static_model(), ens0, key, jnp.asarray(OBS))
-    ref = _numpy_local_enkf(
-        ens0, _eps(key, N_E), OBS, range(0, N_X, 2), 3, halo, taper
-    )
+    ref = _numpy_local_enkf(ens0, _eps(key, N_E), OBS, range(0, N_X, 2), 3, halo, taper)
     # round-off only: the normaliser's C cancels (C C^{-1}); observed ~1e-14
     np.testing.assert_allclose(new_state.particles, ref, rtol=0, atol=1e-11)
     assert int(info.diagnostics.n_fallback) == 0
@@ -212,7 +210,13 @@ def test_trained_run_on_small_lorenz96_is_finite_deterministic_and_no_worse(getk
     halo = 3.0
     max_obs = fxp.assign_obs_to_patches(ssm.obs_coords, patches, halo=halo, period=12.0)[0]
     flow = conditional_flow(
-        jax.random.key(5), 2, max_obs.shape[1], n_layers=2, kind="affine", width=8, depth=1,
+        jax.random.key(5),
+        2,
+        max_obs.shape[1],
+        n_layers=2,
+        kind="affine",
+        width=8,
+        depth=1,
         normaliser=True,
     )
     trained = LocalConditionalFlowFilter(flow, patches, halo, optax.adam(3e-3), n_steps=10)

@@ -155,6 +155,7 @@ from ._flows import (
     conditional_flow as conditional_flow,
 )
 # --- end conditional flows ---
+
 # --- local conditional-flow filter (issue 13 §2 local flows) ---
 from ._local_flow_filter import (
     LocalConditionalFlowFilter as LocalConditionalFlowFilter,
