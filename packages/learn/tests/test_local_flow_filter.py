@@ -268,6 +268,7 @@ def test_bad_inputs_fail_early(getkey):
         ({"taper_radius": 0.0}, "taper_radius"),
         ({"blend": "max"}, "blend"),
         ({"n_noise_copies": 0}, "n_noise_copies"),
+        ({"inflation": 0.0}, "inflation"),
     ]:
         with pytest.raises(ValueError, match=match):
             LocalConditionalFlowFilter(flow, patches, 2.0, **kwargs)

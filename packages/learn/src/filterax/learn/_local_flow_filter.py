@@ -132,7 +132,8 @@ class LocalConditionalFlowFilter(fxp.AbstractCycledMethod):
     - `batch_size`: minibatch size of the fit (``None``: full batch).
     - `center_perturbations`: centre the ``N_e M`` perturbations (DAPPER's ``mean0``).
     - `jitter`: the relative ridge of `enkf_normaliser`.
-    - `inflation`: multiplicative inflation of the analysis anomalies (``>= 1``; default 1).
+    - `inflation`: multiplicative inflation of the analysis anomalies (``> 0``; default 1:
+      none).
     - `taper_radius`: Gaspari–Cohn half-width ``c`` of the R-localisation, or ``None``.
     - `period`: the grid's period (grid points) or ``None`` (see above).
     - `blend`: ``"cosine"``, ``"linear"`` or ``"uniform"`` blending of overlapping patches.
@@ -244,6 +245,11 @@ class LocalConditionalFlowFilter(fxp.AbstractCycledMethod):
             )
         if period is not None and not (isinstance(period, int | float) and period > 0):
             raise ValueError(f"period must be None or a positive number; got {period!r}.")
+        if isinstance(inflation, int | float) and not inflation > 0:
+            raise ValueError(
+                f"inflation multiplies the analysis anomalies and must be > 0 (1 = none); got "
+                f"{inflation!r}."
+            )
         if blend not in _BLENDS:
             raise ValueError(f"blend must be one of {_BLENDS}; got {blend!r}.")
         self.flow = flow
@@ -341,7 +347,8 @@ class LocalConditionalFlowFilter(fxp.AbstractCycledMethod):
                 "taper_radius needs the state coordinates too: give the model state_coords "
                 "(N_x, D) (or pass taper_radius=None)."
             )
-        distance = getattr(model, "distance", None) or fxp.euclidean
+        distance = getattr(model, "distance", None)
+        distance = fxp.euclidean if distance is None else distance
         sc = jnp.asarray(state_coords)
         sc = sc[:, None] if sc.ndim == 1 else sc
         dist = fxp.pairwise_distances(sc, coords2, distance).astype(dtype)  # (N_x, N_y)
