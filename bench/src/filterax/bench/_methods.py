@@ -491,7 +491,12 @@ def _register_builtin() -> None:
                     "EnKFProposalPF-100",
                 ),
                 **{b: sparse_rows for b in L63_SPARSE},
-                "lorenz96_spantini2019": ("ETKF-100", "LETKF-40", "LETKF-100"),
+                "lorenz96_spantini2019": (
+                    "ETKF-100",
+                    "LETKF-40",
+                    "LETKF-100",
+                    "LocalFlowFilter-100",
+                ),
             },
             seeds=(0, 1, 2),
             description=(

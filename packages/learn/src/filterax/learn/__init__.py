@@ -155,3 +155,11 @@ from ._flows import (
     conditional_flow as conditional_flow,
 )
 # --- end conditional flows ---
+
+# --- local conditional-flow filter (issue 13 §2 local flows) ---
+from ._local_flow_filter import (
+    LocalConditionalFlowFilter as LocalConditionalFlowFilter,
+    LocalFlowFilterDiagnostics as LocalFlowFilterDiagnostics,
+    LocalFlowFilterState as LocalFlowFilterState,
+)
+# --- end local conditional-flow filter ---
