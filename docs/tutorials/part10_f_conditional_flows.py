@@ -325,3 +325,42 @@ assert rows["ConditionalFlowFilter"]["ms"] > 2 * rows["BootstrapPF"]["ms"]
 # networks rather than exponentially with the effective dimension, and with `n_steps = 0` it
 # falls back exactly to the EnKF (section 3). The static problem of section 2 shows what the
 # flow can do when its fit is given enough steps.
+
+# %% [markdown]
+# ## 5. Local flows: scaling to Lorenz-96
+#
+# One global flow over the whole state needs many more pairs than state dimensions. The
+# remedy is the one the LETKF uses: localise. `LocalConditionalFlowFilter` cuts the grid into
+# small overlapping patches (`filterax.primitives.create_patches`), gives each patch the
+# observations within a halo (`assign_obs_to_patches`), and fits one small conditional flow
+# per patch, all patches at once in one `eqx.filter_vmap` of `fit_conditional_flow` inside
+# the compiled cycle. Each patch's first layer is its local EnKF normaliser, so the untrained
+# filter is exactly the domain-localised perturbed-observation EnKF (tested to 1e-11 against
+# a numpy re-derivation); the patch analyses are blended back with `blend_patches`.
+#
+# ```python
+# from filterax.learn import LocalConditionalFlowFilter
+# help(LocalConditionalFlowFilter)  # patch size, halo, taper, couplings, optimiser
+# ```
+#
+# On DAPPER's sparse-observation L96 benchmark `lorenz96_spantini2019` (every other site
+# observed every 0.4 time units, R = 0.5 I) at N = 100, the leaderboard row
+# `LocalFlowFilter-100` (2-point patches, halo 6, two spline couplings of width 16, 20 warm
+# Adam steps per cycle) scored, over 2000 cycles and seeds 0 and 1:
+#
+# | filter | rmse.a | ms / cycle (loaded machine) |
+# |---|---|---|
+# | `LocalFlowFilter-100` | 0.902 ± 0.015 | 100 |
+# | the same, untrained (local stochastic EnKF) | 0.913 | 41 |
+# | `LETKF-100` (our row) | 0.979 | 11 |
+# | DAPPER's LETKF N = 100 (published, one run) | 0.84 | — |
+# | tuned localised EnKF (TransportBasedInference.jl) | 0.885 | — |
+#
+# The local flow filter beats our LETKF row on both seeds, but not DAPPER's published LETKF
+# or the tuned localised EnKF, and the training itself adds only 0.01 over its untrained local
+# EnKF: with 100 members, each patch's flow sees 100 pairs per cycle. Sharing one set of
+# parameters over L96's statistically homogeneous patches would give each fit 20 times more
+# pairs; that, not a bigger network, is the obvious next step.
+#
+# (Command: `filterax-bench run --methods LocalFlowFilter-100 LETKF-100 --benchmarks
+# lorenz96_spantini2019 --seeds 0 1`.)
