@@ -477,7 +477,7 @@ def _register_builtin() -> None:
         )
     )
     pf_rows = ("BootstrapPF-100", "BootstrapPF-800")
-    sparse_rows = ("EnKF_N-10", "BootstrapPF-800", "FlowFilter-100")
+    sparse_rows = ("ETKF-10", "EnKF_N-10", "BootstrapPF-800", "FlowFilter-100")
     register_suite(
         Suite(
             name="nongaussian",
