@@ -19,7 +19,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import optax
-from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, PyTree, Real
+from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray, PyTree, Real
 
 import filterax.primitives as fxp
 
@@ -55,6 +55,70 @@ class FlowFilterDiagnostics(eqx.Module):
     initial_loss: Real[Array, ""]
     final_loss: Real[Array, ""]
     n_fallback: Int[Array, ""]
+
+
+def forecast_and_observe(
+    key: PRNGKeyArray,
+    particles: Float[Array, "N_e N_x"],
+    model: fxp.AbstractModel,
+    t_prev: Real[Array, ""],
+    t: Real[Array, ""],
+) -> tuple[Float[Array, "N_e N_x"], Float[Array, "N_e N_y"]]:
+    """The forecast ensemble (in the particles' dtype) and its observed values ``h(x̂_i)``;
+    a dynamics that changes the state's shape is a `ValueError`. Shared by the global and
+    the local flow filter."""
+    forecast = fxp.forecast_ensemble(model, key, particles, t_prev, t)
+    if forecast.shape != particles.shape:
+        raise ValueError(
+            f"dynamics(x, t0, t1) must return a state of shape {particles.shape[1:]}; "
+            f"it returned shape {forecast.shape[1:]}."
+        )
+    forecast = forecast.astype(particles.dtype)
+    return forecast, fxp.observe_ensemble(model, forecast).astype(particles.dtype)
+
+
+def transport_with_fallback(
+    flow: ConditionalFlow,
+    x: Float[Array, "N_e D"],
+    y_own: Float[Array, "N_e M"],
+    y_star: Float[Array, " M"],
+    gain: Float[Array, "D M"],
+    columns: Bool[Array, " D"] | None = None,
+) -> tuple[Float[Array, "N_e D"], Bool[Array, " N_e"]]:
+    r"""``x^a_i = T(T^{-1}(x_i; y_i); y^*)`` for every member, and for a member whose result is
+    not finite (in the `columns` that count; all by default) the EnKF analysis
+    ``x_i + K(y^* - y_i)`` instead. Returns the analyses and which members kept the flow's."""
+    z = jax.vmap(lambda xi, yi: flow.inverse(xi, yi)[0])(x, y_own)
+    flow_analysis = jax.vmap(lambda zi: flow.forward(zi, y_star)[0])(z)
+    enkf_analysis = x + jnp.matmul(y_star[None, :] - y_own, gain.T, precision="highest")
+    finite = jnp.isfinite(flow_analysis)
+    if columns is not None:
+        finite = finite | ~columns[None, :]
+    member_ok = jnp.all(finite, axis=1)
+    return jnp.where(member_ok[:, None], flow_analysis, enkf_analysis), member_ok
+
+
+def flow_cycle_info(
+    model: fxp.AbstractModel,
+    forecast: Float[Array, "N_e N_x"],
+    observed: Float[Array, "N_e N_y"],
+    obs: Float[Array, " N_y"],
+    analysis: Float[Array, "N_e N_x"],
+    diagnostics: PyTree,
+) -> fxp.CycleInfo:
+    """The `CycleInfo` of an equally weighted flow-filter cycle."""
+    return fxp.CycleInfo(
+        forecast_mean=jnp.mean(forecast, axis=0),
+        forecast_spread=fxp.rms_spread(forecast),
+        analysis_mean=jnp.mean(analysis, axis=0),
+        analysis_spread=fxp.rms_spread(analysis),
+        log_likelihood=fxp.log_likelihood(observed, obs, model.obs_noise).astype(forecast.dtype),
+        innovation=obs - jnp.mean(observed, axis=0),
+        finite=jnp.all(jnp.isfinite(forecast)) & jnp.all(jnp.isfinite(analysis)),
+        forecast=forecast,
+        analysis=analysis,
+        diagnostics=diagnostics,
+    )
 
 
 class ConditionalFlowFilter(fxp.AbstractCycledMethod):
@@ -205,15 +269,8 @@ class ConditionalFlowFilter(fxp.AbstractCycledMethod):
     ) -> tuple[FlowFilterState, fxp.CycleInfo]:
         """Forecast, simulate pairs, fit, transport (see the class docstring)."""
         k_fc, k_pert, k_fit = jax.random.split(key, 3)
-        forecast = fxp.forecast_ensemble(model, k_fc, state.particles, t_prev, t)
-        if forecast.shape != state.particles.shape:
-            raise ValueError(
-                f"dynamics(x, t0, t1) must return a state of shape {state.particles.shape[1:]}; "
-                f"it returned shape {forecast.shape[1:]}."
-            )
+        forecast, observed = forecast_and_observe(k_fc, state.particles, model, t_prev, t)
         dtype = state.particles.dtype
-        forecast = forecast.astype(dtype)
-        observed = fxp.observe_ensemble(model, forecast).astype(dtype)
         obs = jnp.asarray(obs).astype(dtype)
         n_e, n_y = observed.shape
         normaliser0 = self.flow.layers[0]
@@ -249,14 +306,9 @@ class ConditionalFlowFilter(fxp.AbstractCycledMethod):
             opt_state=state.opt_state,
         )
         flow = fit.flow
-        y_own = y_pairs[:n_e]
-        z = jax.vmap(lambda x, y: flow.inverse(x, y)[0])(forecast, y_own)
-        flow_analysis = jax.vmap(lambda zi: flow.forward(zi, y_star)[0])(z)
-        enkf_analysis = forecast + jnp.matmul(
-            y_star[None, :] - y_own, normaliser.gain.T, precision="highest"
+        analysis, member_ok = transport_with_fallback(
+            flow, forecast, y_pairs[:n_e], y_star, normaliser.gain
         )
-        member_ok = jnp.all(jnp.isfinite(flow_analysis), axis=1)
-        analysis = jnp.where(member_ok[:, None], flow_analysis, enkf_analysis)
 
         nan = jnp.full((), jnp.nan, dtype)
         losses = fit.losses
@@ -265,18 +317,6 @@ class ConditionalFlowFilter(fxp.AbstractCycledMethod):
             final_loss=losses[-1] if self.n_steps > 0 else nan,
             n_fallback=jnp.sum(~member_ok),
         )
-        finite = jnp.all(jnp.isfinite(forecast)) & jnp.all(jnp.isfinite(analysis))
-        info = fxp.CycleInfo(
-            forecast_mean=jnp.mean(forecast, axis=0),
-            forecast_spread=fxp.rms_spread(forecast),
-            analysis_mean=jnp.mean(analysis, axis=0),
-            analysis_spread=fxp.rms_spread(analysis),
-            log_likelihood=fxp.log_likelihood(observed, obs, model.obs_noise).astype(dtype),
-            innovation=obs - jnp.mean(observed, axis=0),
-            finite=finite,
-            forecast=forecast,
-            analysis=analysis,
-            diagnostics=diagnostics,
-        )
+        info = flow_cycle_info(model, forecast, observed, obs, analysis, diagnostics)
         state = FlowFilterState(analysis, eqx.filter(flow, eqx.is_array), fit.opt_state)
         return state, info

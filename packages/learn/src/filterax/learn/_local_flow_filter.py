@@ -27,11 +27,11 @@ import filterax.primitives as fxp
 
 from ._enkf_normaliser import EnKFNormaliser, enkf_normaliser
 from ._fit_flow import fit_conditional_flow, trainable_spec
+from ._flow_filter import flow_cycle_info, forecast_and_observe, transport_with_fallback
 from ._flows import ConditionalFlow
 
 __all__ = ["LocalConditionalFlowFilter", "LocalFlowFilterDiagnostics", "LocalFlowFilterState"]
 
-_HIGHEST = "highest"
 _BLENDS = ("cosine", "linear", "uniform")
 
 
@@ -372,17 +372,10 @@ class LocalConditionalFlowFilter(fxp.AbstractCycledMethod):
     ) -> tuple[LocalFlowFilterState, fxp.CycleInfo]:
         """Forecast, simulate pairs, fit every patch's flow, transport, blend."""
         k_fc, k_pert, k_fit = jax.random.split(key, 3)
-        forecast = fxp.forecast_ensemble(model, k_fc, state.particles, t_prev, t)
-        if forecast.shape != state.particles.shape:
-            raise ValueError(
-                f"dynamics(x, t0, t1) must return a state of shape {state.particles.shape[1:]}; "
-                f"it returned shape {forecast.shape[1:]}."
-            )
+        forecast, observed = forecast_and_observe(k_fc, state.particles, model, t_prev, t)
         dtype = state.particles.dtype
-        forecast = forecast.astype(dtype)
         n_e, n_x = forecast.shape
         self._check_grid(n_x)
-        observed = fxp.observe_ensemble(model, forecast).astype(dtype)
         obs = jnp.asarray(obs).astype(dtype)
         n_y = observed.shape[1]
         if obs.shape != (n_y,):
@@ -431,14 +424,9 @@ class LocalConditionalFlowFilter(fxp.AbstractCycledMethod):
                 losses = jnp.stack([fit.losses[0], fit.losses[-1]])
             else:  # nothing to fit (and nothing to compile): the flow as it is
                 losses = jnp.full((2,), jnp.nan, dtype)
-            y_own = y_pairs[:n_e]
-            z = jax.vmap(lambda x, y: flow.inverse(x, y)[0])(x_p, y_own)
-            flow_xa = jax.vmap(lambda zi: flow.forward(zi, y_star)[0])(z)
-            enkf_xa = x_p + jnp.matmul(
-                y_star[None, :] - y_own, normaliser.gain.T, precision=_HIGHEST
+            xa, ok = transport_with_fallback(
+                flow, x_p, y_pairs[:n_e], y_star, normaliser.gain, columns=smask
             )
-            ok = jnp.all(jnp.isfinite(flow_xa) | ~smask[None, :], axis=1)
-            xa = jnp.where(ok[:, None], flow_xa, enkf_xa)
             return (
                 xa,
                 eqx.filter(flow, eqx.is_array),
@@ -469,17 +457,5 @@ class LocalConditionalFlowFilter(fxp.AbstractCycledMethod):
             n_fallback=jnp.sum(n_bad),
             n_local_obs=n_local,
         )
-        finite = jnp.all(jnp.isfinite(forecast)) & jnp.all(jnp.isfinite(analysis))
-        info = fxp.CycleInfo(
-            forecast_mean=jnp.mean(forecast, axis=0),
-            forecast_spread=fxp.rms_spread(forecast),
-            analysis_mean=jnp.mean(analysis, axis=0),
-            analysis_spread=fxp.rms_spread(analysis),
-            log_likelihood=fxp.log_likelihood(observed, obs, model.obs_noise).astype(dtype),
-            innovation=obs - jnp.mean(observed, axis=0),
-            finite=finite,
-            forecast=forecast,
-            analysis=analysis,
-            diagnostics=diagnostics,
-        )
+        info = flow_cycle_info(model, forecast, observed, obs, analysis, diagnostics)
         return LocalFlowFilterState(analysis, params, opt_state), info
